@@ -1,0 +1,41 @@
+# Two commands set everything up: `make demo` and `make test`. Both create .venv on first use and
+# re-install when pyproject.toml changes.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+DEMO_OUT ?= demo_out
+
+.PHONY: demo test lint bench java venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	@touch $(STAMP)
+
+java:
+	@command -v java >/dev/null 2>&1 || { \
+	  echo "error: Java not found. METEOR and the PTB tokenizer (coco-caption) run on Java." >&2; \
+	  echo "  Debian/Ubuntu: sudo apt-get install -y default-jre-headless" >&2; \
+	  echo "  macOS: brew install openjdk    conda: conda install -c conda-forge openjdk" >&2; \
+	  exit 1; }
+
+demo: $(STAMP) java
+	$(PY) -m vidcap demo --out $(DEMO_OUT)
+
+test: $(STAMP) java
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check vidcap tests benchmarks cli.py
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_extract.py
+	$(PY) benchmarks/bench_train.py
+	$(PY) benchmarks/bench_decode.py
+	$(PY) benchmarks/bench_caption.py
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,0 +1,3 @@
+from vidcap.cli import main
+
+raise SystemExit(main())

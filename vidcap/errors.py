@@ -1,0 +1,19 @@
+"""Errors a user can cause. The CLI turns them into one line on stderr, never a traceback."""
+
+
+class VidcapError(Exception):
+    """A problem with the user's input: the message names the file and the reason."""
+
+    exit_code = 2
+
+
+class UsageError(VidcapError):
+    """Wrong arguments, a missing or malformed input file, an empty result (exit code 2)."""
+
+
+class VideoError(VidcapError):
+    """A video file that cannot be opened or decoded (missing, empty, truncated, not a video)."""
+
+
+class CheckpointError(VidcapError):
+    """A checkpoint that is corrupt, from another version, or not a vidcap checkpoint."""
