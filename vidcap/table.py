@@ -1,0 +1,65 @@
+"""The paper's Table 1 (Yao et al., ICCV 2015) and printing results in its layout."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+# Table 1 of the paper: (BLEU-4, METEOR, CIDEr, perplexity) per variant and dataset.
+PAPER_TABLE1: dict[str, dict[str, tuple[float, float, float, float]]] = {
+    "msvd": {
+        "basic": (0.3869, 0.2868, 0.4478, 33.09),
+        "local": (0.3875, 0.2832, 0.5087, 33.42),
+        "global": (0.4028, 0.2900, 0.4801, 27.89),
+        "local_global": (0.4192, 0.2960, 0.5167, 27.55),
+    },
+    "lsmdc": {
+        "basic": (0.003, 0.044, 0.044, 88.28),
+        "local": (0.004, 0.051, 0.050, 84.41),
+        "global": (0.003, 0.040, 0.047, 66.63),
+        "local_global": (0.007, 0.057, 0.061, 65.44),
+    },
+}
+
+VARIANT_LABELS = {
+    "basic": "Enc-Dec (Basic)",
+    "local": "+ Local (3-D CNN)",
+    "global": "+ Global (temporal attention)",
+    "local_global": "+ Local + Global",
+}
+
+# metrics.json key -> column title, in the paper's column order.
+COLUMNS = (("Bleu_4", "BLEU-4"), ("METEOR", "METEOR"), ("CIDEr", "CIDEr"), ("perplexity", "Perplexity"))
+
+
+def paper_row(dataset: str, variant: str) -> dict[str, float] | None:
+    """The paper's numbers for a dataset (`msvd`, `lsmdc`; `youtube2text`/`dvs`/`mvad` accepted) and variant."""
+    aliases = {"youtube2text": "msvd", "y2t": "msvd", "dvs": "lsmdc", "mvad": "lsmdc", "m-vad": "lsmdc"}
+    dataset = aliases.get(dataset.lower(), dataset.lower())
+    values = PAPER_TABLE1.get(dataset, {}).get(variant)
+    if values is None:
+        return None
+    return dict(zip((key for key, _ in COLUMNS), values, strict=True))
+
+
+def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], extra: Sequence[str] = ()) -> str:
+    """Rows of (label, metrics) as a Markdown table in Table 1's layout (plus `extra` metric columns)."""
+    keys = [key for key, _ in COLUMNS] + list(extra)
+    titles = [title for _, title in COLUMNS] + list(extra)
+    cells = [
+        [
+            "-" if metrics.get(key) is None else f"{metrics[key]:.{2 if key == 'perplexity' else 4}f}"
+            for key in keys
+        ]
+        for _, metrics in rows
+    ]
+    label_width = max([len("model")] + [len(label) for label, _ in rows])
+    widths = [max([len(title)] + [len(row[i]) for row in cells]) for i, title in enumerate(titles)]
+    lines = [
+        "| " + "model".ljust(label_width) + " | " + " | ".join(t.rjust(w) for t, w in zip(titles, widths)) + " |",
+        "|" + "-" * (label_width + 2) + "|" + "|".join("-" * (w + 2) for w in widths) + "|",
+    ]
+    for (label, _), row in zip(rows, cells, strict=True):
+        lines.append(
+            "| " + label.ljust(label_width) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |"
+        )
+    return "\n".join(lines)
