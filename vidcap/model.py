@@ -1,0 +1,255 @@
+"""The captioner: an LSTM decoder with temporal soft attention over frame features (Yao et al., ICCV 2015).
+
+A pure `nn.Module`: no Lightning, no data loading, no decoding. Training (`vidcap.lit_module`) calls `forward`
+(teacher forcing); decoding (`vidcap.decoding`) calls `init_state` once per batch of videos and then `step` once
+per word. Equations (REFERENCE.md section 1), with v_1..v_T the (encoded) frame features:
+
+    h_0 = tanh(W_h mean(v)),  c_0 = tanh(W_c mean(v))                      (mean over unmasked frames)
+    e_ti = w^T tanh(W_a h_{t-1} + U_a v_i + b_a),  alpha_t = softmax(e_t)    (padded frames masked out)
+    phi_t = sigmoid(w_s h_{t-1} + b_s) * sum_i alpha_ti v_i                  (selector gate, Show-Attend-Tell)
+    h_t, c_t = LSTM([E y_{t-1}; phi_t], (h_{t-1}, c_{t-1}))
+    logits_t = W_o dropout(tanh(W_l h_t + E y_{t-1} + W_p phi_t))            (deep output layer)
+
+The variants are the rows of the paper's Table 1:
+    basic         global features, phi_t = their masked mean at every step (no attention)
+    local         basic over [global; local] features
+    global        attention over global features
+    local_global  attention over [global; local] features
+
+Soft attention scores each frame from its own features and then sums, so it cannot see frame order. The optional
+frame encoder gives the frames a sense of time: `position` adds a learned embedding of the frame index, `lstm` /
+`bilstm` run a (bi)directional LSTM over the frames. `none` is the paper's model.
+
+Sizes: the defaults (embed 256, hidden 512, attention 256) suit a CPU toolkit and MSVD-sized data. The paper used
+word embeddings of 468, an LSTM of 3518 units and an attention projection as wide as the features
+(configs/paper.yaml).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+VARIANTS = ("basic", "local", "global", "local_global")
+ENCODERS = ("none", "position", "lstm", "bilstm")
+ATTENTION_VARIANTS = ("global", "local_global")
+LOCAL_VARIANTS = ("local", "local_global")
+
+# Id of the padding token (vidcap.vocab.Vocabulary.PAD); its embedding stays zero.
+PAD_ID = 0
+
+
+@dataclass
+class ModelConfig:
+    """Everything needed to rebuild a `CaptionModel`; plain types only, stored in checkpoints (`asdict`)."""
+
+    vocab_size: int  # V, including the 4 special tokens
+    global_dim: int  # Dg, per-frame 2-D CNN features
+    local_dim: int = 0  # Dl, per-frame 3-D CNN clip features (0: none in the store)
+    variant: str = "local_global"  # one of VARIANTS
+    # one of ENCODERS, or "auto": "position" for the attention variants, "none" (the paper) for basic/local
+    encoder: str = "auto"
+    embed_dim: int = 256  # E, word embedding and deep-output width
+    hidden_dim: int = 512  # H, decoder LSTM (and frame encoder LSTM) width
+    attention_dim: int = 256  # A, width of W_a h + U_a v
+    dropout: float = 0.5  # before the output projection W_o
+    max_frames: int = 26  # T at most (size of the position embedding table)
+    selector: bool = True  # gate the attended context with beta_t = sigmoid(w_s h + b_s)
+
+    def __post_init__(self) -> None:
+        if self.variant not in VARIANTS:
+            raise ValueError(f"unknown variant {self.variant!r} (choose from {', '.join(VARIANTS)})")
+        if self.encoder == "auto":
+            self.encoder = "position" if self.variant in ATTENTION_VARIANTS else "none"
+        if self.encoder not in ENCODERS:
+            raise ValueError(f"unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
+        if self.global_dim <= 0:
+            raise ValueError(f"variant {self.variant!r} needs global features (global_dim={self.global_dim})")
+        if self.variant in LOCAL_VARIANTS and self.local_dim <= 0:
+            raise ValueError(
+                f"variant {self.variant!r} needs local (3-D CNN) features, and local_dim={self.local_dim}"
+            )
+        if self.encoder == "bilstm" and self.hidden_dim % 2:
+            raise ValueError(f"encoder 'bilstm' needs an even hidden_dim (got {self.hidden_dim})")
+        if self.vocab_size <= PAD_ID + 1:
+            raise ValueError(f"vocab_size must be > 1 (got {self.vocab_size})")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+
+    @property
+    def attention(self) -> bool:
+        return self.variant in ATTENTION_VARIANTS
+
+    @property
+    def feature_dim(self) -> int:
+        """D, the width of `combine_features`' output."""
+        return self.global_dim + (self.local_dim if self.variant in LOCAL_VARIANTS else 0)
+
+    @property
+    def context_dim(self) -> int:
+        """C, the width of the encoded frames v_i that the decoder attends over."""
+        return self.hidden_dim if self.encoder in ("lstm", "bilstm") else self.feature_dim
+
+
+class FrameEncoder(nn.Module):
+    """(B, T, D) frame features -> (B, T, C) context vectors; the valid frames of each video come first."""
+
+    def __init__(self, kind: str, feature_dim: int, hidden_dim: int, max_frames: int):
+        super().__init__()
+        self.kind = kind
+        self.max_frames = max_frames
+        if kind == "position":
+            self.position = nn.Embedding(max_frames, feature_dim)
+            # Small so that the frame features dominate at the start of training.
+            nn.init.normal_(self.position.weight, std=0.02)
+        elif kind in ("lstm", "bilstm"):
+            bidirectional = kind == "bilstm"
+            self.rnn = nn.LSTM(
+                feature_dim,
+                hidden_dim // 2 if bidirectional else hidden_dim,
+                batch_first=True,
+                bidirectional=bidirectional,
+            )
+
+    def forward(self, feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """feats: (B, T, D) float; mask: (B, T) bool, True on real frames -> (B, T, C)."""
+        T = feats.shape[1]
+        if self.kind == "none":
+            return feats
+        if self.kind == "position":
+            if T > self.max_frames:
+                raise ValueError(f"{T} frames, but the position embedding has {self.max_frames}")
+            return feats + self.position.weight[:T].to(feats.dtype)
+        # Pack so that the backward direction starts at each video's last real frame, not at the padding.
+        lengths = mask.sum(1).clamp(min=1).cpu()
+        packed = pack_padded_sequence(feats, lengths, batch_first=True, enforce_sorted=False)
+        out, _ = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
+        return out
+
+
+class CaptionModel(nn.Module):
+    """Temporal-attention LSTM captioner; see the module docstring for the equations."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        V, E, H, A = config.vocab_size, config.embed_dim, config.hidden_dim, config.attention_dim
+        C = config.context_dim
+        self.encoder = FrameEncoder(config.encoder, config.feature_dim, H, config.max_frames)
+        self.embed = nn.Embedding(V, E, padding_idx=PAD_ID)
+        self.init_h = nn.Linear(C, H)
+        self.init_c = nn.Linear(C, H)
+        if config.attention:
+            self.att_h = nn.Linear(H, A)  # W_a, b_a
+            self.att_v = nn.Linear(C, A, bias=False)  # U_a
+            self.att_w = nn.Linear(A, 1, bias=False)  # w (a bias would cancel in the softmax)
+            self.select = nn.Linear(H, 1) if config.selector else None
+        self.lstm = nn.LSTMCell(E + C, H)
+        self.out_h = nn.Linear(H, E)  # W_l
+        self.out_phi = nn.Linear(C, E, bias=False)  # W_p
+        self.out_drop = nn.Dropout(config.dropout)
+        self.out = nn.Linear(E, V)  # W_o
+
+    # -- features ------------------------------------------------------------------------------------------
+    def combine_features(self, global_feats: torch.Tensor, local_feats: torch.Tensor | None) -> torch.Tensor:
+        """global_feats: (B, T, Dg), local_feats: (B, T, Dl) or None -> feats (B, T, D) for this variant."""
+        if self.config.variant in LOCAL_VARIANTS:
+            if local_feats is None:
+                raise ValueError(f"variant {self.config.variant!r} needs local features")
+            return torch.cat([global_feats, local_feats.to(global_feats.dtype)], dim=-1)
+        return global_feats
+
+    # -- decoding interface --------------------------------------------------------------------------------
+    def init_state(self, feats: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """feats: (B, T, D), mask: (B, T) bool -> the decoder state, every tensor batch-first.
+
+        Keys: `h`, `c` (B, H); `mask` (B, T); attention variants `ctx` (B, T, C) and `ctx_proj` (B, T, A), the
+        projection U_a v computed once per video here rather than once per word; basic variants `mean` (B, C)
+        and `uniform` (B, T), the attention weights they report.
+        """
+        mask = mask.bool()
+        ctx = self.encoder(feats, mask)
+        weights = mask.to(ctx.dtype).unsqueeze(-1)
+        mean = (ctx * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        state = {"h": torch.tanh(self.init_h(mean)), "c": torch.tanh(self.init_c(mean)), "mask": mask}
+        if self.config.attention:
+            state["ctx"] = ctx
+            state["ctx_proj"] = self.att_v(ctx)
+        else:
+            state["mean"] = mean
+            frames = mask.to(torch.promote_types(ctx.dtype, torch.float32))
+            state["uniform"] = frames / frames.sum(1, keepdim=True).clamp(min=1.0)
+        return state
+
+    def step(
+        self, prev_tokens: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """prev_tokens: (B,) long -> (log_probs (B, V), alpha (B, T), new_state); float32 (or wider)."""
+        emb = self.embed(prev_tokens)
+        h, c, phi, alpha = self._advance(emb, state)
+        logits = self._output(h, emb, phi)
+        return F.log_softmax(logits.to(torch.promote_types(logits.dtype, torch.float32)), dim=-1), alpha, {**state, "h": h, "c": c}
+
+    # -- training ------------------------------------------------------------------------------------------
+    def forward(
+        self, feats: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher forcing. feats: (B, T, D); mask: (B, T) bool; tokens: (B, L) long, `[BOS, w1, ..., wn]`
+        padded with PAD -> (logits (B, L, V) predicting `[w1, ..., wn, EOS]`, alpha (B, L, T) float32)."""
+        state = self.init_state(feats, mask)
+        emb = self.embed(tokens)  # (B, L, E)
+        hs, phis, alphas = [], [], []
+        for t in range(tokens.shape[1]):
+            h, c, phi, alpha = self._advance(emb[:, t], state)
+            state = {**state, "h": h, "c": c}
+            hs.append(h)
+            phis.append(phi)
+            alphas.append(alpha)
+        # The output layer does not feed back during teacher forcing: run it once over all steps.
+        logits = self._output(torch.stack(hs, 1), emb, torch.stack(phis, 1))
+        return logits, torch.stack(alphas, 1)
+
+    def attention_penalty(
+        self, alpha: torch.Tensor, token_mask: torch.Tensor, frame_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Doubly stochastic regulariser sum_i (1 - sum_t alpha_ti)^2, summed over the real frames of each video
+        and averaged over the batch. alpha: (B, L, T); token_mask: (B, L) bool (real steps, EOS included);
+        frame_mask: (B, T) bool -> scalar."""
+        total = (alpha * token_mask.unsqueeze(-1).to(alpha.dtype)).sum(1)  # (B, T)
+        return (((1.0 - total) ** 2) * frame_mask.to(alpha.dtype)).sum(1).mean()
+
+    # -- internals -----------------------------------------------------------------------------------------
+    def _attend(self, h: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """h: (B, H) the previous hidden state -> (phi (B, C), alpha (B, T) float32, exactly 0 on padding)."""
+        mask = state["mask"]
+        scores = self.att_w(torch.tanh(state["ctx_proj"] + self.att_h(h).unsqueeze(1))).squeeze(-1)
+        # Softmax in at least float32 (bf16 under autocast is too coarse). A finite fill (not -inf) keeps a
+        # video with no real frame at alpha = 0 instead of NaN.
+        scores = scores.to(torch.promote_types(scores.dtype, torch.float32))
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        alpha = torch.softmax(scores, dim=-1) * mask
+        ctx = state["ctx"]
+        phi = torch.bmm(alpha.unsqueeze(1).to(ctx.dtype), ctx).squeeze(1)
+        if self.select is not None:
+            phi = torch.sigmoid(self.select(h)).to(phi.dtype) * phi
+        return phi, alpha
+
+    def _advance(
+        self, emb: torch.Tensor, state: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One LSTM step. emb: (B, E), E y_{t-1} -> (h (B, H), c (B, H), phi (B, C), alpha (B, T))."""
+        if self.config.attention:
+            phi, alpha = self._attend(state["h"], state)
+        else:
+            phi, alpha = state["mean"], state["uniform"]
+        h, c = self.lstm(torch.cat([emb, phi.to(emb.dtype)], dim=-1), (state["h"], state["c"]))
+        return h, c, phi, alpha
+
+    def _output(self, h: torch.Tensor, emb: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
+        """Deep output layer, any leading shape: h (..., H), emb (..., E), phi (..., C) -> logits (..., V)."""
+        return self.out(self.out_drop(torch.tanh(self.out_h(h) + emb + self.out_phi(phi))))
