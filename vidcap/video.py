@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,11 +70,26 @@ def clip_indices(centers: np.ndarray, num_frames: int, length: int, stride: int 
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# Decoder backends (internal). Each backend exposes num_frames, fps, height, width and decode(unique sorted indices).
+# Decoder backends (internal). Each exposes name, num_frames, fps, height, width, frames_decoded,
+# decode(unique sorted indices) -> (N, H, W, 3) uint8, and close().
 
 
 class _DecodeFailed(Exception):
     """Internal: a backend could not open or decode a file; the message is the reason (no path)."""
+
+
+# decord's random access is only trusted where tests/test_video.py checked it against PyAV. Outside this list it
+# returned wrong frames: MPEG-4 part 2 with B-frames (any container; MSVD's Xvid AVIs) and H.264 in AVI (frame
+# 57 came back as frame 35). Intra-only MJPEG is safe in any container.
+_DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
+_DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mjpeg")
+
+
+def _decord_safe(format_name: str, codec_name: str) -> bool:
+    if codec_name == "mjpeg":
+        return True
+    formats = format_name.split(",")
+    return codec_name in _DECORD_CODECS and any(f in formats for f in _DECORD_FORMATS)
 
 
 def _to_uint8_batch(batch: Any) -> np.ndarray:
@@ -88,39 +104,50 @@ def _to_uint8_batch(batch: Any) -> np.ndarray:
 class _DecordBackend:
     name = "decord"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, expected_size: tuple[int, int] | None = None):
+        """`expected_size` (height, width) from the container header; decord's frames must have it."""
         try:
             import decord
         except ImportError as exc:  # decord has no wheel for this platform (macOS, ARM)
             raise _DecodeFailed(f"decord is not installed ({exc})") from exc
-        self._errors: tuple[type[BaseException], ...] = (decord.DECORDError, RuntimeError, ValueError, IndexError)
+        # decord raises DECORDError from its C++ checks, RuntimeError/ValueError/IndexError from its Python layer.
+        self._errors: tuple[type[BaseException], ...] = (
+            decord.DECORDError,
+            RuntimeError,
+            ValueError,
+            IndexError,
+        )
+        self.frames_decoded = 0
         try:
             self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps() or 0.0)
-            if self.num_frames > 0:
-                # decord has no size attribute; the first frame's shape is authoritative for later checks.
+            if self.num_frames <= 0:
+                raise _DecodeFailed("decord reports 0 frames")
+            if expected_size is None:
+                # No header size to check against: decode frame 0 to learn it (decode() checks every batch).
                 first = _to_uint8_batch(self._vr[0])
-                self.height, self.width = int(first.shape[0]), int(first.shape[1])
                 self._vr.seek(0)
-            else:
-                self.height = self.width = 0
+                expected_size = (int(first.shape[0]), int(first.shape[1]))
+                self._check_shape(first[None], 1, expected_size)
         except self._errors as exc:
             raise _DecodeFailed(f"decord cannot open it: {_one_line(exc)}") from exc
-        if self.num_frames <= 0:
-            raise _DecodeFailed("decord reports 0 frames")
-        self.frames_decoded = 0
+        self.height, self.width = expected_size
+
+    @staticmethod
+    def _check_shape(batch: np.ndarray, n: int, size: tuple[int, int]) -> None:
+        # decord returns 4-channel garbage for some widths (e.g. 48 px wide H.264) instead of failing.
+        if batch.shape != (n, *size, 3) or batch.dtype != np.uint8:
+            raise _DecodeFailed(f"decord returned frames of shape {batch.shape}, expected {(n, *size, 3)}")
 
     def decode(self, unique: np.ndarray) -> np.ndarray:
         try:
             batch = _to_uint8_batch(self._vr.get_batch(unique.tolist()))
-            # Reading ahead grows decord's memory; rewinding after each batch releases it (decord issue #187).
+            # Reading ahead grows decord's memory; rewinding after each batch releases it.
             self._vr.seek(0)
         except self._errors as exc:
             raise _DecodeFailed(f"decord cannot decode it: {_one_line(exc)}") from exc
-        expected = (len(unique), self.height, self.width, 3)
-        if batch.shape != expected or batch.dtype != np.uint8:
-            raise _DecodeFailed(f"decord returned frames of shape {batch.shape} {batch.dtype}, expected {expected}")
+        self._check_shape(batch, len(unique), (self.height, self.width))
         self.frames_decoded += len(unique)
         return batch
 
@@ -128,12 +155,19 @@ class _DecordBackend:
         self._vr = None
 
 
-class _PyAVBackend:
-    """Sequential PyAV decoding that keeps only the requested frames and stops after the last one.
+# A request that skips at least this many frames makes the PyAV backend index the keyframes (one demux pass, no
+# decoding) and seek instead of decoding through the gap. Short clips (26 samples of a 10 s clip skip ~10 frames)
+# decode sequentially, which is as fast and exact for every container.
+SEEK_MIN_GAP = 64
 
-    Frames are counted in decoder output (presentation) order. The decoder state is kept between calls, so
-    successive calls with increasing indices never decode a frame twice; a request behind the current position
-    reopens the file.
+
+class _PyAVBackend:
+    """PyAV decoding that converts only the requested frames to RGB and stops after the last one.
+
+    Frame i is the i-th frame the decoder outputs from the start of the stream. For long gaps the backend seeks to
+    the keyframe before the next wanted frame; a frame's index is then the rank of its pts among all packet pts
+    (what decord uses too), which is only trusted while decoded ranks stay consecutive: any surprise (AVI timestamps
+    guessed by FFmpeg, a seek landing past its target) turns seeking off and the request is decoded sequentially.
     """
 
     name = "pyav"
@@ -145,38 +179,44 @@ class _PyAVBackend:
         self._path = path
         self._container = None
         self._frames_iter = None
-        self._next_index = 0  # index of the next frame the open decoder will output
-        self.frames_decoded = 0  # frames produced by the decoder (for tests of decode-only-what-is-needed)
-        self.exhausted_at: int | None = None  # decodable frame count, once the decoder has hit the end
+        self._next_index = 0  # index of the next frame the open decoder will output (sequential mode)
+        self._pts_rank: dict[int, int] | None = None  # packet pts -> frame index, once indexed
+        self._keyframes: np.ndarray | None = None  # sorted frame indices of keyframes
+        self._rank_pts: np.ndarray | None = None  # frame index -> pts
+        self._seekable = True
+        self.frames_decoded = 0  # frames produced by the decoder (tests check decode-only-what-is-needed)
+        self.exhausted_at: int | None = None  # decodable frame count, once decoding has hit the real end
+        self._last_error: str | None = None
         container = self._open()
         stream = container.streams.video[0]
-        ctx = stream.codec_context
-        self.height, self.width = int(ctx.height), int(ctx.width)
+        self.format_name = container.format.name
+        self.codec_name = stream.codec_context.name
+        self.height, self.width = int(stream.codec_context.height), int(stream.codec_context.width)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         self.fps = float(rate) if rate else 0.0
-        count = int(stream.frames or 0)
-        if count <= 0:
-            # WebM/MKV/some AVI headers carry no frame count: count packets (demuxing without decoding is cheap).
-            count = self._count_packets()
-            self._close_container()
-        self.num_frames = count
+        self.num_frames = int(stream.frames or 0)
         if self.num_frames <= 0:
-            raise _DecodeFailed("no video frames")
-        if self.height <= 0 or self.width <= 0:
+            # WebM/MKV headers carry no frame count: count packets (demuxing without decoding is cheap).
+            self._build_index()
+        if self.num_frames <= 0 or self.height <= 0 or self.width <= 0:
+            self._close_container()
+            if self.num_frames <= 0:
+                raise _DecodeFailed("no video frames")
             raise _DecodeFailed(f"invalid frame size {self.width}x{self.height}")
+
+    # -- container handling
 
     def _open(self):
         av = self._av
         try:
             container = av.open(self._path, mode="r")
         except av.FFmpegError as exc:
-            raise _DecodeFailed(f"cannot open it: {_one_line(exc)}") from exc
+            raise _DecodeFailed(f"not a readable video ({_one_line(exc)})") from exc
         if not container.streams.video:
             container.close()
             raise _DecodeFailed("no video stream")
-        stream = container.streams.video[0]
-        # Frame/slice threads: the decode loop is the bottleneck on the PyAV path.
-        stream.thread_type = "AUTO"
+        # Frame and slice threads: the decode loop is the bottleneck of this backend.
+        container.streams.video[0].thread_type = "AUTO"
         self._container = container
         self._frames_iter = None
         self._next_index = 0
@@ -189,67 +229,173 @@ class _PyAVBackend:
         self._frames_iter = None
         self._next_index = 0
 
-    def _count_packets(self) -> int:
-        av = self._av
-        stream = self._container.streams.video[0]
-        try:
-            return sum(1 for packet in self._container.demux(stream) if packet.size > 0)
-        except av.FFmpegError as exc:
-            raise _DecodeFailed(f"cannot read it: {_one_line(exc)}") from exc
-
-    def _frames(self):
+    def _stream(self):
         if self._container is None:
             self._open()
+        return self._container.streams.video[0]
+
+    def _frames(self):
         if self._frames_iter is None:
-            self._frames_iter = self._container.decode(self._container.streams.video[0])
+            self._frames_iter = self._container.decode(self._stream())
         return self._frames_iter
 
-    def decode(self, unique: np.ndarray) -> np.ndarray:
-        """Frames for `unique` (sorted, distinct, >= 0) indices; indices past the decodable end get the last frame."""
+    def _build_index(self) -> None:
+        """One demux pass: the frame count and, when every packet has a distinct pts, the pts -> index map."""
         av = self._av
+        stream = self._stream()
+        pts, keys = [], []
+        try:
+            for packet in self._container.demux(stream):
+                # size 0 is the flush packet; discarded packets (MP4 edit lists) never leave the decoder.
+                if packet.size == 0 or packet.is_discard:
+                    continue
+                pts.append(packet.pts)
+                keys.append(packet.pts if packet.is_keyframe else None)
+        except av.FFmpegError as exc:
+            logger.debug("%s: demuxing stopped after %d packets: %s", self._path, len(pts), _one_line(exc))
+        self._close_container()
+        if self.num_frames <= 0:
+            self.num_frames = len(pts)
+        if not pts or any(p is None for p in pts) or len(set(pts)) != len(pts):
+            self._seekable = False
+            return
+        order = np.sort(np.asarray(pts, dtype=np.int64))
+        self._rank_pts = order
+        self._pts_rank = {int(p): i for i, p in enumerate(order)}
+        self._keyframes = np.sort([self._pts_rank[k] for k in keys if k is not None]).astype(np.int64)
+        if len(self._keyframes) == 0:
+            self._seekable = False
+
+    # -- decoding
+
+    def decode(self, indices: np.ndarray) -> np.ndarray:
+        """Frames for `indices` (sorted, >= 0); indices past the decodable end get the last decodable frame."""
         if self.exhausted_at is not None:
-            unique = np.minimum(unique, self.exhausted_at - 1)
-        if unique[0] < self._next_index:
-            self._close_container()
-        wanted = {int(i): n for n, i in enumerate(unique)}
+            indices = np.minimum(indices, self.exhausted_at - 1)
+        unique, inverse = np.unique(indices, return_inverse=True)
+        return self._decode_unique(unique)[inverse.reshape(-1)]
+
+    def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
         out = np.empty((len(unique), self.height, self.width, 3), dtype=np.uint8)
         filled = np.zeros(len(unique), dtype=bool)
+        gaps = np.diff(np.concatenate([[self._next_index if self._container else 0], unique]))
+        if self._seekable and gaps.max() >= SEEK_MIN_GAP and self.exhausted_at is None:
+            if self._pts_rank is None:
+                self._build_index()
+            if self._seekable and self._decode_seeking(unique, out, filled):
+                return out
+            filled[:] = False
+            self._close_container()
+        self._decode_sequential(unique, out, filled)
+        if not filled.all():
+            self._fill_past_end(unique, out, filled)
+        return out
+
+    def _decode_sequential(self, unique: np.ndarray, out: np.ndarray, filled: np.ndarray) -> None:
+        av = self._av
+        if self._container is not None and unique[0] < self._next_index:
+            self._close_container()  # behind the decoder: start again from the beginning
+        self._stream()
+        wanted = {int(i): n for n, i in enumerate(unique)}
         last = int(unique[-1])
-        last_frame = None
         frames = self._frames()
         try:
             while self._next_index <= last:
                 frame = next(frames, None)
                 if frame is None:
+                    self.exhausted_at = self._next_index
                     break
                 self.frames_decoded += 1
-                index = self._next_index
+                slot = wanted.get(self._next_index)
                 self._next_index += 1
-                slot = wanted.get(index)
                 if slot is not None:
                     out[slot] = self._rgb(frame)
                     filled[slot] = True
-                    last_frame = out[slot]
         except av.FFmpegError as exc:
-            # A corrupt packet mid-stream: treat it as the end of the decodable video (the frames before it are good).
-            logger.warning("%s: decoding stopped at frame %d: %s", self._path, self._next_index, _one_line(exc))
-        if not filled.all():
-            # The container promised more frames than decode: remember the real count and reuse the last good frame.
-            count = self._next_index
-            self.exhausted_at = count
-            self._close_container()
-            if count == 0:
-                raise _DecodeFailed("no decodable frames")
-            if last_frame is None or not filled[-1]:
-                # Needed frames all lie past the end (only possible after the count shrank): decode the last frame.
-                last_frame = self.decode(np.array([count - 1]))[0]
+            # A corrupt packet mid-stream: the frames before it are good, treat it as the end of the video.
+            self._last_error = _one_line(exc)
             logger.warning(
-                "%s: header says %d frames but only %d decode; using frame %d for the missing ones",
-                self._path, self.num_frames, count, count - 1,
+                "%s: decoding stopped at frame %d: %s", self._path, self._next_index, self._last_error
             )
-            self.num_frames = count
-            out[~filled] = last_frame
-        return out
+            self.exhausted_at = self._next_index
+
+    def _decode_seeking(self, unique: np.ndarray, out: np.ndarray, filled: np.ndarray) -> bool:
+        """Seek to the keyframe before each far-away wanted frame. False when the pts index proved unreliable."""
+        av = self._av
+        self._close_container()
+        stream = self._stream()
+        frames = None
+        position = -1  # index of the last frame decoded since the last seek (-1: none)
+        for n, target in enumerate(unique.tolist()):
+            if filled[n]:
+                continue
+            key = (
+                int(self._keyframes[np.searchsorted(self._keyframes, target, side="right") - 1])
+                if (self._keyframes[0] <= target)
+                else 0
+            )
+            if frames is None or key > position + 1:
+                try:
+                    self._container.seek(
+                        int(self._rank_pts[key]), stream=stream, backward=True, any_frame=False
+                    )
+                except av.FFmpegError as exc:
+                    logger.debug("%s: seek failed (%s); decoding sequentially", self._path, _one_line(exc))
+                    return self._give_up_seeking()
+                frames = self._container.decode(stream)
+                position = -1
+            try:
+                while position < target:
+                    frame = next(frames, None)
+                    if frame is None:
+                        return self._give_up_seeking()  # the sequential pass finds the real end
+                    self.frames_decoded += 1
+                    rank = self._pts_rank.get(frame.pts) if frame.pts is not None else None
+                    # After a seek the first frame may precede the keyframe (open GOP); later ones must follow on.
+                    if (
+                        rank is None
+                        or (position >= 0 and rank != position + 1)
+                        or (position < 0 and rank > target)
+                    ):
+                        return self._give_up_seeking()
+                    position = rank
+                    # Every wanted index this frame satisfies (unique is sorted, so look from n on).
+                    k = n + int(np.searchsorted(unique[n:], rank))
+                    if k < len(unique) and unique[k] == rank and not filled[k]:
+                        out[k] = self._rgb(frame)
+                        filled[k] = True
+            except av.FFmpegError as exc:
+                logger.debug("%s: decoding after a seek failed (%s)", self._path, _one_line(exc))
+                return self._give_up_seeking()
+        self._close_container()  # the sequential position is unknown after seeks
+        return bool(filled.all())
+
+    def _give_up_seeking(self) -> bool:
+        logger.debug("%s: frame timestamps do not match the packet index; seeking disabled", self._path)
+        self._seekable = False
+        self._close_container()
+        return False
+
+    def _fill_past_end(self, unique: np.ndarray, out: np.ndarray, filled: np.ndarray) -> None:
+        # The header promised more frames than decode: record the real count and reuse the last decodable frame.
+        count = self.exhausted_at or 0
+        if count == 0:
+            raise _DecodeFailed(f"no decodable frames ({self._last_error or 'the stream is empty'})")
+        logger.warning(
+            "%s: the header says %d frames but only %d decode; frame %d stands in for the missing ones",
+            self._path,
+            self.num_frames,
+            count,
+            count - 1,
+        )
+        self.num_frames = count
+        below = unique < count
+        if not filled[below].all():  # frames before the end that did not decode: cannot happen sequentially
+            raise _DecodeFailed(f"frames {unique[below & ~filled].tolist()} did not decode")
+        past = ~filled
+        last = np.flatnonzero(filled & (unique == count - 1))
+        out[past] = out[last[0]] if len(last) else self.decode(np.array([count - 1]))[0]
+        filled[past] = True
 
     def _rgb(self, frame) -> np.ndarray:
         # Forcing the stream's size keeps every frame the same shape even if the resolution changes mid-stream.
@@ -262,8 +408,15 @@ class _PyAVBackend:
 
 
 def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text or type(exc).__name__
+    """A decoder's exception as a short reason: FFmpeg's error text, or decord's first line without its source prefix."""
+    text = getattr(exc, "strerror", None) or str(exc)  # av.FFmpegError: strerror omits the errno and the path
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    text = _DECORD_PREFIX.sub("", text)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+# decord prefixes its messages with "[08:54:58] /github/workspace/src/video/video_reader.cc:151: ".
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -281,19 +434,36 @@ class VideoReader:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
-        self._requested = backend
         _check_file(self.path)
         self._impl: _DecordBackend | _PyAVBackend
-        if backend in ("auto", "decord"):
-            try:
-                self._impl = _DecordBackend(self.path)
-            except _DecodeFailed as exc:
-                if backend == "decord":
-                    raise VideoError(f"{self.path}: {exc}") from exc
-                logger.debug("%s: %s; using PyAV", self.path, exc)
-                self._impl = self._open_pyav()
-        else:
+        self._fallback: _PyAVBackend | None = None  # auto mode: PyAV takes over if decord fails later
+        if backend == "pyav":
             self._impl = self._open_pyav()
+        elif backend == "decord":
+            try:
+                size = _PyAVBackend(self.path)
+                expected = (size.height, size.width)
+                size.close()
+            except _DecodeFailed:
+                expected = None  # let decord try files FFmpeg's header parser rejects
+            try:
+                self._impl = _DecordBackend(self.path, expected)
+            except _DecodeFailed as exc:
+                raise VideoError(f"{self.path}: {exc}") from exc
+        else:
+            # PyAV reads the header first (cheap): it names the container and codec, which decide whether decord's
+            # random access can be trusted, and it gives the frame size decord's frames must have.
+            pyav = self._open_pyav()
+            self._impl = pyav
+            if _decord_safe(pyav.format_name, pyav.codec_name):
+                try:
+                    self._impl = _DecordBackend(self.path, (pyav.height, pyav.width))
+                    self._fallback = pyav
+                    pyav.close()  # reopens on demand
+                except _DecodeFailed as exc:
+                    logger.debug("%s: %s; using PyAV", self.path, exc)
+            else:
+                logger.debug("%s: %s in %s: using PyAV", self.path, pyav.codec_name, pyav.format_name)
         # Indices are validated against the count reported at open, which callers used to sample.
         self._declared_frames = self._impl.num_frames
 
@@ -346,18 +516,21 @@ class VideoReader:
             return np.empty((0, self.height, self.width, 3), dtype=np.uint8)
         bad = (idx < 0) | (idx >= self._declared_frames)
         if bad.any():
-            raise IndexError(f"frame index {int(idx[bad][0])} out of range for {self._declared_frames} frames")
+            raise IndexError(
+                f"frame index {int(idx[bad][0])} out of range for {self._declared_frames} frames"
+            )
         unique, inverse = np.unique(idx, return_inverse=True)
         try:
             frames = self._impl.decode(unique)
         except _DecodeFailed as exc:
-            if self._impl.name != "decord" or self._requested == "decord":
+            if self._fallback is None:
                 raise VideoError(f"{self.path}: {exc}") from exc
             logger.warning("%s: %s; retrying with PyAV", self.path, exc)
             self._impl.close()
-            self._impl = self._open_pyav()
+            self._impl, self._fallback = self._fallback, None
             try:
-                frames = self._impl.decode(np.minimum(unique, max(self._impl.num_frames - 1, 0)))
+                # PyAV may count fewer frames than decord did: clamp, as for a truncated file.
+                frames = self._impl.decode(np.minimum(unique, self._impl.num_frames - 1))
             except _DecodeFailed as exc2:
                 raise VideoError(f"{self.path}: {exc2}") from exc2
         return frames[inverse.reshape(-1)]
@@ -420,7 +593,9 @@ class SampledFrames:
     num_frames: int
 
 
-def read_sampled_frames(path: str | os.PathLike, num_frames: int = 26, backend: str = "auto") -> SampledFrames:
+def read_sampled_frames(
+    path: str | os.PathLike, num_frames: int = 26, backend: str = "auto"
+) -> SampledFrames:
     """Open `path`, sample `num_frames` (K) frames the paper's way and decode only those. See `SampledFrames`."""
     with open_video(path, backend) as reader:
         indices, mask = sample_frame_indices(reader.num_frames, num_frames)
