@@ -78,9 +78,9 @@ class _DecodeFailed(Exception):
     """Internal: a backend could not open or decode a file; the message is the reason (no path)."""
 
 
-# decord's random access is only trusted where tests/test_video.py checked it against PyAV. Outside this list it
-# returned wrong frames: MPEG-4 part 2 with B-frames (any container; MSVD's Xvid AVIs) and H.264 in AVI (frame
-# 57 came back as frame 35). Intra-only MJPEG is safe in any container.
+# decord's random access is only trusted where tests/test_video.py checked it against PyAV. Elsewhere it returned
+# wrong frames (frame 37 came back as frame 35): MPEG-4 part 2 with B-frames in any container (MSVD's Xvid AVIs),
+# H.264 in AVI, and open-GOP HEVC (x265's default). Intra-only MJPEG is safe in any container.
 _DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
 _DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mjpeg")
 
@@ -238,6 +238,31 @@ class _PyAVBackend:
         if self._frames_iter is None:
             self._frames_iter = self._container.decode(self._stream())
         return self._frames_iter
+
+    def has_leading_frames(self, max_packets: int = 500) -> bool:
+        """True when packets after a keyframe (decode order) show earlier pts: open GOPs, or pts FFmpeg guessed.
+
+        decord seeks to a keyframe and counts frames from it, which miscounts exactly these streams (open-GOP
+        HEVC, MPEG-4 with B-frames). Only the first `max_packets` packets are demuxed: encoders keep one GOP style.
+        """
+        av = self._av
+        stream = self._stream()
+        key_pts = None
+        try:
+            for n, packet in enumerate(self._container.demux(stream)):
+                if packet.size == 0 or n >= max_packets:
+                    break
+                if packet.pts is None:
+                    return True
+                if packet.is_keyframe:
+                    key_pts = packet.pts
+                elif key_pts is not None and packet.pts < key_pts:
+                    return True
+        except av.FFmpegError:
+            return True
+        finally:
+            self._close_container()
+        return False
 
     def _build_index(self) -> None:
         """One demux pass: the frame count and, when every packet has a distinct pts, the pts -> index map."""
@@ -455,7 +480,12 @@ class VideoReader:
             # random access can be trusted, and it gives the frame size decord's frames must have.
             pyav = self._open_pyav()
             self._impl = pyav
-            if _decord_safe(pyav.format_name, pyav.codec_name):
+            why_not = None
+            if not _decord_safe(pyav.format_name, pyav.codec_name):
+                why_not = f"{pyav.codec_name} in {pyav.format_name}"
+            elif pyav.has_leading_frames():
+                why_not = "frames precede their keyframe (open GOP)"
+            if why_not is None:
                 try:
                     self._impl = _DecordBackend(self.path, (pyav.height, pyav.width))
                     self._fallback = pyav
@@ -463,7 +493,7 @@ class VideoReader:
                 except _DecodeFailed as exc:
                     logger.debug("%s: %s; using PyAV", self.path, exc)
             else:
-                logger.debug("%s: %s in %s: using PyAV", self.path, pyav.codec_name, pyav.format_name)
+                logger.debug("%s: %s: using PyAV", self.path, why_not)
         # Indices are validated against the count reported at open, which callers used to sample.
         self._declared_frames = self._impl.num_frames
 
