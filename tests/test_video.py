@@ -151,9 +151,7 @@ def test_decord_and_pyav_return_the_same_frames(tmp_path, name, codec, pix_fmt, 
     if not has_encoder(codec):
         pytest.skip(f"this PyAV build has no {codec} encoder")
     if auto_backend != "decord":
-        pytest.skip(
-            "decord's random access is wrong on this format: see test_decord_is_not_used_where_it_is_wrong"
-        )
+        pytest.skip("auto does not give this file to decord: see test_decord_is_not_used_where_it_is_wrong")
     frames = textured_frames(40)
     path = write_video(tmp_path / name, frames, codec=codec, pix_fmt=pix_fmt, options=options)
     indices = [37, 3, 39, 12, 12, 25, 0, 31, 13]  # unsorted, repeated, across several keyframes (g=8)
@@ -328,10 +326,18 @@ def test_unknown_backend(tiny_video):
 # Broken files: a VideoError naming the file, never a crash
 
 
-def _write_audio_only(path):
-    with av.open(str(path), mode="w") as container:
+def _write_audio_only(path, cover: bool = False):
+    """AAC audio; `cover` adds an album-cover JPEG as an attached_pic "video" stream, as music files have."""
+    with av.open(str(path), mode="w", format="mp4") as container:
         stream = container.add_stream("aac", rate=16000)
         stream.layout = "mono"
+        if cover:
+            picture = container.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 32, 32, "yuvj420p"
+            picture.disposition = av.stream.Disposition.attached_pic
+            image = av.VideoFrame.from_ndarray(np.full((32, 32, 3), 200, np.uint8), format="rgb24")
+            for packet in [*picture.encode(image), *picture.encode()]:
+                container.mux(packet)
         for i in range(5):
             frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
             frame.sample_rate, frame.pts = 16000, i * 1024
@@ -351,6 +357,7 @@ def _write_audio_only(path):
         ("empty.mp4", "empty file"),
         ("text.mp4", ""),
         ("audio.m4a", ""),
+        ("cover.m4a", ""),
         ("truncated.mp4", ""),
     ],
 )
@@ -362,8 +369,8 @@ def test_broken_files_raise_video_error(tmp_path, tiny_video, case, reason, back
         path.touch()
     elif case == "text.mp4":
         path.write_text("this is not a video\n" * 50)
-    elif case == "audio.m4a":
-        _write_audio_only(path)
+    elif case in ("audio.m4a", "cover.m4a"):
+        _write_audio_only(path, cover=case == "cover.m4a")
     elif case == "truncated.mp4":  # the moov atom is at the end: half a file has no index
         data = tiny_video.read_bytes()
         path.write_bytes(data[: len(data) // 2])
@@ -371,7 +378,7 @@ def test_broken_files_raise_video_error(tmp_path, tiny_video, case, reason, back
         read_sampled_frames(path, num_frames=8, backend=backend)
     message = str(info.value)
     assert message.startswith(f"{path}: ") and reason in message and "\n" not in message
-    if case == "audio.m4a" and backend != "decord":
+    if case in ("audio.m4a", "cover.m4a") and backend != "decord":
         assert message == f"{path}: no video stream"
 
 

@@ -1,10 +1,12 @@
 """Video decoding and the paper's frame sampling: file -> uint8 RGB frames (K, H, W, 3).
 
-Two decoders sit behind one `VideoReader`: decord (fast random access, Linux/Windows x86_64 wheels only) and PyAV
-(everywhere). `backend="auto"` tries decord first and falls back to PyAV when decord is missing, cannot open the file,
-raises while decoding it or returns frames of the wrong shape (REFERENCE.md section 5 lists decord's known traps).
+Two decoders sit behind one `VideoReader`: decord (Linux/Windows x86_64 wheels only) and PyAV (everywhere).
+`backend="auto"` reads the header with PyAV, then uses decord where its random access was checked to return the
+right frames (H.264/HEVC/VP8/VP9/AV1 in MP4/MOV/MKV/WebM without open GOPs, MJPEG anywhere) and PyAV elsewhere
+(MSVD's Xvid AVIs, H.264 in AVI, open-GOP HEVC: decord returned wrong frames for those). If decord fails later
+(an exception, or frames of the wrong shape) PyAV takes over. REFERENCE.md section 5 lists more decord traps.
 
-Frame index i always means "the i-th frame in presentation order", so both decoders return the same frames for the
+Frame index i means "the i-th frame the decoder outputs" for both decoders, so they return the same frames for the
 same indices (tests/test_video.py checks this on every container/codec the project supports).
 """
 
@@ -188,7 +190,7 @@ class _PyAVBackend:
         self.exhausted_at: int | None = None  # decodable frame count, once decoding has hit the real end
         self._last_error: str | None = None
         container = self._open()
-        stream = container.streams.video[0]
+        stream = container.streams[self._stream_index]
         self.format_name = container.format.name
         self.codec_name = stream.codec_context.name
         self.height, self.width = int(stream.codec_context.height), int(stream.codec_context.width)
@@ -212,11 +214,16 @@ class _PyAVBackend:
             container = av.open(self._path, mode="r")
         except av.FFmpegError as exc:
             raise _DecodeFailed(f"not a readable video ({_one_line(exc)})") from exc
-        if not container.streams.video:
+        # Music files carry their cover image as a one-frame "video" stream flagged attached_pic: not a video.
+        videos = [
+            s for s in container.streams.video if not s.disposition & av.stream.Disposition.attached_pic
+        ]
+        if not videos:
             container.close()
             raise _DecodeFailed("no video stream")
         # Frame and slice threads: the decode loop is the bottleneck of this backend.
-        container.streams.video[0].thread_type = "AUTO"
+        videos[0].thread_type = "AUTO"
+        self._stream_index = videos[0].index
         self._container = container
         self._frames_iter = None
         self._next_index = 0
@@ -232,7 +239,7 @@ class _PyAVBackend:
     def _stream(self):
         if self._container is None:
             self._open()
-        return self._container.streams.video[0]
+        return self._container.streams[self._stream_index]
 
     def _frames(self):
         if self._frames_iter is None:
