@@ -1,0 +1,279 @@
+"""Greedy and beam-search decoding over any model with the `init_state` / `step` interface.
+
+The model interface (vidcap.model.CaptionModel implements it; tests use toy models):
+
+    state = model.init_state(feats (B, T, D), mask (B, T) bool)   # dict of tensors, all batch-first
+    log_probs (B, V), alpha (B, T), state = model.step(prev_tokens (B,) long, state)
+
+`decode` runs greedy search when `beam_size == 1` and beam search otherwise. Beam search is batched: the B videos x
+K beams of a batch advance together, one `model.step` call per time step on B*K rows (the state is expanded with
+`repeat_interleave` and reordered with `index_select` over dim 0); videos whose best hypotheses are settled leave
+the batch. Scores are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless
+`length_penalty` is set.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from vidcap.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+NEG_INF = float("-inf")
+
+
+@dataclass(frozen=True)
+class DecodingOptions:
+    """How to decode. The defaults are the original code's beam search (Yao et al. 2015)."""
+
+    # K, hypotheses kept per video at every step; 1 is greedy search.
+    beam_size: int = 5
+    # Most words in a caption, EOS not counted: after max_len words EOS is forced (its log-prob is still added).
+    max_len: int = 30
+    # alpha. 0: rank by the plain sum of log-probs (the original, which favours short captions). Otherwise a
+    # finished hypothesis of L tokens (EOS included) is ranked by log_prob / ((5 + L) / 6) ** alpha, GNMT's
+    # length normalisation (Wu et al. 2016); alpha > 0 favours longer captions.
+    length_penalty: float = 0.0
+    # n > 0: never repeat an n-gram within a caption (its last word gets probability 0). 0: off.
+    no_repeat_ngram_size: int = 0
+    # Finished hypotheses returned per video, best first; at most beam_size.
+    n_best: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("beam_size", "max_len", "no_repeat_ngram_size", "n_best"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise UsageError(f"decoding option {name} must be an integer, got {value!r}")
+        if self.beam_size < 1:
+            raise UsageError(f"beam_size must be >= 1, got {self.beam_size}")
+        if self.max_len < 1:
+            raise UsageError(f"max_len must be >= 1, got {self.max_len}")
+        if self.no_repeat_ngram_size < 0:
+            raise UsageError(f"no_repeat_ngram_size must be >= 0 (0 = off), got {self.no_repeat_ngram_size}")
+        if not 1 <= self.n_best <= self.beam_size:
+            raise UsageError(f"n_best must be between 1 and beam_size ({self.beam_size}), got {self.n_best}")
+        if not math.isfinite(self.length_penalty):
+            raise UsageError(f"length_penalty must be a finite number, got {self.length_penalty}")
+
+
+@dataclass
+class Hypothesis:
+    """One decoded caption.
+
+    tokens: the word ids, without BOS and EOS. log_prob: sum of the log-probabilities of the words and of EOS.
+    score: what hypotheses are ranked by (log_prob, length-normalised when `length_penalty` is set).
+    attention: (len(tokens) + 1, T) float32, the attention weights of each step, the EOS step last.
+    """
+
+    tokens: list[int]
+    log_prob: float
+    score: float
+    attention: np.ndarray
+
+
+def length_normaliser(length: int, alpha: float) -> float:
+    """GNMT's lp(L) = ((5 + L) / 6) ** alpha; the score of a hypothesis of L tokens (EOS included) is
+    log_prob / lp(L). 1 when alpha is 0."""
+    return 1.0 if alpha == 0 else ((5.0 + length) / 6.0) ** alpha
+
+
+def decode(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions | None = None,
+    bos_id: int = 1, eos_id: int = 2,
+) -> list[list[Hypothesis]]:
+    """Caption a batch of videos.
+
+    feats: (B, T, D) float on the model's device; mask: (B, T) bool, True on real frames. Returns for each video
+    its `options.n_best` hypotheses, best first (greedy search gives one). `bos_id`/`eos_id` are the vocabulary's
+    BOS and EOS ids (vidcap.vocab.Vocabulary.BOS = 1, EOS = 2). Call `model.eval()` first: dropout stays on in
+    training mode. Runs without gradients.
+    """
+    options = options or DecodingOptions()
+    if feats.dim() != 3 or mask.shape != feats.shape[:2]:
+        raise ValueError(f"feats must be (B, T, D) and mask (B, T); got {tuple(feats.shape)} and {tuple(mask.shape)}")
+    if getattr(model, "training", False):
+        log.warning("decoding with a model in training mode (dropout is active); call model.eval() first")
+    if feats.shape[0] == 0:
+        return []
+    with torch.no_grad():
+        if options.beam_size == 1:
+            return greedy_search(model, feats, mask.bool(), options, bos_id, eos_id)
+        return beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
+
+
+def _select(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {key: value.index_select(0, index) for key, value in state.items()}
+
+
+def _banned(history: list[int], n: int) -> list[int]:
+    """Words that would repeat an n-gram of `history` if appended to it."""
+    if len(history) < n - 1 or n == 0:
+        return []
+    if n == 1:
+        return list(set(history))
+    prefix = history[len(history) - n + 1:]
+    return [history[i + n - 1] for i in range(len(history) - n + 1) if history[i:i + n - 1] == prefix]
+
+
+def _block(log_probs: torch.Tensor, histories: list[list[int] | None], n: int) -> None:
+    """Set log_probs[r, w] = -inf (in place) for the words w that would repeat an n-gram of histories[r]."""
+    rows, words = [], []
+    for row, history in enumerate(histories):
+        if history is not None:
+            banned = _banned(history, n)
+            rows.extend([row] * len(banned))
+            words.extend(banned)
+    if rows:
+        device = log_probs.device
+        log_probs[torch.tensor(rows, device=device), torch.tensor(words, device=device)] = NEG_INF
+
+
+def _force_eos(log_probs: torch.Tensor, eos_id: int) -> torch.Tensor:
+    forced = torch.full_like(log_probs, NEG_INF)
+    forced[:, eos_id] = log_probs[:, eos_id]
+    return forced
+
+
+@torch.no_grad()
+def greedy_search(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
+) -> list[list[Hypothesis]]:
+    """The most likely next word at every step. feats (B, T, D), mask (B, T) bool -> B lists of 1 hypothesis."""
+    B = feats.shape[0]
+    device = feats.device
+    state = model.init_state(feats, mask)
+    active = list(range(B))  # the video of each state row
+    prev = torch.full((B,), bos_id, dtype=torch.long, device=device)
+    tokens: list[list[int]] = [[] for _ in range(B)]
+    log_probs_sum = [0.0] * B
+    attention: list[list[torch.Tensor]] = [[] for _ in range(B)]
+    results: list[list[Hypothesis]] = [[] for _ in range(B)]
+    for t in range(options.max_len + 1):
+        log_probs, alpha, state = model.step(prev, state)
+        log_probs = log_probs.double()
+        if options.no_repeat_ngram_size:
+            _block(log_probs, [tokens[b] for b in active], options.no_repeat_ngram_size)
+        if t == options.max_len:
+            log_probs = _force_eos(log_probs, eos_id)
+        best_log_prob, best = log_probs.max(dim=-1)
+        alpha = alpha.float().cpu()
+        keep = []
+        for row, (video, word, word_log_prob) in enumerate(zip(active, best.tolist(), best_log_prob.tolist(), strict=True)):
+            log_probs_sum[video] += word_log_prob
+            attention[video].append(alpha[row])
+            if word == eos_id:
+                length = len(tokens[video]) + 1
+                results[video] = [Hypothesis(
+                    tokens=tokens[video],
+                    log_prob=log_probs_sum[video],
+                    score=log_probs_sum[video] / length_normaliser(length, options.length_penalty),
+                    attention=torch.stack(attention[video]).numpy(),
+                )]
+            else:
+                tokens[video].append(word)
+                keep.append(row)
+        if not keep:
+            break
+        if len(keep) < len(active):  # finished videos leave the batch
+            index = torch.tensor(keep, device=device)
+            state, best = _select(state, index), best.index_select(0, index)
+            active = [active[row] for row in keep]
+        prev = best
+    return results
+
+
+@torch.no_grad()
+def beam_search(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
+) -> list[list[Hypothesis]]:
+    """Batched beam search. feats (B, T, D), mask (B, T) bool -> B lists of n_best hypotheses, best first.
+
+    The state has A*K rows, beam k of the a-th active video at row a*K + k. Each step ranks the K*V extensions of a
+    video's beams and walks them best first: an extension ending in EOS becomes a finished hypothesis, the others
+    fill the K beams of the next step (the best 2K extensions always hold K that do not end in EOS). A video is
+    settled when it has n_best finished hypotheses that no live beam can beat: log-probs only decrease, so a live
+    beam's final score is at most its log-prob divided by the largest length normaliser it can still reach.
+    """
+    B = feats.shape[0]
+    K = options.beam_size
+    alpha_lp = options.length_penalty
+    device = feats.device
+    state = _select(model.init_state(feats, mask), torch.arange(B, device=device).repeat_interleave(K))
+    active = list(range(B))
+    # Beams 1..K-1 start at -inf so that the K identical copies of a video do not become K identical beams.
+    beam_log_prob = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
+    beam_log_prob[:, 0] = 0.0
+    prev = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
+    histories: list[list[int]] = [[] for _ in range(B * K)]
+    attention: list[list[torch.Tensor]] = [[] for _ in range(B * K)]
+    live_row = [True] * (B * K)
+    finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+
+    for t in range(options.max_len + 1):
+        log_probs, alpha, state = model.step(prev, state)
+        V = log_probs.shape[-1]
+        log_probs = log_probs.double()
+        if options.no_repeat_ngram_size:
+            _block(log_probs, [h if ok else None for h, ok in zip(histories, live_row, strict=True)], options.no_repeat_ngram_size)
+        if t == options.max_len:
+            log_probs = _force_eos(log_probs, eos_id)
+        A = len(active)
+        candidates = (beam_log_prob.view(A * K, 1) + log_probs).view(A, K * V)
+        top_log_prob, top_index = candidates.topk(min(2 * K, K * V), dim=1)
+        top_log_prob, top_index = top_log_prob.tolist(), top_index.tolist()
+        alpha = alpha.float().cpu()
+
+        # After this step a live beam has t + 1 words; it can still end with L = t + 2 .. max_len + 1 tokens.
+        best_normaliser = max(length_normaliser(t + 2, alpha_lp), length_normaliser(options.max_len + 1, alpha_lp))
+        next_active, rows, words, scores = [], [], [], []
+        for a, video in enumerate(active):
+            beams = []  # (source row, word, log-prob), best first
+            for log_prob, index in zip(top_log_prob[a], top_index[a], strict=True):
+                if log_prob == NEG_INF:
+                    break
+                k, word = divmod(index, V)
+                row = a * K + k
+                if word == eos_id:
+                    length = len(histories[row]) + 1
+                    finished[video].append(Hypothesis(
+                        tokens=list(histories[row]),
+                        log_prob=log_prob,
+                        score=log_prob / length_normaliser(length, alpha_lp),
+                        attention=torch.stack(attention[row] + [alpha[row]]).numpy(),
+                    ))
+                else:
+                    beams.append((row, word, log_prob))
+                    if len(beams) == K:
+                        break
+            if not beams:
+                continue
+            done = finished[video]
+            if len(done) >= options.n_best:
+                nth_best = sorted((h.score for h in done), reverse=True)[options.n_best - 1]
+                if nth_best >= beams[0][2] / best_normaliser:
+                    continue
+            # Fewer than K extensions (tiny vocabularies, blocked n-grams): pad with dead beams at -inf.
+            beams += [(beams[0][0], eos_id, NEG_INF)] * (K - len(beams))
+            next_active.append(video)
+            for row, word, log_prob in beams:
+                rows.append(row)
+                words.append(word)
+                scores.append(log_prob)
+        if not next_active:
+            break
+        histories = [histories[row] + [word] for row, word in zip(rows, words, strict=True)]
+        attention = [attention[row] + [alpha[row]] for row in rows]
+        live_row = [score != NEG_INF for score in scores]
+        state = _select(state, torch.tensor(rows, device=device))
+        prev = torch.tensor(words, dtype=torch.long, device=device)
+        beam_log_prob = torch.tensor(scores, dtype=torch.float64, device=device).view(-1, K)
+        active = next_active
+
+    # sorted() is stable: among equal scores the hypothesis found first (the shorter one) wins.
+    return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]
