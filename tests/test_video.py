@@ -287,6 +287,22 @@ def test_pyav_seeks_over_long_gaps(tmp_path):
     assert decoded <= 4 * 20
 
 
+def test_pyav_continues_after_seeking(tmp_path):
+    """Sorted chunks (how features.py asks): the next chunk continues from the decoder, nothing is decoded twice."""
+    n = 300
+    path = write_video(
+        tmp_path / "long.mp4", numbered_frames(n, 16, 16) % 200, options={"crf": "0", "g": "20"}
+    )
+    with open_video(path, "pyav") as reader:
+        first = reader.get_frames([5, 250])  # seeks
+        decoded = reader.frames_decoded
+        second = reader.get_frames([251, 260])  # sequential from frame 251
+        assert reader.frames_decoded - decoded == 10
+        third = reader.get_frames([2])  # behind the decoder: starts again
+    got = levels(np.concatenate([first, second, third]))
+    assert np.abs(got - (8 * np.array([5, 250, 251, 260, 2])) % 256 % 200).max() <= 2
+
+
 def test_pyav_seeking_turns_itself_off_when_timestamps_lie(tmp_path):
     """H.264 with B-frames in AVI: FFmpeg guesses pts that do not match the packet index; results stay exact."""
     frames = textured_frames(150, 16, 16)

@@ -310,7 +310,9 @@ class _PyAVBackend:
     def _decode_unique(self, unique: np.ndarray) -> np.ndarray:
         out = np.empty((len(unique), self.height, self.width, 3), dtype=np.uint8)
         filled = np.zeros(len(unique), dtype=bool)
-        gaps = np.diff(np.concatenate([[self._next_index if self._container else 0], unique]))
+        # The decoder continues from its position when the request is ahead of it, else restarts at frame 0.
+        ahead = self._container is not None and unique[0] >= self._next_index
+        gaps = np.diff(np.concatenate([[self._next_index if ahead else 0], unique]))
         if self._seekable and gaps.max() >= SEEK_MIN_GAP and self.exhausted_at is None:
             if self._pts_rank is None:
                 self._build_index()
@@ -354,10 +356,15 @@ class _PyAVBackend:
     def _decode_seeking(self, unique: np.ndarray, out: np.ndarray, filled: np.ndarray) -> bool:
         """Seek to the keyframe before each far-away wanted frame. False when the pts index proved unreliable."""
         av = self._av
-        self._close_container()
+        if self._container is not None and unique[0] >= self._next_index:
+            frames = self._frames()  # continue from where the last call stopped
+            position = self._next_index - 1
+        else:
+            self._close_container()
+            frames = None
         stream = self._stream()
-        frames = None
-        position = -1  # index of the last frame decoded since the last seek (-1: none)
+        if frames is None:
+            position = -1  # index of the last frame decoded since the last seek (-1: none yet)
         for n, target in enumerate(unique.tolist()):
             if filled[n]:
                 continue
@@ -399,7 +406,10 @@ class _PyAVBackend:
             except av.FFmpegError as exc:
                 logger.debug("%s: decoding after a seek failed (%s)", self._path, _one_line(exc))
                 return self._give_up_seeking()
-        self._close_container()  # the sequential position is unknown after seeks
+        # Ranks were consecutive since the last seek, so the decoder's next frame is position + 1: a later request
+        # for frames further on continues from here (features.py asks for frames in sorted chunks).
+        self._frames_iter = frames
+        self._next_index = position + 1
         return bool(filled.all())
 
     def _give_up_seeking(self) -> bool:
