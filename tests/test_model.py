@@ -13,6 +13,15 @@ BOS, EOS = 1, 2
 V, DG, DL, T = 11, 6, 4, 5
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def make_model(variant="local_global", encoder="auto", seed=0, **kw) -> CaptionModel:
     torch.manual_seed(seed)
     cfg = ModelConfig(
@@ -145,7 +154,6 @@ def greedy(model: CaptionModel, feats, mask, max_len=8) -> list[list[int]]:
     return out
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["basic", "local_global"])
 def test_tiny_model_overfits_four_videos(variant):
     """4 videos, 4 different captions: after training, greedy decoding reproduces each caption exactly."""

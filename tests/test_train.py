@@ -1,0 +1,301 @@
+"""Training through the real CLI and YAML configs: data module, fast_dev_run per variant, checkpoints, resume, DDP."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidcap.cli import main
+from vidcap.data import CaptionDataModule, collate
+from vidcap.errors import UsageError
+from vidcap.vocab import Vocabulary
+
+REPO = Path(__file__).resolve().parents[1]
+T, DG, DL = 5, 6, 4
+WORDS = "a man woman is cooking riding horse dog running playing guitar the".split()
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny models run faster on one thread, and the test machine's cores are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def write_store(store: Path, lengths: dict[str, int], local: bool = True, seed: int = 0) -> Path:
+    """A feature store in the documented format: meta.json, features/<id>.npz, manifest.csv."""
+    rng = np.random.default_rng(seed)
+    (store / "features").mkdir(parents=True)
+    meta = {
+        "format": 1, "num_frames": T, "dtype": "float16",
+        "global": {"name": "fake2d", "weights": "random", "dim": DG, "image_size": 32},
+        "local": {"name": "fake3d", "weights": "random", "dim": DL, "image_size": 32, "clip_length": 4,
+                  "clip_stride": 1} if local else None,
+        "versions": {},
+    }
+    (store / "meta.json").write_text(json.dumps(meta))
+    for video_id, n in lengths.items():
+        mask = np.arange(T) < n
+        arrays = {"global": rng.standard_normal((T, DG)).astype(np.float16) * mask[:, None],
+                  "mask": mask, "times": np.arange(T, dtype=np.float32)}
+        if local:
+            arrays["local"] = rng.standard_normal((T, DL)).astype(np.float16) * mask[:, None]
+        np.savez(store / "features" / f"{video_id}.npz", **arrays)
+    with open(store / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "status", "error"], *[[v, "ok", ""] for v in lengths]])
+    return store
+
+
+def write_data(data: Path, captions: list[tuple[str, str, str]]) -> Path:
+    data.mkdir(parents=True)
+    with open(data / "captions.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "split", "caption"], *captions])
+    with open(data / "videos.csv", "w", newline="") as f:
+        rows = sorted({(v, s) for v, s, _ in captions})
+        csv.writer(f).writerows([["video_id", "split", "path"], *[[v, s, f"{v}.mp4"] for v, s in rows]])
+    Vocabulary(WORDS).save(data / "vocab.json")
+    return data
+
+
+CAPTIONS = [
+    *[(f"tr{i}", "train", f"a {w} is {v}") for i, (w, v) in
+      enumerate([("man", "cooking"), ("woman", "riding"), ("dog", "running"), ("man", "playing"),
+                 ("woman", "cooking"), ("dog", "playing"), ("man", "riding"), ("woman", "running")])],
+    ("tr0", "train", "the man is cooking"),
+    ("tr1", "train", "a woman is riding a horse"),
+    ("gone", "train", "a dog is missing"),  # no features: failed extraction
+    ("va0", "val", "a man is cooking"), ("va0", "val", "the man is cooking"),
+    ("va1", "val", "a dog is running"),
+    ("va2", "val", "a woman is playing guitar"), ("va2", "val", "a woman is playing"),
+    ("te0", "test", "a man is riding a horse"), ("te1", "test", "a dog is playing"),
+]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("dataset")
+    lengths = {v: 5 for v, _, _ in CAPTIONS if v != "gone"}
+    lengths.update({"tr1": 3, "va1": 2})
+    return write_data(root / "data", CAPTIONS), write_store(root / "feats", lengths)
+
+
+def cli_args(dataset, root: Path, *extra: str, model: str = "global") -> list[str]:
+    data, feats = dataset
+    return ["--config", str(REPO / "configs/data/synthetic.yaml"),
+            "--config", str(REPO / f"configs/model/{model}.yaml"),
+            "--config", str(REPO / "configs/trainer/cpu.yaml"),
+            "--config", str(REPO / "configs/debug.yaml"),
+            "--data.data_dir", str(data), "--data.features_dir", str(feats),
+            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]
+
+
+def metrics_rows(root: Path) -> list[dict[str, str]]:
+    """Rows of every CSVLogger metrics.csv under root, oldest version first."""
+    rows = []
+    for path in sorted(root.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path) as f:
+            rows.extend(dict(r, version=path.parent.name) for r in csv.DictReader(f))
+    return rows
+
+
+# -- data ----------------------------------------------------------------------------------------------------------
+def test_collate_pads_captions_and_frames():
+    mask_a, mask_b = np.array([1, 1, 1, 0, 0], bool), np.array([1, 1, 0, 0, 0], bool)
+    samples = [
+        {"video_id": "a", "global": np.ones((T, 2), np.float16), "local": None, "mask": mask_a,
+         "references": ["x y", "z"], "tokens": [[5, 6, 2], [7, 2]]},
+        {"video_id": "b", "global": np.zeros((T, 2), np.float16), "local": None, "mask": mask_b,
+         "references": ["w"], "tokens": [[8, 2]]},
+    ]
+    batch = collate(samples)
+    assert batch["video_ids"] == ["a", "b"] and batch["local"] is None
+    assert batch["global"].shape == (2, T, 2) and batch["global"].dtype == torch.float32
+    assert batch["mask"].tolist() == [mask_a.tolist(), mask_b.tolist()]
+    assert batch["inputs"].tolist() == [[1, 5, 6], [1, 7, 0], [1, 8, 0]]
+    assert batch["targets"].tolist() == [[5, 6, 2], [7, 2, 0], [8, 2, 0]]
+    assert batch["caption_video"].tolist() == [0, 0, 1]
+    assert batch["references"] == [["x y", "z"], ["w"]]
+
+
+def test_datamodule_sizes_splits_and_skipped_videos(dataset, caplog):
+    data, feats = dataset
+    dm = CaptionDataModule(str(data), str(feats), batch_size=3, num_workers=0)
+    assert (dm.vocab_size, dm.global_dim, dm.local_dim, dm.num_frames) == (4 + len(WORDS), DG, DL, T)
+    assert dm.feature_meta["global"]["name"] == "fake2d"
+    assert dm.datasets == {}  # nothing read before setup()
+    with caplog.at_level(logging.WARNING, logger="vidcap.data"):
+        dm.setup("fit")
+    assert "train: 1 of 9 videos have no features" in caplog.text
+    assert len(dm.datasets["train"]) == 10 and len(dm.datasets["val"]) == 3
+    val = next(iter(dm.val_dataloader()))
+    assert val["video_ids"] == ["va0", "va1", "va2"]
+    assert val["caption_video"].tolist() == [0, 0, 1, 2, 2]
+    assert val["mask"].sum(1).tolist() == [5, 2, 5]
+    vocab = dm.vocab
+    assert vocab.decode(val["targets"][2].tolist()) == "a dog is running"
+    train = next(iter(dm.train_dataloader()))
+    assert train["global"].shape == (3, T, DG) and train["local"].shape == (3, T, DL)
+
+
+def test_datamodule_user_errors(dataset, tmp_path):
+    data, feats = dataset
+    with pytest.raises(UsageError, match="data directory not found"):
+        CaptionDataModule(str(tmp_path / "nowhere"), str(feats))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UsageError, match=r"vocab\.json: vocabulary not found"):
+        CaptionDataModule(str(tmp_path / "empty"), str(feats))
+    with pytest.raises(UsageError, match="feature store not found"):
+        CaptionDataModule(str(data), str(tmp_path / "nofeats"))
+    with pytest.raises(UsageError):
+        CaptionDataModule(str(data), str(tmp_path / "empty"))  # a folder without meta.json
+
+
+def test_cli_user_error_is_one_line_exit_2(dataset, tmp_path, capsys):
+    data, _ = dataset
+    args = cli_args(dataset, tmp_path)
+    args[args.index("--data.features_dir") + 1] = str(tmp_path / "missing")
+    assert main(["fit", *args]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("vidcap fit: error: ") and "feature store not found" in err[0]
+
+
+def test_variant_needing_local_features_is_a_usage_error(dataset, tmp_path, capsys):
+    data, _ = dataset
+    feats = write_store(tmp_path / "global_only", {"tr0": 5}, local=False)
+    args = cli_args((data, feats), tmp_path, model="local_global")
+    assert main(["fit", *args]) == 2
+    assert "needs local (3-D CNN) features" in capsys.readouterr().err
+
+
+def test_print_config_has_no_linked_values(dataset, tmp_path, capsys):
+    assert main(["fit", *cli_args(dataset, tmp_path), "--print_config"]) == 0
+    out = capsys.readouterr().out
+    assert "variant: global" in out and "encoder: position" in out and "gradient_clip_val: 10.0" in out
+    assert "vocab_size" not in out and "feature_meta" not in out
+
+
+# -- training through the CLI --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("variant", ["basic", "local", "global", "local_global"])
+def test_fast_dev_run_each_variant(dataset, tmp_path, variant):
+    assert main(["fit", *cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", model=variant)]) == 0
+
+
+def test_checkpoint_self_describing_and_resume(dataset, tmp_path):
+    from vidcap.lit_module import load_checkpoint
+
+    root = tmp_path / "run"
+    args = cli_args(dataset, root, "--trainer.val_check_interval", "2", "--trainer.limit_train_batches", "3",
+                    "--trainer.max_epochs", "3")
+    assert main(["fit", *args, "--trainer.max_steps", "2"]) == 0
+    last = root / "checkpoints" / "last.ckpt"
+    checkpoint = torch.load(last, weights_only=True)
+    assert checkpoint["global_step"] == 2
+    meta = checkpoint["vidcap"]
+    assert meta["format"] == 1
+    assert meta["model"]["variant"] == "global" and meta["model"]["encoder"] == "position"
+    assert meta["model"]["vocab_size"] == 4 + len(WORDS) and meta["model"]["max_frames"] == T
+    assert meta["vocab"]["tokens"][4:] == WORDS
+    assert meta["features"]["global"]["name"] == "fake2d"
+
+    # The model rebuilds from the checkpoint alone and computes what the training module computed.
+    model, vocab, features = load_checkpoint(last)
+    assert vocab.itos[4:] == WORDS and features == meta["features"]
+    assert all(torch.equal(v, checkpoint["state_dict"][f"model.{k}"]) for k, v in model.state_dict().items())
+
+    # Resume: the second run starts at step 2 and stops at 5; a restart would log steps 0 and 1 again.
+    assert main(["fit", *args, "--trainer.max_steps", "5", "--ckpt_path", "last"]) == 0
+    assert torch.load(last, weights_only=True)["global_step"] == 5
+    rows = [r for r in metrics_rows(root) if r.get("train/loss")]
+    first, second = ([int(r["step"]) for r in rows if r["version"] == v] for v in ("version_0", "version_1"))
+    assert first == [0, 1] and second == [2, 3, 4]
+
+    # validate / test with the checkpoint; validation of the final weights reproduces the logged val/loss.
+    assert main(["validate", *args, "--ckpt_path", str(last)]) == 0
+    assert main(["test", *args, "--ckpt_path", str(last)]) == 0
+    rows = metrics_rows(root)
+    assert any(r.get("test/ppl") for r in rows)
+    val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
+    assert val[-1] == pytest.approx(val[-2], rel=1e-5)
+
+
+def count_score(references, predictions):
+    """Stand-in for vidcap.metrics.score_captions (no Java) whose values count what it was given."""
+    return {"Bleu_1": 0.0, "Bleu_2": 0.0, "Bleu_3": 0.0,
+            "Bleu_4": float(sum(len(r) for r in references.values())),  # references scored
+            "METEOR": float(sum(len(p.split()) for p in predictions.values())),  # predicted words
+            "ROUGE_L": 0.0, "CIDEr": float(len(predictions))}  # videos scored
+
+
+def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monkeypatch):
+    """Decoded captions of every batch are collected and scored in one call per validation epoch."""
+    import vidcap.metrics
+
+    calls = []
+
+    def fake_score(references, predictions):
+        calls.append((dict(references), dict(predictions)))
+        return count_score(references, predictions)
+
+    monkeypatch.setattr(vidcap.metrics, "score_captions", fake_score)
+    args = cli_args(dataset, tmp_path, "--model.caption_metrics", "true", "--data.eval_batch_size", "2",
+                    "--trainer.limit_val_batches", "1.0")
+    assert main(["validate", *args]) == 0
+    assert len(calls) == 1
+    references, predictions = calls[0]
+    assert references == {"va0": ["a man is cooking", "the man is cooking"], "va1": ["a dog is running"],
+                          "va2": ["a woman is playing guitar", "a woman is playing"]}
+    assert sorted(predictions) == ["va0", "va1", "va2"] and all(isinstance(p, str) for p in predictions.values())
+    (row,) = [r for r in metrics_rows(tmp_path) if r.get("val/CIDEr")]
+    assert (float(row["val/BLEU4"]), float(row["val/CIDEr"])) == (5.0, 3.0)
+    assert float(row["val/METEOR"]) == sum(len(p.split()) for p in predictions.values())
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):
+    """2 gloo processes; the 3 val videos are padded to 4 by DistributedSampler: nothing may count twice.
+    One process validating the same weights must log exactly the same perplexity and caption scores.
+    The scorer is `count_score` (no Java) in both runs: a script patches it in, and Lightning relaunches
+    that script for the second rank."""
+    import vidcap.metrics
+
+    script = tmp_path / "vidcap_counting.py"
+    script.write_text(
+        "import sys\nimport vidcap.metrics\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from test_train import count_score\n"
+        "vidcap.metrics.score_captions = count_score\n"
+        "from vidcap.cli import main\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    monkeypatch.setattr(vidcap.metrics, "score_captions", count_score)
+    root = tmp_path / "ddp"
+    common = ["--model.caption_metrics", "true", "--model.beam_size", "2", "--trainer.limit_val_batches", "1.0"]
+    args = cli_args(dataset, root, *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                    "--trainer.accelerator", "cpu")
+    proc = subprocess.run([sys.executable, str(script), "fit", *args], capture_output=True, text=True,
+                          cwd=tmp_path, timeout=240, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    last = root / "checkpoints" / "last.ckpt"
+    keys = ("val/ppl", "val/loss", "val/BLEU4", "val/METEOR", "val/CIDEr")
+    (ddp,) = [r for r in metrics_rows(root) if r.get("val/ppl")]
+    assert main(["validate", *cli_args(dataset, root, *common), "--ckpt_path", str(last)]) == 0
+    single = [r for r in metrics_rows(root) if r.get("val/ppl")][-1]
+    assert single["version"] != ddp["version"]
+    for key in keys:
+        assert float(single[key]) == pytest.approx(float(ddp[key]), rel=1e-5), key
+    assert (float(ddp["val/CIDEr"]), float(ddp["val/BLEU4"])) == (3.0, 5.0)  # 3 videos, 5 references
+    assert math.isfinite(float(ddp["val/ppl"])) and float(ddp["val/ppl"]) > 1
