@@ -1,0 +1,293 @@
+"""`vidcap extract` and its engine (vidcap/extract.py): store contents, failures, resume, SIGKILL, two processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import write_video
+from vidcap.cli import main
+from vidcap.extract import _Batcher, _Item, clean_temp_files, read_video_table
+from vidcap.features import (
+    EXTRACTORS,
+    VideoInputs,
+    build_extractor,
+    extract_video_features,
+    load_features,
+    read_meta,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _frames(n: int, seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Smooth moving pattern (compresses well, differs per video and frame)."""
+    y, x = np.mgrid[0:height, 0:width]
+    t = np.arange(n)[:, None, None]
+    base = (np.sin((x[None] + 3 * t + 7 * seed) / 6.0) + np.cos((y[None] - 2 * t) / 5.0 + seed)) * 60 + 128
+    rgb = np.stack([base, np.roll(base, seed + 1, axis=2), 255 - base], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def _write_table(data: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(data / "videos.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "split", "path"])
+        writer.writerows(rows)
+
+
+def _make_dataset(data: Path, n_good: int, broken: bool = True) -> dict[str, Path]:
+    """n_good small videos (various lengths; one shorter than K=4 frames; one .avi) + broken files; returns id->path."""
+    (data / "videos").mkdir(parents=True, exist_ok=True)
+    rows, paths = [], {}
+    lengths = [20, 3, 12, 30, 9, 16, 25, 7]
+    for i in range(n_good):
+        suffix, codec = (".avi", "mpeg4") if i == 2 else (".mp4", "libx264")
+        path = write_video(data / "videos" / f"good{i}{suffix}", _frames(lengths[i % len(lengths)], i), codec=codec)
+        rows.append((f"good{i}", "train" if i % 2 == 0 else "test", f"videos/{path.name}"))
+        paths[f"good{i}"] = path
+    if broken:
+        (data / "videos" / "empty.mp4").write_bytes(b"")
+        (data / "videos" / "text.mp4").write_text("this is not a video\n")
+        whole = paths["good0"].read_bytes()
+        (data / "videos" / "truncated.mp4").write_bytes(whole[: len(whole) // 4])
+        with wave.open(str(data / "videos" / "audio.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(np.zeros(8000, dtype=np.int16).tobytes())
+        for name in ["empty.mp4", "text.mp4", "truncated.mp4", "audio.wav", "missing.mp4"]:
+            video_id = "bad_" + name.split(".")[0]
+            rows.append((video_id, "train", f"videos/{name}"))
+            paths[video_id] = data / "videos" / name
+    _write_table(data, rows)
+    return paths
+
+
+def _manifest(store: Path) -> dict[str, tuple[str, str]]:
+    with open(store / "manifest.csv", newline="") as f:
+        return {row["video_id"]: (row["status"], row["error"]) for row in csv.DictReader(f)}
+
+
+def _extract(data, store, *extra) -> list[str]:
+    # One torch thread: on a busy shared CPU, OpenMP threads waiting for each other cost far more than they give.
+    return ["extract", "--data", str(data), "--out", str(store), "--no-progress", "--threads", "1", *extra]
+
+
+def test_extract_end_to_end_failures_resume_and_same_features_as_caption(tmp_path, capsys):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    paths = _make_dataset(data, 4)
+    args = _extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "4",
+                    "--batch-size", "3")
+    assert main(args) == 1
+    err = capsys.readouterr().err
+    for video_id in ["bad_empty", "bad_text", "bad_truncated", "bad_audio", "bad_missing"]:
+        assert f"skipping {paths[video_id]}: " in err
+    assert "5 of 9 videos failed" in err
+
+    manifest = _manifest(store)
+    assert {k: v[0] for k, v in manifest.items()} == {
+        **{f"good{i}": "ok" for i in range(4)},
+        **{f"bad_{n}": "failed" for n in ["empty", "text", "truncated", "audio", "missing"]},
+    }
+    assert "empty" in manifest["bad_empty"][1] and "no such file" in manifest["bad_missing"][1]
+    assert "no video stream" in manifest["bad_audio"][1]
+    assert all(manifest[f"good{i}"][1] == "" for i in range(4))
+
+    meta = read_meta(store)
+    assert (meta["format"], meta["num_frames"], meta["dtype"], meta["local"]) == (1, 4, "float16", None)
+    assert meta["global"]["name"] == "efficientnet_lite0" and meta["global"]["weights"] == "pretrained"
+    assert len(meta["global"]["weights_sha256"]) == 64 and meta["global"]["image_size"] == 64
+    assert {"torch", "torchvision", "pytorchvideo", "decord", "av", "vidcap"} <= set(meta["versions"])
+
+    feats = load_features(store, "good1")  # 3 frames < K = 4: one padded step
+    assert set(feats) == {"global", "mask", "times"}
+    assert feats["global"].shape == (4, 1280) and feats["global"].dtype == np.float16
+    np.testing.assert_array_equal(feats["mask"], [True, True, True, False])
+    assert (feats["global"][3] == 0).all() and feats["times"].dtype == np.float32
+
+    # The engine (batched across videos, in a worker) and the caption-time function agree.
+    lite0 = build_extractor("efficientnet_lite0", image_size=64)
+    for video_id in ["good0", "good2"]:
+        direct = extract_video_features(paths[video_id], {"global": lite0}, num_frames=4)
+        stored = load_features(store, video_id)
+        np.testing.assert_array_equal(stored["mask"], direct["mask"])
+        np.testing.assert_allclose(stored["times"], direct["times"])
+        np.testing.assert_allclose(stored["global"].astype(np.float32), direct["global"], rtol=2e-2, atol=2e-2)
+
+    # Resume: finished videos are not touched, failed ones are tried again (and fail again).
+    stamps = {p.name: p.stat().st_mtime_ns for p in (store / "features").iterdir()}
+    assert main(args) == 1
+    out = capsys.readouterr()
+    assert "0 extracted, 4 already done, 5 failed, of 9 videos" in out.out
+    assert {p.name: p.stat().st_mtime_ns for p in (store / "features").iterdir()} == stamps
+
+    # Other settings into the same store: refused, nothing mixed.
+    assert main(_extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "5")) == 2
+    assert "meta.json" in capsys.readouterr().err and read_meta(store)["num_frames"] == 4
+
+
+def test_extract_needs_an_extractor_and_help_lists_the_registry(tmp_path, capsys):
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_table(data, [("a", "train", "a.mp4")])
+    assert main(_extract(data, tmp_path / "f")) == 2
+    assert "choose at least one extractor" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        main(["extract", "--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for name in EXTRACTORS:
+        assert name in text
+    with pytest.raises(SystemExit):
+        main(_extract(data, tmp_path / "f", "--global", "x3d_xs"))  # a local extractor is not a global one
+
+
+def test_local_extractors_split_selection_and_float32(tmp_path, capsys):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 3, broken=False)
+    code = main(_extract(
+        data, store, "--local", "frame_delta_efficientnet_lite0", "--frames", "3", "--dtype", "float32",
+        "--local-size", "64", "--split", "train", "--num-workers", "0",
+    ))
+    assert code == 0, capsys.readouterr().err
+    assert set(_manifest(store)) == {"good0", "good2"}  # the train split only
+    feats = load_features(store, "good2")
+    assert set(feats) == {"local", "mask", "times"}
+    assert feats["local"].shape == (3, 1280) and feats["local"].dtype == np.float32
+    meta = read_meta(store)
+    assert meta["global"] is None and meta["local"]["name"] == "frame_delta_efficientnet_lite0"
+
+    store3d = tmp_path / "feats3d"
+    code = main(_extract(data, store3d, "--local", "x3d_xs", "--local-weights", "random", "--local-size", "64",
+                     "--frames", "2"))
+    assert code == 0, capsys.readouterr().err
+    assert load_features(store3d, "good0")["local"].shape == (2, 2048)
+    assert read_meta(store3d)["local"]["weights"] == "random"
+
+
+def test_video_table_paths_duplicates_and_bad_ids(tmp_path):
+    _write_table(tmp_path, [("a", "train", "x/a.mp4"), ("b", "val", "/abs/b.mp4"), ("a", "test", "x/a2.mp4")])
+    rows = read_video_table(tmp_path)
+    assert rows == [("a", str(tmp_path / "x" / "a.mp4")), ("b", "/abs/b.mp4")]
+    assert read_video_table(tmp_path, ["val"]) == [("b", "/abs/b.mp4")]
+    _write_table(tmp_path, [("../escape", "train", "a.mp4")])
+    from vidcap.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot be a file name"):
+        read_video_table(tmp_path)
+
+
+class _RowIndex(torch.nn.Module):
+    """Fake extractor: the feature of a step is its first pixel value; records batch sizes."""
+
+    def __init__(self):
+        super().__init__()
+        self.sizes: list[int] = []
+
+    def extract(self, x, batch_size=64):
+        self.sizes.append(len(x))
+        return x[:, 0, 0, 0, :1].float().numpy()
+
+
+def test_batches_cut_across_video_boundaries():
+    fake = _RowIndex()
+    batcher = _Batcher({"global": fake}, batch_size=4)
+    counter = 0
+    done = []
+    for n in [5, 3, 7]:
+        steps = torch.arange(counter, counter + n, dtype=torch.uint8).view(n, 1, 1, 1, 1).expand(n, 1, 3, 1, 1)
+        counter += n
+        mask = np.ones(n, dtype=bool)
+        video = VideoInputs({"global": steps.contiguous()}, mask, np.zeros(n, np.float32), np.arange(n))
+        batcher.add(_Item(f"v{n}", "p", video=video))
+        batcher.run()
+        done += batcher.finished()
+    batcher.run(flush=True)
+    done += batcher.finished()
+    assert fake.sizes == [4, 4, 4, 3]
+    assert [item.video_id for item, _ in done] == ["v5", "v3", "v7"]
+    values = [feats["global"][:, 0].tolist() for _, feats in done]
+    assert values == [[0, 1, 2, 3, 4], [5, 6, 7], [8, 9, 10, 11, 12, 13, 14]]
+
+
+def test_stale_temp_files_are_cleaned_live_ones_kept(tmp_path):
+    host = socket.gethostname().replace(".", "-")
+    (tmp_path / "features").mkdir()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)
+    stale = tmp_path / "features" / f".a.npz.{host}.{dead_pid}.tmp"
+    live = tmp_path / "features" / f".b.npz.{host}.{os.getpid()}.tmp"
+    foreign = tmp_path / "features" / ".c.npz.otherhost.1.tmp"
+    for p in (stale, live, foreign):
+        p.write_bytes(b"partial")
+    assert clean_temp_files(tmp_path) == 1
+    assert not stale.exists() and live.exists() and foreign.exists()
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_completes_the_store(tmp_path):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 8, broken=False)
+    # Full-size inputs and tiny batches: slow enough (several forward passes per video) to be killed mid-run.
+    args = _extract(data, store, "--global", "efficientnet_lite0", "--frames", "4", "--batch-size", "2")
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vidcap", *args], cwd=REPO, env=env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not ((store / "features").is_dir() and any((store / "features").glob("*.npz"))):
+            assert proc.poll() is None, "extract finished or crashed before it could be killed"
+            assert time.monotonic() < deadline, "no feature file appeared"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its DataLoader worker, mid-run
+        proc.wait()
+    before = {p.name for p in (store / "features").glob("*.npz")}
+    assert 1 <= len(before) < 8
+    # What a kill during a write leaves behind: a partial temp file of a process that no longer exists.
+    leftover = store / "features" / f".good7.npz.{socket.gethostname().replace('.', '-')}.{proc.pid}.tmp"
+    leftover.write_bytes(b"PK\x03\x04 half a zip")
+
+    assert main(args) == 0
+    names = sorted(p.name for p in (store / "features").iterdir())
+    assert names == [f"good{i}.npz" for i in range(8)]  # complete, temp file gone
+    for i in range(8):
+        feats = load_features(store, f"good{i}")
+        assert feats["global"].shape == (4, 1280) and np.isfinite(feats["global"].astype(np.float32)).all()
+    assert set(_manifest(store).values()) == {("ok", "")}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_give_the_same_store_as_one(tmp_path, capsys):
+    data = tmp_path / "data"
+    _make_dataset(data, 4, broken=False)
+    common = ["--global", "efficientnet_lite0", "--global-size", "64", "--frames", "3", "--batch-size", "4",
+              "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 0
+    assert main(_extract(data, tmp_path / "two", *common, "--devices", "2")) == 0, capsys.readouterr().err
+    one, two = sorted((tmp_path / "one" / "features").iterdir()), sorted((tmp_path / "two" / "features").iterdir())
+    assert [p.name for p in one] == [p.name for p in two] == [f"good{i}.npz" for i in range(4)]
+    for video_id in [f"good{i}" for i in range(4)]:
+        a, b = load_features(tmp_path / "one", video_id), load_features(tmp_path / "two", video_id)
+        np.testing.assert_array_equal(a["mask"], b["mask"])
+        np.testing.assert_allclose(a["global"].astype(np.float32), b["global"].astype(np.float32), rtol=2e-2,
+                                   atol=2e-2)
+    assert json.loads((tmp_path / "one" / "meta.json").read_text())["global"] == \
+        json.loads((tmp_path / "two" / "meta.json").read_text())["global"]
+    assert _manifest(tmp_path / "two") == _manifest(tmp_path / "one")

@@ -1,0 +1,114 @@
+"""`vidcap extract`: videos listed in DIR/videos.csv -> a feature store (global 2-D and/or local clip features)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from vidcap.errors import UsageError
+
+HELP = "extract per-frame global (2-D CNN) and per-clip local features of every video into a feature store"
+EXAMPLE = """
+  vidcap extract --data data/msvd --out feats/msvd_lite0 --global efficientnet_lite0
+  vidcap extract --data data/msvd --out feats/msvd_x3d --global googlenet --local x3d_m --device cuda --devices 4
+  vidcap extract --data data/synth --out feats/synth --global efficientnet_lite0 \\
+      --local frame_delta_efficientnet_lite0 --frames 26
+
+A rerun skips finished videos (resume after a crash or kill); videos that fail are listed in FEATS/manifest.csv and
+tried again next time. Several machines may share one --out folder: run the same command on each.
+"""
+
+
+def _extractor_help(kind: str) -> str:
+    from vidcap.features import describe_registry
+
+    return describe_registry(kind)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from vidcap.features import extractor_names
+
+    parser.formatter_class = argparse.RawTextHelpFormatter
+    parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with videos.csv (vidcap prepare)")
+    parser.add_argument("--out", required=True, metavar="FEATS", help="feature store folder (created or resumed)")
+    parser.add_argument(
+        "--global", dest="global_name", metavar="NAME", choices=extractor_names("global"),
+        help="2-D frame extractor (efficientnet_lite0 is the offline default):\n" + _extractor_help("global"),
+    )
+    parser.add_argument(
+        "--local", dest="local_name", metavar="NAME", choices=extractor_names("local"),
+        help="local (clip) extractor:\n" + _extractor_help("local"),
+    )
+    parser.add_argument("--frames", type=int, default=26, metavar="K", help="frames sampled per video (default 26)")
+    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
+                        help="frames (or clips) per forward pass, across videos (default 64)")
+    parser.add_argument("--num-workers", type=int, default=None, metavar="N",
+                        help="decoding workers per process (default: 1 on CPU, up to 8 per GPU)")
+    parser.add_argument("--threads", type=int, default=None, metavar="N",
+                        help="torch threads per process (default: torch's, shared out between --devices on CPU;\n"
+                        "1 is fastest on a busy shared machine)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="processes: one per GPU with --device cuda, or N CPU processes (default 1)")
+    weights_help = "pretrained (default), random, or PATH to a state_dict saved with torch.save"
+    parser.add_argument("--global-weights", default="pretrained", metavar="W", help=weights_help)
+    parser.add_argument("--local-weights", default="pretrained", metavar="W", help=weights_help)
+    parser.add_argument("--global-size", type=int, default=None, metavar="PX",
+                        help="input size of the global extractor (default: its own, e.g. 224)")
+    parser.add_argument("--local-size", type=int, default=None, metavar="PX",
+                        help="input size of the local extractor (default: its own, e.g. 182 for x3d_xs)")
+    parser.add_argument("--split", default=None, metavar="S[,S]",
+                        help="only these splits of videos.csv, e.g. train,val,test (default: all)")
+    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
+                        help="stored feature type (default float16)")
+    parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto",
+                        help="video decoder (default: decord, PyAV when it fails)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _report_failure(video_id: str, path: str, reason: str) -> None:
+    # Module level so spawned processes can pickle it; tqdm.write keeps the progress bars intact.
+    from tqdm import tqdm
+
+    tqdm.write(f"skipping {path}: {reason}", file=sys.stderr)
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidcap.extract import run_extract
+
+    splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
+    if args.split is not None and not splits:
+        raise UsageError("--split: give split names, e.g. train,val,test")
+    summary = run_extract(
+        args.data,
+        args.out,
+        global_name=args.global_name,
+        local_name=args.local_name,
+        num_frames=args.frames,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        device=args.device,
+        devices=args.devices,
+        global_weights=args.global_weights,
+        local_weights=args.local_weights,
+        splits=splits,
+        dtype=args.dtype,
+        backend=args.backend,
+        image_sizes={"global": args.global_size, "local": args.local_size},
+        threads=args.threads,
+        progress=not args.no_progress,
+        on_failure=_report_failure,
+    )
+    rate = summary.extracted / summary.seconds if summary.seconds > 0 else 0.0
+    print(
+        f"{summary.store}: {summary.extracted} extracted, {summary.skipped} already done, "
+        f"{len(summary.failed)} failed, of {summary.total} videos ({summary.seconds:.1f} s, {rate:.2f} videos/s)"
+    )
+    if summary.failed:
+        print(
+            f"vidcap extract: {len(summary.failed)} of {summary.total} videos failed (reasons in "
+            f"{summary.store / 'manifest.csv'}); rerun to retry them",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
