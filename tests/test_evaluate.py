@@ -1,0 +1,167 @@
+"""`vidcap evaluate` and vidcap.evaluation: outputs, the reversal test, exit codes, 2 processes = 1 process."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from vidcap.cli import main
+from vidcap.demo import TrainSettings, train
+from vidcap.evaluation import reverse_frames
+from vidcap.vocab import Vocabulary
+
+T, DG = 6, 8
+WORDS = "a man woman dog is cooking riding running playing the horse".split()
+SUBJECTS = ["man", "woman", "dog"]
+VERBS = ["cooking", "riding", "running", "playing"]
+
+
+def _write_dataset(root: Path) -> tuple[Path, Path]:
+    """12 train / 3 val / 5 test videos of random features (some shorter than T), 2 captions each."""
+    rng = np.random.default_rng(0)
+    data, store = root / "data", root / "feats"
+    (store / "features").mkdir(parents=True)
+    data.mkdir()
+    meta = {"format": 1, "num_frames": T, "dtype": "float16",
+            "global": {"name": "fake2d", "weights": "random", "dim": DG, "image_size": 32}, "local": None,
+            "versions": {}}
+    (store / "meta.json").write_text(json.dumps(meta))
+    rows = []
+    splits = ["train"] * 12 + ["val"] * 3 + ["test"] * 5
+    for i, split in enumerate(splits):
+        video_id = f"v{i:02d}"
+        n = T if i % 3 else T - 2
+        mask = np.arange(T) < n
+        arrays = {"global": (rng.standard_normal((T, DG)) * mask[:, None]).astype(np.float16), "mask": mask,
+                  "times": np.arange(T, dtype=np.float32)}
+        np.savez(store / "features" / f"{video_id}.npz", **arrays)
+        subject, verb = SUBJECTS[i % 3], VERBS[i % 4]
+        rows += [(video_id, split, f"a {subject} is {verb}"), (video_id, split, f"the {subject} is {verb}")]
+    with open(data / "captions.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["video_id", "split", "caption"], *rows])
+    Vocabulary(WORDS).save(data / "vocab.json")
+    (data / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
+    return data, store
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("evaluate")
+    data, store = _write_dataset(root)
+    settings = TrainSettings(embed_dim=8, hidden_dim=16, attention_dim=8, batch_size=8, epochs=2, beam_size=3)
+    out = {"data": data, "store": store, "root": root}
+    for variant, encoder in (("basic", "none"), ("global", "position")):
+        ckpt, _ = train(data, store, root / f"{variant}-{encoder}", settings, variant, encoder, seed=0,
+                        progress=False)
+        out[variant] = ckpt
+    return out
+
+
+def test_reverse_frames_reverses_valid_frames_and_keeps_padding():
+    feats = torch.arange(2 * 4 * 1, dtype=torch.float32).view(2, 4, 1)
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    out = reverse_frames(feats, mask)
+    assert out[:, :, 0].tolist() == [[2.0, 1.0, 0.0, 3.0], [7.0, 6.0, 5.0, 4.0]]
+    assert torch.equal(reverse_frames(out, mask), feats)
+
+
+def _evaluate(trained, name, out, *extra) -> int:
+    return main(["evaluate", "--checkpoint", str(trained[name]), "--data", str(trained["data"]),
+                 "--features", str(trained["store"]), "--out", str(out), "--beam-size", "3", *extra])
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_evaluate_writes_predictions_metrics_and_table_row(trained, tmp_path, capsys):
+    out = tmp_path / "eval"
+    assert _evaluate(trained, "global", out, "--compare", "--n-best", "2", "--reverse") == 0
+    stdout = capsys.readouterr().out
+    predictions = json.loads((out / "predictions.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    nbest = json.loads((out / "nbest.json").read_text())
+    assert sorted(predictions) == [f"v{i:02d}" for i in range(15, 20)]
+    assert set(metrics) == {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "perplexity", "reversal_changed"}
+    assert all(len(nbest[v]) == 2 and nbest[v][0]["caption"] == predictions[v] for v in predictions)
+    # Perplexity over the references (EOS included) of a trained model is finite and above 1.
+    assert 1.0 < metrics["perplexity"] < len(WORDS) + 4
+    lines = stdout.splitlines()
+    ours = next(line for line in lines if line.startswith("| ours: + Global (temporal attention) [position encoder]"))
+    assert ours.split("|")[2].strip() == f"{metrics['Bleu_4']:.4f}"
+    assert ours.split("|")[4].strip() == f"{metrics['CIDEr']:.4f}"
+    paper = next(line for line in lines if line.startswith("| paper (msvd): + Global (temporal attention)"))
+    assert paper.split("|")[2:6] == [" 0.4028 ", " 0.2900 ", " 0.4801 ", "      27.89 "]
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_basic_model_is_blind_to_frame_order(trained, tmp_path):
+    out = tmp_path / "eval"
+    assert _evaluate(trained, "basic", out, "--reverse") == 0
+    predictions = json.loads((out / "predictions.json").read_text())
+    reversed_ = json.loads((out / "reversed_predictions.json").read_text())
+    assert reversed_ == predictions
+    assert json.loads((out / "metrics.json").read_text())["reversal_changed"] == 0.0
+
+
+def test_missing_checkpoint_is_exit_2(trained, tmp_path, capsys):
+    trained = {**trained, "global": tmp_path / "nope.ckpt"}
+    assert _evaluate(trained, "global", tmp_path / "eval") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"vidcap evaluate: error: {tmp_path / 'nope.ckpt'}: checkpoint not found"
+
+
+def test_garbage_checkpoint_is_exit_2(trained, tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(b"not a checkpoint at all")
+    assert _evaluate({**trained, "global": bad}, "global", tmp_path / "eval") == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(
+        f"vidcap evaluate: error: {bad}: cannot read the checkpoint")
+
+
+def test_store_with_other_features_is_exit_2(trained, tmp_path, capsys):
+    store = tmp_path / "other"
+    (store / "features").mkdir(parents=True)
+    meta = json.loads((trained["store"] / "meta.json").read_text())
+    meta["global"]["dim"] = DG * 2
+    (store / "meta.json").write_text(json.dumps(meta))
+    assert _evaluate({**trained, "store": store}, "global", tmp_path / "eval") == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert err == (f"vidcap evaluate: error: {store}: global features have dim={DG * 2}, but last.ckpt was trained "
+                   f"on dim={DG}")
+
+
+def test_n_best_larger_than_beam_is_exit_2(trained, tmp_path, capsys):
+    assert _evaluate(trained, "global", tmp_path / "eval", "--n-best", "4") == 2
+    assert "--n-best must be between 1 and the beam size (3), got 4" in capsys.readouterr().err
+
+
+@pytest.mark.java
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_processes_give_the_same_result_as_one(trained, tmp_path):
+    outs = {}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for devices in (1, 2):
+        out = tmp_path / f"eval{devices}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "vidcap", "evaluate", "--checkpoint", str(trained["global"]), "--data",
+             str(trained["data"]), "--features", str(trained["store"]), "--out", str(out), "--beam-size", "3",
+             "--reverse", "--devices", str(devices), "--batch-size", "2"],
+            capture_output=True, text=True, env=env, timeout=300,
+        )
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        # One table, printed by rank 0 only.
+        assert proc.stdout.count("| ours: ") == 1
+        outs[devices] = {name: json.loads((out / f"{name}.json").read_text())
+                         for name in ("predictions", "reversed_predictions", "metrics")}
+    assert outs[2]["predictions"] == outs[1]["predictions"]
+    assert outs[2]["reversed_predictions"] == outs[1]["reversed_predictions"]
+    assert outs[2]["metrics"] == pytest.approx(outs[1]["metrics"], rel=1e-6)

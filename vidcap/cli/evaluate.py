@@ -1,0 +1,93 @@
+"""`vidcap evaluate`: decode a split with a checkpoint, write predictions.json + metrics.json, print a Table 1 row."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+HELP = ("decode a split with a checkpoint: predictions.json, metrics.json (BLEU-4, METEOR, CIDEr, ROUGE-L, "
+        "perplexity) and a row in the paper's Table 1 layout")
+EXAMPLE = """\
+  vidcap evaluate --checkpoint runs/msvd/checkpoints/last.ckpt --data data/msvd --features features/msvd \\
+      --split test --beam-size 5 --out eval/msvd --compare
+  vidcap evaluate --checkpoint demo_out/run/checkpoints/last.ckpt --data demo_out/data \\
+      --features demo_out/features --reverse          # + the reversal test (frames fed in reverse order)
+  vidcap evaluate ... --devices 2                       # 2 processes (DDP); same numbers as 1
+"""
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `vidcap fit` (.ckpt)")
+    parser.add_argument("--data", required=True, help="the data directory (`vidcap prepare`)")
+    parser.add_argument("--features", required=True, help="the feature store (`vidcap extract`)")
+    parser.add_argument("--split", default="test", help="split of captions.csv to evaluate (default: test)")
+    parser.add_argument("--beam-size", type=_positive, default=5, help="beam size K; 1 = greedy (default: 5)")
+    parser.add_argument("--max-len", type=_positive, default=None,
+                        help="most words per caption (default: the checkpoint's max_decode_len)")
+    parser.add_argument("--n-best", type=_positive, default=1,
+                        help="also write nbest.json with this many captions per video (<= beam size)")
+    parser.add_argument("--reverse", action="store_true",
+                        help="reversal test: decode again with each video's frames in reverse order "
+                             "(reversed_predictions.json, metrics.json reversal_changed)")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default: eval-<checkpoint name>-<split> beside the checkpoint)")
+    parser.add_argument("--compare", action="store_true",
+                        help="print the paper's row for the same variant and dataset beside ours")
+    parser.add_argument("--devices", type=_positive, default=1,
+                        help="processes (DDP); with --accelerator gpu, GPUs (default: 1)")
+    parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"], help="(default: cpu)")
+    parser.add_argument("--batch-size", type=_positive, default=32, help="videos per batch (default: 32)")
+    parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+
+
+def table_rows(result, compare: bool) -> tuple[list, list[str]]:
+    """Rows for vidcap.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
+    from vidcap.evaluation import model_label
+    from vidcap.table import VARIANT_LABELS, paper_row
+
+    rows = [(f"ours: {model_label(result.model)}", result.metrics)]
+    notes = []
+    if compare:
+        variant = result.model.get("variant")
+        paper = paper_row(result.dataset, variant) if result.dataset else None
+        if paper is None:
+            notes.append(f"the paper has no {variant} row for dataset {result.dataset or '(unknown: no prepare.json)'}")
+        else:
+            rows.append((f"paper ({result.dataset}): {VARIANT_LABELS[variant]}", paper))
+    return rows, notes
+
+
+def run(args: argparse.Namespace) -> int:
+    from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
+    from vidcap.table import format_table
+
+    result = evaluate(
+        args.checkpoint, args.data, args.features, split=args.split, beam_size=args.beam_size, max_len=args.max_len,
+        n_best=args.n_best, reverse=args.reverse, devices=args.devices, accelerator=args.accelerator,
+        batch_size=args.batch_size, num_workers=args.num_workers,
+    )
+    if result.rank != 0:  # DDP: the other ranks' results are the same; rank 0 reports them
+        return 0
+    checkpoint = Path(args.checkpoint)
+    out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}-{args.split}"
+    written = write_outputs(result, out)
+    rows, notes = table_rows(result, args.compare)
+    print(f"{args.split} split, {len(result.predictions)} videos, beam {args.beam_size} ({checkpoint})")
+    print(format_table(rows, extra=("ROUGE_L",)))
+    for note in notes:
+        print(note)
+    content = {k: result.metrics[k] for k in CONTENT_METRIC_KEYS if k in result.metrics}
+    if "reversal_changed" in result.metrics:
+        content["reversal_changed"] = result.metrics["reversal_changed"]
+    if content:
+        print(", ".join(f"{k} {v:.3f}" for k, v in content.items()))
+    print("wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
+    return 0

@@ -1,0 +1,344 @@
+"""Evaluate a trained captioner on a split: captions, the coco-caption metrics and perplexity, the reversal test.
+
+`evaluate(checkpoint, data_dir, features_dir, split)` runs the LightningModule's own test loop (`Trainer.test`), so
+that it works unchanged on several processes (DDP): every rank decodes its share of the videos, the per-video records
+are gathered, the duplicates that DistributedSampler adds to even out the ranks are dropped by video id, and the
+whole split is scored once on rank 0 (CIDEr's IDF comes from all the references of the split: REFERENCE.md section 4).
+
+What it adds to `CaptionModule`'s test loop (`EvaluationModule`, a subclass):
+- the n-best list of every video (`n_best > 1`);
+- the reversal test (`reverse=True`): each video is decoded a second time with its valid frames in reverse order
+  (padding stays at the end). A model that cannot see frame order (Basic, or attention without a frame encoder)
+  writes the same caption; `reversal_changed` is the share of videos whose caption changed;
+- on a synthetic dataset (`vidcap prepare synthetic`, DIR/events.csv), the content metrics of
+  `vidcap.datasets.synthetic.content_metrics` (objects and order, colour, shape, direction).
+
+Metric keys (metrics.json): `Bleu_4`, `METEOR`, `ROUGE_L`, `CIDEr`, `perplexity` (exp of the total NLL of every
+reference over their tokens, EOS included), and where they apply `reversal_changed`, `objects_order_acc`,
+`order_given_objects_acc`, `colour_acc`, `shape_acc`, `direction_acc`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import pickle
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from pytorch_lightning import Callback
+
+from vidcap.errors import CheckpointError, UsageError
+from vidcap.lit_module import CaptionModule
+
+log = logging.getLogger(__name__)
+
+# Logged name of CaptionModule's test loop (test/NAME) -> metrics.json key.
+LOGGED_METRICS = {"BLEU4": "Bleu_4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ppl": "perplexity"}
+CAPTION_METRIC_KEYS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "perplexity")
+# What torch.load raises on a file that is not a checkpoint: garbage bytes can parse as pickle opcodes.
+_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, TypeError, ValueError,
+                UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError)
+CONTENT_METRIC_KEYS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc")
+
+
+@dataclass
+class EvaluationResult:
+    """What `evaluate` found. Every rank gets the whole split's result; only rank 0 should write or print it.
+
+    metrics: the metrics.json keys (module docstring) -> float.
+    predictions: video id -> best caption (sorted by id).
+    nbest: video id -> [{"caption", "log_prob", "score"}, ...] best first, when n_best > 1 (else None).
+    reversed_predictions: video id -> caption of the reversed frames, when reverse=True (else None).
+    model: the checkpoint's ModelConfig as a dict (variant, encoder, sizes).
+    dataset: the dataset name from DIR/prepare.json (`msvd`, `lsmdc`, `synthetic`), or None.
+    """
+
+    split: str
+    checkpoint: str
+    metrics: dict[str, float]
+    predictions: dict[str, str]
+    model: dict[str, Any]
+    dataset: str | None = None
+    nbest: dict[str, list[dict[str, Any]]] | None = None
+    reversed_predictions: dict[str, str] | None = None
+    rank: int = 0
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def reverse_frames(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """feats (B, T, D) with the valid frames of each video first (mask (B, T) bool) -> (B, T, D) with those frames
+    in reverse order and the padding left where it was (at the end)."""
+    T = feats.shape[1]
+    length = mask.sum(1, keepdim=True)  # (B, 1)
+    t = torch.arange(T, device=feats.device).unsqueeze(0)  # (1, T)
+    index = torch.where(t < length, length - 1 - t, t)  # (B, T)
+    return feats.gather(1, index.unsqueeze(-1).expand_as(feats))
+
+
+class EvaluationModule(CaptionModule):
+    """CaptionModule whose test loop also keeps the n-best lists and the captions of the reversed frames.
+
+    Set `n_best` and `reverse` after loading (they are not model hyper-parameters). After `Trainer.test`, every rank
+    holds the whole split's `last_predictions` (from CaptionModule), `last_nbest` and `last_reversed`.
+    """
+
+    n_best: int = 1
+    reverse: bool = False
+
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._nbest: dict[str, list[dict[str, Any]]] = {}
+        self._reversed: dict[str, str] = {}
+        self.last_nbest: dict[str, list[dict[str, Any]]] = {}
+        self.last_reversed: dict[str, str] = {}
+
+    def _options(self, n_best: int = 1):
+        from vidcap.decoding import DecodingOptions
+
+        return DecodingOptions(beam_size=self.hparams.beam_size, max_len=self.hparams.max_decode_len, n_best=n_best)
+
+    @torch.no_grad()
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        # NLL of every reference and the best caption: CaptionModule's own test step.
+        super().test_step(batch, batch_idx)
+        if self.n_best <= 1 and not self.reverse:
+            return
+        from vidcap.decoding import decode
+        from vidcap.vocab import Vocabulary
+
+        vocab = self._vocab()
+        feats, mask = self._features(batch), batch["mask"]
+        if self.n_best > 1:
+            hyps = decode(self.model, feats, mask, self._options(self.n_best), Vocabulary.BOS, Vocabulary.EOS)
+            for video_id, nbest in zip(batch["video_ids"], hyps, strict=True):
+                self._nbest[video_id] = [
+                    {"caption": vocab.decode(h.tokens), "log_prob": float(h.log_prob), "score": float(h.score)}
+                    for h in nbest
+                ]
+        if self.reverse:
+            hyps = decode(self.model, reverse_frames(feats, mask), mask, self._options(), Vocabulary.BOS,
+                          Vocabulary.EOS)
+            for video_id, nbest in zip(batch["video_ids"], hyps, strict=True):
+                self._reversed[video_id] = vocab.decode(nbest[0].tokens)
+
+    def on_test_epoch_end(self) -> None:
+        nbest, reversed_ = self._nbest, self._reversed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            gathered: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(gathered, (nbest, reversed_))
+            # Merging dicts drops the videos DistributedSampler repeated (same id, same caption).
+            nbest = {k: v for part, _ in gathered for k, v in part.items()}
+            reversed_ = {k: v for _, part in gathered for k, v in part.items()}
+        self.last_nbest = dict(sorted(nbest.items()))
+        self.last_reversed = dict(sorted(reversed_.items()))
+        super().on_test_epoch_end()
+
+
+class _Progress(Callback):
+    """A tqdm bar on stderr over the test batches, rank 0 only (Lightning's own bar writes to stdout, where the
+    CLI prints its results)."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def on_test_epoch_start(self, trainer, pl_module) -> None:
+        if trainer.is_global_zero:
+            from tqdm import tqdm
+
+            total = trainer.num_test_batches[0] if trainer.num_test_batches else None
+            self.bar = tqdm(total=total, desc=self.desc, unit="batch")
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def on_test_epoch_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
+    """The plain-typed parts of a vidcap checkpoint: {"model": ModelConfig dict, "features": meta.json dict,
+    "data": the data module's hyper-parameters (may be empty)}. Raises CheckpointError naming the file."""
+    path = Path(checkpoint)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: checkpoint not found")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as error:
+        raise CheckpointError(f"{path}: cannot read the checkpoint: {' '.join(str(error).split())[:300]}") from None
+    meta = ckpt.get("vidcap") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
+        raise CheckpointError(f"{path}: not a vidcap checkpoint (no 'vidcap' section)")
+    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of vidcap's CaptionModule (no hyper-parameters)")
+    return {"model": meta["model"], "features": meta.get("features") or {},
+            "data": dict(ckpt.get("datamodule_hyper_parameters") or {})}
+
+
+def _check_store(checkpoint: Path, trained: Mapping[str, Any], store_meta: Mapping[str, Any], store: Path) -> None:
+    """The feature store must hold the features the model was trained on (same extractors, sizes, frames)."""
+    for kind in ("global", "local"):
+        want, have = trained.get(kind) or {}, store_meta.get(kind) or {}
+        if not want:
+            continue
+        if not have:
+            raise UsageError(f"{store}: the store has no {kind} features, and {checkpoint.name} was trained on "
+                             f"{want.get('name')} features")
+        for key in ("name", "dim", "image_size", "clip_length", "clip_stride"):
+            if key in want and key in have and want[key] != have[key]:
+                raise UsageError(f"{store}: {kind} features have {key}={have[key]!r}, but {checkpoint.name} was "
+                                 f"trained on {key}={want[key]!r}")
+    if trained.get("num_frames") not in (None, store_meta.get("num_frames")):
+        log.warning("%s: %s frames per video, the model was trained on %s", store, store_meta.get("num_frames"),
+                    trained.get("num_frames"))
+
+
+def dataset_name(data_dir: str | os.PathLike) -> str | None:
+    """The `dataset` field of DIR/prepare.json (None when missing or unreadable)."""
+    path = Path(data_dir) / "prepare.json"
+    try:
+        name = json.loads(path.read_text(encoding="utf-8")).get("dataset")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return str(name) if name else None
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    data_dir: str | os.PathLike,
+    features_dir: str | os.PathLike,
+    split: str = "test",
+    beam_size: int = 5,
+    max_len: int | None = None,
+    n_best: int = 1,
+    reverse: bool = False,
+    devices: int = 1,
+    accelerator: str = "cpu",
+    batch_size: int = 32,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> EvaluationResult:
+    """Decode `split` with a checkpoint and score it (see the module docstring).
+
+    beam_size: K of the beam search (1 = greedy). max_len: most words per caption (default: the checkpoint's
+    max_decode_len). n_best: hypotheses kept per video in `result.nbest` (<= beam_size). reverse: also decode the
+    reversed frames (the reversal test). devices > 1 runs DDP with Lightning's launcher, which starts the current
+    command again in devices - 1 more processes: call it from `vidcap evaluate` (or a script that does nothing else
+    before this call); every rank returns, and only `result.rank == 0` should write files.
+    batch_size: videos per test batch, each with all its references.
+    Raises UsageError / CheckpointError naming the file and the reason.
+    """
+    import pytorch_lightning as pl
+
+    from vidcap.data import CaptionDataModule, CaptionDataset
+    from vidcap.features import read_meta
+
+    checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
+    if beam_size < 1:
+        raise UsageError(f"--beam-size must be >= 1, got {beam_size}")
+    if not 1 <= n_best <= beam_size:
+        raise UsageError(f"--n-best must be between 1 and the beam size ({beam_size}), got {n_best}")
+    if devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {devices}")
+    info = read_checkpoint_info(checkpoint)
+    _check_store(checkpoint, info["features"], read_meta(features_dir), features_dir)
+    overrides: dict[str, Any] = {"beam_size": beam_size, "caption_metrics": True}
+    if max_len is not None:
+        if max_len < 1:
+            raise UsageError(f"--max-len must be >= 1, got {max_len}")
+        overrides["max_decode_len"] = max_len
+    try:
+        module = EvaluationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, **overrides)
+    except (KeyError, TypeError, ValueError, RuntimeError) as error:
+        raise CheckpointError(f"{checkpoint}: cannot rebuild the model: {' '.join(str(error).split())[:300]}") from None
+    module.n_best, module.reverse = n_best, reverse
+
+    # Perplexity counts the references as the model was trained on them (cut to the same max_caption_len).
+    max_caption_len = int(info["data"].get("max_caption_len") or 30)
+    data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size, eval_batch_size=batch_size,
+                             num_workers=num_workers, max_caption_len=max_caption_len, test_split=split)
+    if data.vocab != module.vocab:
+        raise UsageError(f"{data_dir / 'vocab.json'}: differs from the vocabulary {checkpoint.name} was trained with "
+                         "(evaluate with the data directory it was trained on)")
+    data.setup("test")
+    if split == "train":
+        # The train split is one item per (video, reference) for training; evaluation wants one per video.
+        data.datasets[split] = CaptionDataset(features_dir, data.datasets[split].videos, per_reference=False)
+
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
+        logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
+        callbacks=[_Progress(f"evaluate {split}")] if progress else [],
+    )
+    trainer.test(module, datamodule=data, verbose=False)
+
+    metrics = {key: float(trainer.callback_metrics[f"test/{name}"])
+               for name, key in LOGGED_METRICS.items() if f"test/{name}" in trainer.callback_metrics}
+    predictions = dict(module.last_predictions)
+    result = EvaluationResult(
+        split=split, checkpoint=str(checkpoint), metrics=metrics, predictions=predictions, model=info["model"],
+        dataset=dataset_name(data_dir), nbest=module.last_nbest or None,
+        reversed_predictions=module.last_reversed if reverse else None, rank=trainer.global_rank,
+        options={"beam_size": beam_size, "max_len": module.hparams.max_decode_len, "n_best": n_best,
+                 "max_caption_len": max_caption_len, "devices": devices},
+    )
+    _add_synthetic_metrics(result, data_dir)
+    log.info("%s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
+    return result
+
+
+def _add_synthetic_metrics(result: EvaluationResult, data_dir: Path) -> None:
+    """Content metrics and the reversal test on a synthetic dataset (its events.csv is the ground truth)."""
+    from vidcap.datasets import synthetic
+
+    if result.reversed_predictions is not None:
+        result.metrics["reversal_changed"] = synthetic.reversal_changed(result.predictions,
+                                                                        result.reversed_predictions)
+    if (data_dir / "events.csv").is_file() and result.predictions:
+        result.metrics.update(synthetic.content_metrics(result.predictions, synthetic.read_events(data_dir)))
+
+
+def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[str, Path]:
+    """Write predictions.json, metrics.json (+ nbest.json, reversed_predictions.json when computed) to OUT_DIR.
+
+    metrics.json holds the metric keys only; evaluation.json says what was evaluated (checkpoint, split, options).
+    """
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out}: cannot create the output folder: {error.strerror}") from None
+    files = {"predictions": result.predictions, "metrics": result.metrics}
+    if result.nbest is not None:
+        files["nbest"] = result.nbest
+    if result.reversed_predictions is not None:
+        files["reversed_predictions"] = result.reversed_predictions
+    files["evaluation"] = {"checkpoint": result.checkpoint, "split": result.split, "dataset": result.dataset,
+                           "model": result.model, "options": result.options}
+    written = {}
+    for name, content in files.items():
+        path = out / f"{name}.json"
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(tmp, path)
+        written[name] = path
+    return written
+
+
+def model_label(model: Mapping[str, Any]) -> str:
+    """Table 1's name of a model (`+ Global (temporal attention)`), with its frame encoder when it has one."""
+    from vidcap.table import VARIANT_LABELS
+
+    label = VARIANT_LABELS.get(model.get("variant"), str(model.get("variant")))
+    encoder = model.get("encoder", "none")
+    return label if encoder in (None, "none") else f"{label} [{encoder} encoder]"
