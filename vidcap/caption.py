@@ -1,0 +1,255 @@
+"""Caption video files with a trained checkpoint: the Python API behind `vidcap caption`.
+
+    captioner = load_captioner("runs/best.ckpt")            # model, vocabulary, feature extractors, K
+    result = caption_video("clip.mp4", captioner, DecodingOptions(beam_size=5))
+    result.caption, result.score, result.attention          # str, log-prob, (L, K) weights
+
+A checkpoint alone rebuilds the captioner: `checkpoint["vidcap"]` (written by vidcap.lit_module) holds the model
+sizes, the vocabulary and the feature store's meta.json, so the video is sampled and its features extracted exactly
+as `vidcap extract` did for training (same extractors, same weights, same frame count, same float16 rounding).
+Loading never executes code from the file: `torch.load(weights_only=True)` and a JSON-typed vocabulary.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pickle
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from vidcap.decoding import DecodingOptions, decode
+from vidcap.errors import CheckpointError, UsageError
+from vidcap.features import RANDOM_SEED, Extractor, build_extractors_from_meta, extract_video_features
+from vidcap.lit_module import load_checkpoint
+from vidcap.model import CaptionModel
+from vidcap.video import open_video, sample_frame_indices
+from vidcap.vocab import Vocabulary
+
+logger = logging.getLogger(__name__)
+
+# Sampled frames kept in a CaptionResult for explanations are shrunk to at most this height: 26 frames of a 4K
+# video would otherwise hold ~650 MB; the explanation strip draws them ~120 px high anyway.
+FRAME_HEIGHT = 240
+# Frames decoded per call when collecting the frames for an explanation (bounded memory on long/large videos).
+_FRAME_CHUNK = 8
+# What torch.load raises on files that are not checkpoints, besides the OSError/RuntimeError/EOFError/ValueError
+# lit_module.load_checkpoint handles: the weights-only unpickler refusing a pickled object (UnpicklingError),
+# and garbage bytes that happen to parse as pickle opcodes (KeyError, IndexError, ...).
+_LOAD_ERRORS = (
+    pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, TypeError, ValueError,
+    UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError,
+)
+
+
+@dataclass
+class Captioner:
+    """Everything needed to caption a video, rebuilt from one checkpoint by `load_captioner`.
+
+    extractors: {"global": Extractor, "local": Extractor} (the kinds the checkpoint's features have);
+    num_frames: K, frames sampled per video; feature_dtype: the feature store's dtype (features are rounded
+    through it, as training saw them); feature_meta: the store's meta.json as recorded in the checkpoint.
+    """
+
+    model: CaptionModel
+    vocab: Vocabulary
+    extractors: dict[str, Extractor]
+    num_frames: int
+    feature_dtype: str
+    feature_meta: dict[str, Any]
+    checkpoint: Path
+    device: torch.device
+
+
+@dataclass
+class CaptionResult:
+    """The caption of one video and what it was made from.
+
+    caption: the best caption; score: its log-probability (sum over its words and EOS);
+    alternatives: the n-best list, best first, as (caption, log-prob) pairs (alternatives[0] is the caption);
+    words: the L tokens the attention rows belong to: the caption's tokens, then "<eos>";
+    frame_times: (K,) float32 seconds of the sampled frames (padding of videos shorter than K frames dropped);
+    attention: (L, K) float32, row l = the attention weights over the frames when words[l] was emitted;
+    frames: (K, h, w, 3) uint8 sampled frames at most FRAME_HEIGHT high (only with `with_frames=True`).
+    """
+
+    path: str
+    caption: str
+    score: float
+    alternatives: list[tuple[str, float]]
+    words: list[str]
+    frame_times: np.ndarray
+    attention: np.ndarray
+    frames: np.ndarray | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain types for `json.dumps` (what `vidcap caption --json` prints)."""
+        return {
+            "path": self.path,
+            "caption": self.caption,
+            "score": round(self.score, 6),
+            "alternatives": [{"caption": text, "score": round(score, 6)} for text, score in self.alternatives],
+            "frame_times": [round(float(t), 4) for t in self.frame_times],
+            "words": list(self.words),
+            "attention": [[round(float(a), 6) for a in row] for row in self.attention],
+        }
+
+
+def _device(device: str | torch.device) -> torch.device:
+    try:
+        dev = torch.device(device)
+    except RuntimeError as error:
+        raise UsageError(f"--device {device!r}: {error}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError(f"--device {device}: CUDA is not available on this machine (use --device cpu)")
+    return dev
+
+
+def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Captioner:
+    """Rebuild the captioner a checkpoint describes: model (eval mode), vocabulary, feature extractors, K.
+
+    Raises CheckpointError (naming the file and the reason) for a missing, corrupt or non-vidcap checkpoint, one of
+    another format version, one whose pickle would need to run code, or one whose feature extractors cannot be
+    rebuilt here (e.g. a weights file that is not on this machine).
+    """
+    path = Path(checkpoint)
+    dev = _device(device)
+    if path.is_dir():
+        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    try:
+        # load_checkpoint uses torch.load(weights_only=True): a pickled object that needs code is refused.
+        model, vocab, meta = load_checkpoint(path, map_location="cpu")
+    except _LOAD_ERRORS as error:
+        reason = " ".join(str(error).split())
+        if isinstance(error, pickle.UnpicklingError):
+            # torch's message is a page long; the first sentence says it all.
+            reason = "it contains pickled objects that only code execution could rebuild (refused: weights-only)"
+        raise CheckpointError(f"{path}: not a loadable checkpoint: {reason[:200] or type(error).__name__}") from None
+    if not isinstance(meta, dict) or not (meta.get("global") or meta.get("local")):
+        raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
+                              "(checkpoint['vidcap']['features'] is empty)")
+    try:
+        num_frames = int(meta["num_frames"])
+        dtype = str(np.dtype(meta.get("dtype", "float32")))
+    except (KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f"{path}: bad feature description in the checkpoint: {error}") from None
+    for kind in ("global", "local"):
+        desc = meta.get(kind)
+        if desc and desc.get("weights") == "random" and desc.get("seed", RANDOM_SEED) != RANDOM_SEED:
+            raise CheckpointError(
+                f"{path}: its {kind} extractor {desc.get('name')} had random weights with seed {desc.get('seed')}; "
+                f"this vidcap builds random extractors with seed {RANDOM_SEED} only"
+            )
+    try:
+        extractors = build_extractors_from_meta(meta, device=dev)
+    except (UsageError, KeyError, TypeError) as error:
+        raise CheckpointError(f"{path}: cannot rebuild the feature extractors it was trained with: {error}") from None
+    config = model.config
+    expected = {"global": config.global_dim, "local": config.local_dim}
+    for kind, extractor in extractors.items():
+        if expected[kind] and extractor.dim != expected[kind]:
+            raise CheckpointError(f"{path}: {kind} extractor {extractor.name} gives {extractor.dim}-d features, "
+                                  f"the model expects {expected[kind]}")
+    if config.local_dim and config.variant in ("local", "local_global") and "local" not in extractors:
+        raise CheckpointError(f"{path}: model variant {config.variant} needs local features; none recorded")
+    logger.info("loaded %s: %s/%s, V=%d, extractors %s, K=%d", path, config.variant, config.encoder, len(vocab),
+                ", ".join(f"{k}={e.name}({e.weights})" for k, e in extractors.items()), num_frames)
+    return Captioner(model=model.to(dev).eval(), vocab=vocab, extractors=extractors, num_frames=num_frames,
+                     feature_dtype=dtype, feature_meta=meta, checkpoint=path, device=dev)
+
+
+def video_features(path: str | os.PathLike, captioner: Captioner, backend: str = "auto") -> dict[str, np.ndarray]:
+    """The model inputs of one video, exactly as training saw them: {"global": (K, Dg), "local": (K, Dl) (those the
+    checkpoint has), "mask": (K,) bool, "times": (K,) float32}, features float32 rounded through the store's dtype.
+    Raises VideoError."""
+    feats = extract_video_features(path, captioner.extractors, num_frames=captioner.num_frames, backend=backend)
+    for kind in captioner.extractors:
+        # The store saved float16 (by default): round the same way so the model sees the values it was trained on.
+        feats[kind] = feats[kind].astype(captioner.feature_dtype).astype(np.float32)
+    return feats
+
+
+def sampled_frames(path: str | os.PathLike, num_frames: int, height: int = FRAME_HEIGHT,
+                   backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The K sampled frames of a video, shrunk to at most `height` pixels, decoded a few at a time.
+
+    Returns frames (K, h, w, 3) uint8, mask (K,) bool, times (K,) float32 (the paper's sampling, the same indices
+    vidcap.features uses). Raises VideoError.
+    """
+    from vidcap.explain import thumbnails
+
+    with open_video(path, backend) as reader:
+        count = reader.num_frames
+        for _attempt in range(3):
+            indices, mask = sample_frame_indices(count, num_frames)
+            chunks = [thumbnails(reader.get_frames(indices[i : i + _FRAME_CHUNK]), height)
+                      for i in range(0, len(indices), _FRAME_CHUNK)]
+            if reader.num_frames >= count:
+                break
+            count = reader.num_frames  # truncated file: resample over the frames that decode, as features do
+        return np.concatenate(chunks), mask, reader.times(indices)
+
+
+def caption_video(
+    path: str | os.PathLike,
+    captioner: Captioner,
+    options: DecodingOptions | None = None,
+    *,
+    with_frames: bool = False,
+    backend: str = "auto",
+) -> CaptionResult:
+    """Caption one video file. Only the K sampled frames (and the clips around them for local features) are decoded.
+
+    options: beam size, n-best, ... (vidcap.decoding.DecodingOptions; default beam 5, n_best 1).
+    with_frames: also return the sampled frames (for vidcap.explain); costs a second pass over those K frames.
+    Raises VideoError (missing, empty, unreadable file, no video stream, no decodable frame).
+    """
+    options = options or DecodingOptions()
+    feats = video_features(path, captioner, backend)
+    model, dev = captioner.model, captioner.device
+    global_feats = torch.from_numpy(feats["global"]).unsqueeze(0).to(dev)
+    local_feats = torch.from_numpy(feats["local"]).unsqueeze(0).to(dev) if "local" in feats else None
+    mask = torch.from_numpy(feats["mask"]).unsqueeze(0).to(dev)
+    with torch.inference_mode():
+        inputs = model.combine_features(global_feats, local_feats)
+        hypotheses = decode(model, inputs, mask, options, bos_id=captioner.vocab.BOS, eos_id=captioner.vocab.EOS)[0]
+    valid = feats["mask"]
+    best = hypotheses[0]
+    vocab = captioner.vocab
+    result = CaptionResult(
+        path=str(path),
+        caption=vocab.decode(best.tokens),
+        score=float(best.log_prob),
+        alternatives=[(vocab.decode(h.tokens), float(h.log_prob)) for h in hypotheses],
+        words=[vocab.id_to_token(t) for t in best.tokens] + ["<eos>"],
+        frame_times=feats["times"][valid].astype(np.float32),
+        attention=np.asarray(best.attention, dtype=np.float32)[:, valid],
+    )
+    if with_frames:
+        frames, frame_mask, times = sampled_frames(path, captioner.num_frames, backend=backend)
+        if not np.array_equal(frame_mask, valid) or not np.allclose(times[valid], result.frame_times):
+            # Only possible if the file changed or decodes differently between the two passes.
+            logger.warning("%s: the frames shown may differ from the frames captioned", path)
+        result.frames = frames[frame_mask]
+    return result
+
+
+def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str | None = None) -> Path:
+    """Write the attention explanation of `result` (which needs `with_frames=True`) to `png`."""
+    from vidcap.explain import render_explanation
+
+    if result.frames is None:
+        raise UsageError("explain_result needs the frames: caption_video(..., with_frames=True)")
+    if subtitle is None:
+        subtitle = f"{Path(result.path).name}  \u00b7  log-prob {result.score:.2f}  \u00b7  {len(result.frame_times)} frames"
+    return render_explanation(png, result.frames, result.frame_times, result.words, result.attention,
+                              result.caption, subtitle=subtitle)
+
+
+__all__ = ["Captioner", "CaptionResult", "caption_video", "explain_result", "load_captioner", "sampled_frames",
+           "video_features"]

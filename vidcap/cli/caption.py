@@ -1,0 +1,99 @@
+"""`vidcap caption`: caption video files with a checkpoint, optionally explain them with attention plots."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from vidcap.errors import UsageError, VidcapError
+
+HELP = "caption video files with a trained checkpoint; --explain draws which frames each word came from"
+EXAMPLE = """
+  vidcap caption clip.mp4 other.avi --checkpoint runs/global/checkpoints/best.ckpt
+  vidcap caption videos/*.mp4 --checkpoint best.ckpt --beam-size 5 --n-best 3 --json > captions.jsonl
+  vidcap caption clip.mp4 --checkpoint best.ckpt --explain explain/     # writes explain/clip.png
+"""
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format FFmpeg reads)")
+    parser.add_argument("--checkpoint", required=True, metavar="CKPT",
+                        help="a checkpoint written by `vidcap fit` (it carries the vocabulary and the extractors)")
+    parser.add_argument("--beam-size", type=int, default=5, metavar="K", help="beam width; 1 = greedy (default 5)")
+    parser.add_argument("--n-best", type=int, default=1, metavar="N",
+                        help="captions per video, best first (at most --beam-size; default 1). Text output puts "
+                             "the alternatives after the best caption, tab-separated")
+    parser.add_argument("--max-len", type=int, default=30, metavar="L", help="most words per caption (default 30)")
+    parser.add_argument("--json", action="store_true",
+                        help="one JSON object per line: path, caption, score (log-prob), alternatives, "
+                             "frame_times, words, attention (words x frames)")
+    parser.add_argument("--explain", metavar="DIR", type=Path,
+                        help="write DIR/<video name>.png per video: the sampled frames, the attention of each word "
+                             "over them, and the caption")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
+
+
+def explain_names(videos: list[str]) -> list[str]:
+    """A distinct PNG file name per input: the video's stem, numbered from its second use on
+    (a/clip.mp4, b/clip.mp4 -> clip.png, clip-2.png)."""
+    used: set[str] = set()
+    names = []
+    for video in videos:
+        stem = Path(video).stem or "video"
+        name, n = stem, 1
+        while name in used:
+            n += 1
+            name = f"{stem}-{n}"
+        used.add(name)
+        names.append(f"{name}.png")
+    return names
+
+
+def _reason(error: VidcapError, path: str) -> str:
+    # VideoError messages start with the path ("PATH: reason"); the skip line names it already.
+    text = str(error)
+    return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from vidcap.caption import caption_video, explain_result, load_captioner
+    from vidcap.decoding import DecodingOptions
+
+    options = DecodingOptions(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
+    if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
+        raise UsageError(f"--explain {args.explain}: exists and is not a folder")
+    captioner = load_captioner(args.checkpoint, device=args.device)
+    names = explain_names(args.videos) if args.explain is not None else []
+    failed = 0
+    # The bar only helps for several videos; it writes to stderr so stdout stays one line per video.
+    bar = tqdm(args.videos, desc="captioning", unit="video", disable=len(args.videos) < 2 or None, file=sys.stderr)
+    for i, video in enumerate(bar):
+        try:
+            result = caption_video(video, captioner, options, with_frames=args.explain is not None)
+        except VidcapError as error:
+            failed += 1
+            bar.write(f"skipping {video}: {_reason(error, video)}", file=sys.stderr)
+            continue
+        if args.json:
+            line = json.dumps(result.to_json(), ensure_ascii=False)
+        else:
+            line = "\t".join([video, *(text for text, _ in result.alternatives)])
+        print(line, flush=True)
+        if args.explain is not None:
+            try:
+                png = explain_result(result, args.explain / names[i])
+            except OSError as error:  # e.g. a full disk or a read-only folder: the caption is out, say what is not
+                failed += 1
+                bar.write(f"{video}: explanation not written: {error}", file=sys.stderr)
+                continue
+            logger.debug("%s: explanation in %s", video, png)
+    if failed:
+        logger.info("%d of %d videos failed", failed, len(args.videos))
+    return 1 if failed else 0
