@@ -7,7 +7,7 @@
 # Both steps are resumable: run the same command again after an interruption and it picks up where it stopped.
 # Settings come from the environment (defaults in brackets):
 #   GLOBAL [efficientnet_lite0]  LOCAL [none]  GLOBAL_WEIGHTS / LOCAL_WEIGHTS [pretrained]: pretrained|random|PATH
-#   FRAMES [26]  IMAGE_SIZE [the extractor's]  DEVICE [cpu]  DEVICES [1]  SOURCE (lsmdc only) [mvad]  VIDCAP [vidcap]
+#   FRAMES [26]  GLOBAL_SIZE [the extractor's input px]  DEVICE [cpu]  DEVICES [1]  SOURCE (lsmdc only) [mvad]  VIDCAP [vidcap]
 set -euo pipefail
 if [ $# -lt 4 ] || { [ "$1" != msvd ] && [ "$1" != lsmdc ]; }; then
   sed -n '2,10p' "$0" >&2
@@ -27,8 +27,8 @@ extract_args=(--data "$data" --out "$feats" --frames "${FRAMES:-26}" --device "$
 if [ -n "${LOCAL:-}" ]; then
   extract_args+=(--local "$LOCAL" --local-weights "${LOCAL_WEIGHTS:-pretrained}")
 fi
-if [ -n "${IMAGE_SIZE:-}" ]; then
-  extract_args+=(--image-size "$IMAGE_SIZE")
+if [ -n "${GLOBAL_SIZE:-}" ]; then
+  extract_args+=(--global-size "$GLOBAL_SIZE")
 fi
 "${vidcap[@]}" extract "${extract_args[@]}"
 echo "next: ${vidcap[*]} fit --config configs/data/$dataset.yaml --config configs/model/local_global.yaml" \
