@@ -389,3 +389,23 @@ def test_explain_result_needs_frames(captioner, videos, tmp_path):
     with pytest.raises(UsageError):
         explain_result(caption_video(videos["blue"], captioner), tmp_path / "x.png")
     assert not os.path.exists(tmp_path / "x.png")
+
+
+def test_cli_unexpected_decoder_error_is_one_skip_line(trained, videos, monkeypatch, capsys):
+    import vidcap.caption
+
+    real = vidcap.caption.caption_video
+
+    def flaky(path, *args, **kwargs):
+        if str(path) == str(videos["red"]):
+            raise RuntimeError("decoder exploded\nin two lines")  # what a binding might raise on an exotic file
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(vidcap.caption, "caption_video", flaky)
+    code = main(["caption", str(videos["red"]), str(videos["blue"]), "--checkpoint", str(trained["checkpoint"])])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert captured.out.splitlines() == [f"{videos['blue']}\t{CAPTIONS['blue']}"]
+    assert f"skipping {videos['red']}: cannot caption it (RuntimeError: decoder exploded in two lines)" in (
+        captured.err.splitlines())
+    assert "Traceback" not in captured.err

@@ -19,6 +19,9 @@ EXAMPLE = """
 
 logger = logging.getLogger(__name__)
 
+# Errors a hostile or exotic file can raise from deep inside FFmpeg/decord/PIL bindings.
+_DECODER_ERRORS = (OSError, RuntimeError, ValueError, IndexError, EOFError)
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format FFmpeg reads)")
@@ -80,6 +83,14 @@ def run(args: argparse.Namespace) -> int:
         except VidcapError as error:
             failed += 1
             bar.write(f"skipping {video}: {_reason(error, video)}", file=sys.stderr)
+            continue
+        except _DECODER_ERRORS as error:
+            # A file the decoders choke on in a way vidcap.video does not foresee must not end a batch of thousands:
+            # one line, and the traceback with -v.
+            logger.debug("%s: unexpected error", video, exc_info=True)
+            failed += 1
+            reason = " ".join(str(error).split()) or "no message"
+            bar.write(f"skipping {video}: cannot caption it ({type(error).__name__}: {reason})", file=sys.stderr)
             continue
         if args.json:
             line = json.dumps(result.to_json(), ensure_ascii=False)
