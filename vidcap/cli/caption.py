@@ -34,7 +34,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-len", type=int, default=30, metavar="L", help="most words per caption (default 30)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: path, caption, score (log-prob), alternatives, "
-                             "frame_times, words, attention (words x frames)")
+                             "frame_times, words, attention (words x frames), explanation (the PNG, with --explain)")
     parser.add_argument("--explain", metavar="DIR", type=Path,
                         help="write DIR/<video name>.png per video: the sampled frames, the attention of each word "
                              "over them, and the caption")
@@ -92,14 +92,18 @@ def run(args: argparse.Namespace) -> int:
             reason = " ".join(str(error).split()) or "no message"
             bar.write(f"skipping {video}: cannot caption it ({type(error).__name__}: {reason})", file=sys.stderr)
             continue
+        png = args.explain / names[i] if args.explain is not None else None
         if args.json:
-            line = json.dumps(result.to_json(), ensure_ascii=False)
+            record = result.to_json()
+            if png is not None:
+                record["explanation"] = str(png)
+            line = json.dumps(record, ensure_ascii=False)
         else:
             line = "\t".join([video, *(text for text, _ in result.alternatives)])
         print(line, flush=True)
-        if args.explain is not None:
+        if png is not None:
             try:
-                png = explain_result(result, args.explain / names[i])
+                explain_result(result, png)
             except OSError as error:  # e.g. a full disk or a read-only folder: the caption is out, say what is not
                 failed += 1
                 bar.write(f"{video}: explanation not written: {error}", file=sys.stderr)
