@@ -187,13 +187,31 @@ def test_print_config_has_no_linked_values(dataset, tmp_path, capsys):
     assert "vocab_size" not in out and "feature_meta" not in out
 
 
+@pytest.mark.parametrize("files, expected", [
+    (["data/msvd", "model/local_global", "trainer/gpu", "trainer/ddp"],
+     ["variant: local_global", "precision: bf16-mixed", "strategy: ddp", "devices: -1", "batch_size: 64",
+      "monitor: val/CIDEr"]),
+    (["data/lsmdc", "model/basic", "trainer/cpu", "paper"],
+     ["variant: basic", "encoder: none", "hidden_dim: 3518", "optimizer: adadelta", "val_check_interval: 0.25",
+      "monitor: val/loss", "patience: 20"]),
+    (["data/synthetic", "model/local", "trainer/cpu", "debug"],
+     ["variant: local", "hidden_dim: 32", "caption_metrics: false", "limit_train_batches: 4"]),
+])
+def test_config_files_compose(files, expected, tmp_path, capsys):
+    args = [a for f in files for a in ("--config", str(REPO / f"configs/{f}.yaml"))]
+    assert main(["fit", *args, "--data.data_dir", "D", "--data.features_dir", "F", "--print_config"]) == 0
+    out = capsys.readouterr().out
+    for line in expected:
+        assert line in out, line
+
+
 # -- training through the CLI --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["basic", "local", "global", "local_global"])
 def test_fast_dev_run_each_variant(dataset, tmp_path, variant):
     assert main(["fit", *cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", model=variant)]) == 0
 
 
-def test_checkpoint_self_describing_and_resume(dataset, tmp_path):
+def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog):
     from vidcap.lit_module import load_checkpoint
 
     root = tmp_path / "run"
@@ -221,6 +239,21 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path):
     rows = [r for r in metrics_rows(root) if r.get("train/loss")]
     first, second = ([int(r["step"]) for r in rows if r["version"] == v] for v in ("version_0", "version_1"))
     assert first == [0, 1] and second == [2, 3, 4]
+
+    # Lightning's own loader restores the vocabulary and the store's meta from the "vidcap" section.
+    from vidcap.lit_module import CaptionModule
+
+    module = CaptionModule.load_from_checkpoint(last, weights_only=True)
+    assert module.vocab.itos[4:] == WORDS and module.feature_meta == meta["features"]
+
+    # With a checkpoint file, its architecture wins over the config's (and says so); given as "last", a mismatch
+    # is one line, not a state_dict traceback.
+    other = cli_args(dataset, root, model="local_global")
+    with caplog.at_level(logging.WARNING, logger="vidcap.cli.train"):
+        assert main(["validate", *other, "--ckpt_path", str(last)]) == 0
+    assert "model.variant: 'global' from the checkpoint, not 'local_global'" in caplog.text
+    assert main(["validate", *other, "--ckpt_path", "last"]) == 2
+    assert "the checkpoint's model differs: variant='global' (config: 'local_global')" in capsys.readouterr().err
 
     # validate / test with the checkpoint; validation of the final weights reproduces the logged val/loss.
     assert main(["validate", *args, "--ckpt_path", str(last)]) == 0

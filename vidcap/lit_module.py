@@ -245,7 +245,7 @@ class CaptionModule(LightningModule):
         checkpoint["vidcap"] = self.vidcap_metadata()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        meta = _vidcap_section(checkpoint, "checkpoint")
+        meta = read_vidcap_section(checkpoint, "checkpoint")
         saved = ModelConfig(**meta["model"])
         if saved != self.config:
             diff = ", ".join(f"{k}={v!r} (config: {getattr(self.config, k)!r})"
@@ -259,7 +259,8 @@ class CaptionModule(LightningModule):
             self.feature_meta = meta["features"]
 
 
-def _vidcap_section(checkpoint: Any, where: str) -> dict[str, Any]:
+def read_vidcap_section(checkpoint: Any, where: str) -> dict[str, Any]:
+    """checkpoint["vidcap"], checked; CheckpointError naming `where` otherwise."""
     meta = checkpoint.get("vidcap") if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict):
         raise CheckpointError(f"{where}: not a vidcap checkpoint (no 'vidcap' section)")
@@ -280,7 +281,7 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: checkpoint not found") from None
     except (OSError, RuntimeError, EOFError, ValueError) as error:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {error}") from None
-    meta = _vidcap_section(checkpoint, str(path))
+    meta = read_vidcap_section(checkpoint, str(path))
     try:
         model = CaptionModel(ModelConfig(**meta["model"]))
         state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}

@@ -23,7 +23,7 @@ import os
 import warnings
 from typing import Any
 
-from vidcap.errors import UsageError
+from vidcap.errors import CheckpointError, UsageError
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ LINKS = {
 }
 # Monitors that exist only when the caption metrics are computed.
 _CAPTION_MONITORS = {f"val/{name}" for name in ("BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
+# What the checkpoint decides when one is given (everything else is a training or decoding setting).
+ARCHITECTURE = ("variant", "encoder", "embed_dim", "hidden_dim", "attention_dim", "dropout", "selector")
 TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
 
 
@@ -86,6 +88,13 @@ def build_cli(args: list[str], run: bool = True):
                 parser.link_arguments(source, target, apply_on="instantiate")
             parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
 
+        def _parse_ckpt_path(self) -> None:
+            # LightningCLI would overwrite the whole `model:` section with the checkpoint's hparams, so that
+            # `--model.beam_size 1` or `--model.caption_metrics false` given to `test` would be ignored. Take only
+            # the architecture from the checkpoint; everything else comes from the configs and the command line.
+            if self.config.get("subcommand"):
+                _architecture_from_checkpoint(self.config[self.config.subcommand])
+
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
             _resolve_monitors(config)
@@ -110,6 +119,28 @@ def build_cli(args: list[str], run: bool = True):
         args=args,
         run=run,
     )
+
+
+def _architecture_from_checkpoint(config: Any) -> None:
+    """With `--ckpt_path FILE`, set the model's architecture keys from the checkpoint's "vidcap" section."""
+    ckpt_path = config.get("ckpt_path")
+    if not ckpt_path or not os.path.isfile(ckpt_path):  # None, or "last"/"best" (checked when loading)
+        return
+    import torch
+
+    from vidcap.lit_module import read_vidcap_section
+
+    try:
+        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(f"{ckpt_path}: cannot read the checkpoint: {error}") from None
+    saved = read_vidcap_section(checkpoint, str(ckpt_path))["model"]
+    for key in ARCHITECTURE:
+        current = config.model[key]
+        if current != saved[key]:
+            if not (key == "encoder" and current == "auto"):
+                log.warning("model.%s: %r from the checkpoint, not %r", key, saved[key], current)
+            config.model[key] = saved[key]
 
 
 def _resolve_monitors(config: Any) -> None:
