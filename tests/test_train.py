@@ -211,6 +211,14 @@ def test_fast_dev_run_each_variant(dataset, tmp_path, variant):
     assert main(["fit", *cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", model=variant)]) == 0
 
 
+@pytest.mark.parametrize("encoder", ["bilstm", "position"])
+def test_bf16_autocast_trains(dataset, tmp_path, encoder):
+    """The GPU config's bf16-mixed, exercised on CPU autocast (the frame LSTM must stay float32 there)."""
+    args = cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
+                    "--model.encoder", encoder, model="local_global")
+    assert main(["fit", *args]) == 0
+
+
 def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog):
     from vidcap.lit_module import load_checkpoint
 

@@ -126,8 +126,10 @@ class FrameEncoder(nn.Module):
             return feats + self.position.weight[:T].to(feats.dtype)
         # Pack so that the backward direction starts at each video's last real frame, not at the padding.
         lengths = mask.sum(1).clamp(min=1).cpu()
-        packed = pack_padded_sequence(feats, lengths, batch_first=True, enforce_sorted=False)
-        out, _ = self.rnn(packed)
+        # float32 even under autocast: oneDNN has no bf16 LSTM on many CPUs, and this runs once per video.
+        with torch.autocast(feats.device.type, enabled=False):
+            packed = pack_padded_sequence(feats.float(), lengths, batch_first=True, enforce_sorted=False)
+            out, _ = self.rnn(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=T)
         return out
 
