@@ -304,6 +304,23 @@ def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monke
     assert float(row["val/METEOR"]) == sum(len(p.split()) for p in predictions.values())
 
 
+def test_load_checkpoint_rejects_other_files(tmp_path):
+    from vidcap.errors import CheckpointError
+    from vidcap.lit_module import load_checkpoint
+
+    with pytest.raises(CheckpointError, match="checkpoint not found"):
+        load_checkpoint(tmp_path / "none.ckpt")
+    (tmp_path / "garbage.ckpt").write_bytes(b"\x80\x04not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
+        load_checkpoint(tmp_path / "garbage.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    with pytest.raises(CheckpointError, match="not a vidcap checkpoint"):
+        load_checkpoint(tmp_path / "other.ckpt")
+    torch.save({"state_dict": {}, "vidcap": {"format": 99}}, tmp_path / "future.ckpt")
+    with pytest.raises(CheckpointError, match="format 99 is not supported"):
+        load_checkpoint(tmp_path / "future.ckpt")
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):

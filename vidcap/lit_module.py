@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import zipfile
 from dataclasses import asdict
 from typing import Any, Literal
 
@@ -43,6 +45,10 @@ log = logging.getLogger(__name__)
 CHECKPOINT_FORMAT = 1
 # Metric names of vidcap.metrics.score_captions -> logged names.
 CAPTION_METRICS = {"Bleu_4": "BLEU4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr"}
+# What torch.load raises on a file that is not a (weights-only) checkpoint: the weights-only unpickler refusing an
+# object, a broken zip, and garbage bytes that happen to parse as pickle opcodes.
+LOAD_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError, KeyError,
+               IndexError, AttributeError, TypeError, UnicodeDecodeError)
 # References scored per forward pass at evaluation (a video can have ~40; logits are N x L x V).
 _EVAL_CHUNK = 256
 
@@ -279,7 +285,7 @@ def load_checkpoint(
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except FileNotFoundError:
         raise CheckpointError(f"{path}: checkpoint not found") from None
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise CheckpointError(f"{path}: cannot read the checkpoint: {error}") from None
     meta = read_vidcap_section(checkpoint, str(path))
     try:

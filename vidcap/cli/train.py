@@ -128,11 +128,11 @@ def _architecture_from_checkpoint(config: Any) -> None:
         return
     import torch
 
-    from vidcap.lit_module import read_vidcap_section
+    from vidcap.lit_module import LOAD_ERRORS, read_vidcap_section
 
     try:
         checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, ValueError) as error:
+    except LOAD_ERRORS as error:
         raise CheckpointError(f"{ckpt_path}: cannot read the checkpoint: {error}") from None
     saved = read_vidcap_section(checkpoint, str(ckpt_path))["model"]
     for key in ARCHITECTURE:
