@@ -219,6 +219,7 @@ def test_bf16_autocast_trains(dataset, tmp_path, encoder):
     assert main(["fit", *args]) == 0
 
 
+@pytest.mark.slow
 def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog):
     from vidcap.lit_module import load_checkpoint
 
