@@ -8,7 +8,9 @@ The model interface (vidcap.model.CaptionModel implements it; tests use toy mode
 `decode` runs greedy search when `beam_size == 1` and beam search otherwise. Beam search is batched: the B videos x
 K beams of a batch advance together, one `model.step` call per time step on B*K rows (the state is expanded with
 `repeat_interleave` and reordered with `index_select` over dim 0); videos whose best hypotheses are settled leave
-the batch. Scores are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless
+the batch. State tensors that `step` returns unchanged (the very object it was given, such as the encoded frames)
+are the same for every beam of a video, so they are only re-indexed when videos leave the batch: copying the
+(B*K, T, D) frame context at every step would cost as much as the model step itself. Scores are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless
 `length_penalty` is set.
 """
 
@@ -216,6 +218,7 @@ def beam_search(
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
 
     for t in range(options.max_len + 1):
+        given = state
         log_probs, alpha, state = model.step(prev, state)
         V = log_probs.shape[-1]
         log_probs = log_probs.double()
@@ -270,7 +273,19 @@ def beam_search(
         histories = [histories[row] + [word] for row, word in zip(rows, words, strict=True)]
         attention = [attention[row] + [alpha[row]] for row in rows]
         live_row = [score != NEG_INF for score in scores]
-        state = _select(state, torch.tensor(rows, device=device))
+        # Beams are reordered within their video only; a tensor step() left alone holds the same values for all K
+        # beams of a video, so it needs a copy only when videos leave the batch.
+        index = torch.tensor(rows, device=device)
+        shrunk = len(next_active) < A
+        if shrunk:
+            position = {video: a for a, video in enumerate(active)}
+            video_rows = torch.tensor([position[video] * K + k for video in next_active for k in range(K)],
+                                      device=device)
+        state = {
+            key: value.index_select(0, index) if value is not given.get(key)
+            else value.index_select(0, video_rows) if shrunk else value
+            for key, value in state.items()
+        }
         prev = torch.tensor(words, dtype=torch.long, device=device)
         beam_log_prob = torch.tensor(scores, dtype=torch.float64, device=device).view(-1, K)
         active = next_active

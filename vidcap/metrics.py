@@ -92,8 +92,11 @@ def _start(cmd: list[str], what: str, **kwargs) -> subprocess.Popen:
         raise UsageError(f"cannot start {what} ({cmd[0]}): {error.strerror or error}") from error
 
 
-def _reap(proc: subprocess.Popen) -> None:
-    """Make sure `proc` is gone: close its stdin, give it a moment to exit, then kill it; always wait."""
+def _reap(proc: subprocess.Popen, graceful: bool = True) -> None:
+    """Make sure `proc` is gone: close its stdin and give it a moment to exit (graceful), else kill it; always wait
+    (no zombie left)."""
+    if proc.poll() is None and not graceful:
+        proc.kill()
     if proc.poll() is None:
         if proc.stdin is not None:
             try:
@@ -166,7 +169,7 @@ def _ptb_tokenize_many(
         finally:
             for proc in procs:
                 if proc is not None:
-                    _reap(proc)
+                    _reap(proc, graceful=False)  # finished ones are just closed; the others are killed
 
 
 def _parse_tokenized(group: Mapping, lines: list[str], out: bytes) -> dict[Hashable, list[str]]:
@@ -199,8 +202,12 @@ class MeteorProcess:
                     "-", "-", "-stdio", "-l", "en", "-norm"]
         # stderr goes to a file: a pipe nobody reads could fill up and block the JVM.
         self._stderr = tempfile.TemporaryFile()
-        self.proc = _start(self.cmd, "METEOR", cwd=METEOR_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           stderr=self._stderr)
+        try:
+            self.proc = _start(self.cmd, "METEOR", cwd=METEOR_DIR, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                               stderr=self._stderr)
+        except BaseException:
+            self._stderr.close()
+            raise
         self._thread: threading.Thread | None = None
         self._score: float | None = None
         self._error: BaseException | None = None
@@ -212,8 +219,9 @@ class MeteorProcess:
         self.close()
 
     def close(self) -> None:
-        """Stop the JVM (EOF on stdin ends METEOR's loop; kill if it lingers) and reap it."""
-        _reap(self.proc)
+        """Stop the JVM and reap it: after a completed evaluation EOF on stdin ends METEOR's loop (killed if it
+        lingers); otherwise (an error, an interrupt, still loading) it is killed at once."""
+        _reap(self.proc, graceful=self._score is not None)
         if self._thread is not None:
             self._thread.join(timeout=5)
         self._stderr.close()
