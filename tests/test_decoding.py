@@ -17,6 +17,15 @@ from vidcap.errors import UsageError
 BOS, EOS = 0, 1
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These models are tiny: thread start-up and contention on a shared CPU cost more than they bring."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 class ToyAttentionGRU(nn.Module):
     """A small random model with the decoding interface: GRU over [word embedding; attended frames]."""
 
@@ -92,7 +101,7 @@ def test_options_defaults_and_validation():
             DecodingOptions(**bad)
 
 
-@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("seed", range(4))
 def test_beam_size_one_is_exactly_greedy(seed):
     model = ToyAttentionGRU(seed=seed)
     feats, mask = toy_batch(B=5, seed=seed)
