@@ -106,6 +106,22 @@ def test_pretrained_efficientnet_lite0_recognises_a_photo(lite0):
     json.dumps(desc)  # plain types only
 
 
+def test_inference_rewrites_match_the_package_model(lite0):
+    """BatchNorm folding, copy-free "SAME" padding and in-place ReLU6 change nothing but speed, at even and odd sizes."""
+    from efficientnet_lite_pytorch import EfficientNet
+
+    raw = EfficientNet.from_name("efficientnet-lite0", image_size=None)
+    raw.load_state_dict(torch.load(_lite0_file(), map_location="cpu", weights_only=True))
+    raw.eval()
+    assert sum(type(m).__name__ == "_EvenSameDepthwise" for m in lite0.modules()) == 4
+    for size in (64, 50):  # 50 -> 25: odd maps take the padded path
+        x = torch.rand(2, 3, size, size)
+        with torch.no_grad():
+            expected = raw.extract_features(x).mean(dim=(2, 3))
+            got = lite0.backbone(x.contiguous(memory_format=torch.channels_last))
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
+
+
 def test_random_weights_are_reproducible_and_a_state_dict_file_loads(tmp_path):
     spec = EXTRACTORS["x3d_xs"]
     a = build_extractor("x3d_xs", "random", image_size=32)

@@ -506,6 +506,16 @@ def default_num_workers(device: str, devices: int) -> int:
     return max(1, min(8, cpus // devices - 1))
 
 
+def default_threads(device: str, devices: int, num_workers: int) -> int | None:
+    """torch threads per process on CPU: the cores of this process's share minus one per decoding worker (None on GPU:
+    leave torch's default). An OpenMP thread that loses its core to a decoder stalls the whole forward pass; on the
+    2-core reference machine 1 thread + 1 worker reached 85% of the model-alone speed, 2 threads + 1 worker 72%
+    (benchmarks/bench_extract.py)."""
+    if device != "cpu":
+        return None
+    return max(1, (os.cpu_count() or 1) // devices - num_workers)
+
+
 def run_extract(
     data_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
@@ -530,8 +540,8 @@ def run_extract(
     """Extract features for the videos in DIR/videos.csv into the store `out_dir` (see the module docstring).
 
     global_name / local_name: registry names (EXTRACTORS; at least one). batch_size: steps (frames or clips) per
-    forward pass. devices: processes (GPUs with device="cuda"). threads: torch threads per process (default:
-    torch's, split between the processes on CPU). image_sizes: {"global": px, "local": px} input-size overrides.
+    forward pass. devices: processes (GPUs with device="cuda"). threads: torch threads per process (default on CPU:
+    the process's share of the cores minus its decoding workers, see default_threads). image_sizes: {"global": px, "local": px} input-size overrides.
     on_failure(video_id, path, reason) is called for
     each video that cannot be decoded (in the process that met it). Raises UsageError for bad settings.
     """
@@ -600,14 +610,14 @@ def run_extract(
         on_failure=on_failure,
         threads=threads,
     )
+    if job.threads is None:
+        job.threads = default_threads(device, devices, num_workers)
     if todo:
         if devices == 1:
             job.extractors = extractors
             _run_shard(0, job)
         else:
             del extractors  # each process builds its own, on its own device
-            if device == "cpu" and job.threads is None:
-                job.threads = max(1, (os.cpu_count() or 1) // devices)
             torch.multiprocessing.spawn(_spawned_shard, args=(job,), nprocs=devices, join=True)
     write_manifest(store)
     failures = read_failures(store)

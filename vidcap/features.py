@@ -319,13 +319,62 @@ def _fuse_efficientnet(net: nn.Module) -> None:
     net._bn1 = nn.Identity()
 
 
+class _EvenSameDepthwise(nn.Module):
+    """A TF-"SAME" stride-2 depthwise conv (odd kernel k) without the padding copy.
+
+    On an even-sized input SAME pads lo = (k - 2) // 2 before and hi = k - 2 - lo after. The same sums come from
+    the kernel with (hi - lo) zero rows/columns prepended, symmetric padding hi, no copy: exact, 2-3x faster on CPU.
+    Odd-sized inputs (other image sizes) take the original padded path.
+    """
+
+    def __init__(self, conv: nn.Conv2d):
+        super().__init__()
+        self.conv = conv
+        k = conv.kernel_size[0]
+        lo = (k - 2) // 2
+        self.hi = k - 2 - lo
+        shift = self.hi - lo
+        self.register_buffer("shifted", F.pad(conv.weight.detach(), [shift, 0, shift, 0]), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] % 2 or x.shape[-2] % 2:
+            return self.conv(x)
+        return F.conv2d(x, self.shifted, self.conv.bias, stride=2, padding=self.hi, groups=self.conv.groups)
+
+
+def _native_padding(module: nn.Module) -> None:
+    """Replace the package's TF-"SAME" convs (which pad every input with a copy) by exact copy-free equivalents:
+    stride 1 -> nn.Conv2d with symmetric padding; stride-2 depthwise -> _EvenSameDepthwise. The stem keeps its pad
+    (3 input channels: cheap)."""
+    for parent in list(module.modules()):
+        for child_name, child in list(parent.named_children()):
+            if not isinstance(child, nn.Conv2d) or type(child) is nn.Conv2d:
+                continue
+            square_odd = child.kernel_size[0] == child.kernel_size[1] and child.kernel_size[0] % 2 == 1
+            if tuple(child.dilation) != (1, 1) or not square_odd:
+                continue
+            if tuple(child.stride) == (1, 1):
+                conv = nn.Conv2d(child.in_channels, child.out_channels, child.kernel_size,
+                                 padding=child.kernel_size[0] // 2, groups=child.groups, bias=child.bias is not None)
+                conv.weight, conv.bias = child.weight, child.bias
+                setattr(parent, child_name, conv)
+            elif tuple(child.stride) == (2, 2) and child.groups == child.in_channels > 3:
+                setattr(parent, child_name, _EvenSameDepthwise(child))
+
+
 def _feature_module(spec: ExtractorSpec, net: nn.Module) -> nn.Module:
     """Cut the classifier off: the returned module maps normalised input to pooled features (N, D)."""
     net.eval()
     if spec.family == "efficientnet":
         net._fc = nn.Identity()
+        # Inference-only rewrites with the same results (float rounding aside), ~1.5-2x faster on CPU together:
+        # BatchNorm folded into the convs, native padding, in-place ReLU6 (benchmarks/bench_extract.py).
         with torch.no_grad():
             _fuse_efficientnet(net)
+        _native_padding(net)
+        for m in net.modules():
+            if isinstance(m, nn.ReLU6):
+                m.inplace = True
         return _EfficientNetFeatures(net)
     if spec.family == "torchvision":
         net.fc = nn.Identity()

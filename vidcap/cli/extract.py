@@ -45,8 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None, metavar="N",
                         help="decoding workers per process (default: 1 on CPU, up to 8 per GPU)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch threads per process (default: torch's, shared out between --devices on CPU;\n"
-                        "1 is fastest on a busy shared machine)")
+                        help="torch threads per process (default on CPU: its share of the cores minus one per\n"
+                        "decoding worker)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="processes: one per GPU with --device cuda, or N CPU processes (default 1)")
