@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import socket
+import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -263,6 +264,15 @@ class _EfficientNetFeatures(nn.Module):
         return self.net.extract_features(x).mean(dim=(2, 3))
 
 
+def _pytorchvideo_hub():
+    # Never pytorchvideo.transforms: it imports torchvision.transforms.functional_tensor, which is gone.
+    # pytorchvideo calls torch.jit.script at import; its deprecation warning says nothing to our users.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        from pytorchvideo.models import hub
+    return hub
+
+
 def _make_network(spec: ExtractorSpec) -> nn.Module:
     """The full architecture (classifier included, so that published state_dicts load strictly), initialised."""
     if spec.family == "efficientnet":
@@ -278,10 +288,7 @@ def _make_network(spec: ExtractorSpec) -> nn.Module:
             return tvm.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=True)
         return getattr(tvm, spec.arch)(weights=None)
     if spec.family == "pytorchvideo":
-        # Never pytorchvideo.transforms: it imports torchvision.transforms.functional_tensor, which is gone.
-        from pytorchvideo.models import hub
-
-        return getattr(hub, spec.arch)(pretrained=False)
+        return getattr(_pytorchvideo_hub(), spec.arch)(pretrained=False)
     raise ValueError(f"unknown extractor family {spec.family!r}")
 
 
@@ -414,9 +421,8 @@ def _pretrained_location(spec: ExtractorSpec) -> str:
         import torchvision.models as tvm
 
         return tvm.get_model_weights(spec.arch).IMAGENET1K_V1.url
-    from pytorchvideo.models.hub import r2plus1d, resnet, slowfast, x3d
-
-    for module in (x3d, resnet, r2plus1d, slowfast):
+    hub = _pytorchvideo_hub()
+    for module in (hub.x3d, hub.resnet, hub.r2plus1d, hub.slowfast):
         if spec.arch in module.checkpoint_paths:
             return module.checkpoint_paths[spec.arch]
     raise ValueError(f"no pretrained weights known for {spec.arch}")
