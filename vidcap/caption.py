@@ -15,6 +15,8 @@ from __future__ import annotations
 import logging
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +43,7 @@ _FRAME_CHUNK = 8
 # What torch.load raises on files that are not checkpoints, besides the OSError/RuntimeError/EOFError/ValueError
 # lit_module.load_checkpoint handles: the weights-only unpickler refusing a pickled object (UnpicklingError),
 # and garbage bytes that happen to parse as pickle opcodes (KeyError, IndexError, ...).
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _LOAD_ERRORS = (
     pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, TypeError, ValueError,
     UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError,
@@ -100,6 +103,25 @@ class CaptionResult:
         }
 
 
+def _load_failure(error: BaseException, path: Path) -> str:
+    """One short line for why loading failed (torch's weights-only messages are a page long, with ANSI codes)."""
+    cause = error.__context__ if isinstance(error, CheckpointError) else error
+    if isinstance(cause, pickle.UnpicklingError):
+        found = re.search(r"GLOBAL ([\w.]+)", str(cause))
+        if found:
+            return (f"refused: loading it would run code ({found.group(1)}); vidcap loads checkpoints with "
+                    "torch.load(weights_only=True)")
+        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(cause))
+        return f"not a checkpoint (unpickling failed: {found.group(1).strip() if found else type(cause).__name__})"
+    if isinstance(cause, _LOAD_ERRORS) and (cause is error or "cannot read" in str(error)):
+        # torch.load's own failure: name it by type and its first sentence (EOFError and KeyError say little else).
+        first = re.split(r"(?<=\.)\s", " ".join(_ANSI.sub("", str(cause)).split()), maxsplit=1)[0]
+        return f"not a loadable checkpoint ({type(cause).__name__}{': ' + first[:200] if first else ''})"
+    text = " ".join(_ANSI.sub("", str(error)).split())
+    text = text.removeprefix(f"{path}: ")  # load_checkpoint's messages name the file already
+    return text[:300] or type(error).__name__
+
+
 def _device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
@@ -121,15 +143,18 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
     dev = _device(device)
     if path.is_dir():
         raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
+    if path.is_file() and path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: empty file (0 bytes)")
     try:
         # load_checkpoint uses torch.load(weights_only=True): a pickled object that needs code is refused.
-        model, vocab, meta = load_checkpoint(path, map_location="cpu")
-    except _LOAD_ERRORS as error:
-        reason = " ".join(str(error).split())
-        if isinstance(error, pickle.UnpicklingError):
-            # torch's message is a page long; the first sentence says it all.
-            reason = "it contains pickled objects that only code execution could rebuild (refused: weights-only)"
-        raise CheckpointError(f"{path}: not a loadable checkpoint: {reason[:200] or type(error).__name__}") from None
+        with warnings.catch_warnings():
+            # A raw pickle makes torch warn about its protocol before refusing it: the refusal says enough.
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            model, vocab, meta = load_checkpoint(path, map_location="cpu")
+    except CheckpointError as error:
+        raise CheckpointError(f"{path}: {_load_failure(error, path)}") from None
+    except _LOAD_ERRORS as error:  # anything torch.load raised that load_checkpoint let through
+        raise CheckpointError(f"{path}: {_load_failure(error, path)}") from None
     if not isinstance(meta, dict) or not (meta.get("global") or meta.get("local")):
         raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
                               "(checkpoint['vidcap']['features'] is empty)")
@@ -246,7 +271,8 @@ def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str 
     if result.frames is None:
         raise UsageError("explain_result needs the frames: caption_video(..., with_frames=True)")
     if subtitle is None:
-        subtitle = f"{Path(result.path).name}  \u00b7  log-prob {result.score:.2f}  \u00b7  {len(result.frame_times)} frames"
+        k = len(result.frame_times)
+        subtitle = f"{Path(result.path).name}  \u00b7  log-prob {result.score:.2f}  \u00b7  {k} frame{'s' * (k != 1)}"
     return render_explanation(png, result.frames, result.frame_times, result.words, result.attention,
                               result.caption, subtitle=subtitle)
 

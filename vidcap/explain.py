@@ -124,15 +124,18 @@ def render_explanation(
         heat.tick_params(length=0)
         for spine in heat.spines.values():
             spine.set_visible(False)
-        # Outline the frame each word attended to most: the answer to "where did this word come from?".
+        # Outline the frame each word attended to most, the answer to "where did this word come from?", where the
+        # answer means something: that frame got at least twice its uniform share (a flat row has no such frame).
         for row, col in enumerate(attention.argmax(axis=1)):
+            if attention[row, col] < 2.0 / k:
+                continue
             heat.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT, linewidth=2))
         cax = fig.add_axes(((left + col_w * k + 0.25) / fig_w, bottom / fig_h, 0.15 / fig_w, heat_h / fig_h))
         bar = fig.colorbar(image, cax=cax)
         bar.ax.tick_params(labelsize=8)
         bar.set_label("attention", fontsize=9)
         # Uniform attention (1/K) is the reference level: cells darker than the line got more than their share.
-        if 1.0 / k <= vmax:
+        if k > 1 and 1.0 / k <= vmax:
             bar.ax.axhline(1.0 / k, color=HIGHLIGHT, linewidth=1.5)
             bar.ax.text(-0.3, 1.0 / k, "1/K", transform=bar.ax.get_yaxis_transform(), fontsize=7, ha="right",
                         va="center", color=HIGHLIGHT)
