@@ -376,6 +376,17 @@ def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
     assert expected[case] in message
 
 
+def test_unused_local_extractor_is_not_built(trained, tmp_path):
+    # A store with local features, a model that reads only the global ones: the local network is never built (here
+    # it could not be: its weights file does not exist), and captioning extracts global features only.
+    local = {"name": "frame_delta_efficientnet_lite0", "kind": "local", "dim": 1280, "image_size": 64,
+             "clip_length": 4, "clip_stride": 2, "weights": str(tmp_path / "absent.pt"), "weights_sha256": "0" * 64}
+    path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"].update(local=local))
+    captioner = load_captioner(path)
+    assert list(captioner.extractors) == ["global"]
+    assert captioner.feature_meta["local"] == local
+
+
 def test_caption_result_json_is_plain(captioner, videos):
     result = caption_video(videos["blue"], captioner, with_frames=True)
     assert isinstance(result, CaptionResult)

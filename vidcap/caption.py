@@ -29,7 +29,7 @@ from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.features import RANDOM_SEED, Extractor, build_extractors_from_meta, extract_video_features
 from vidcap.lit_module import load_checkpoint
-from vidcap.model import CaptionModel
+from vidcap.model import LOCAL_VARIANTS, CaptionModel
 from vidcap.video import open_video, sample_frame_indices
 from vidcap.vocab import Vocabulary
 
@@ -170,17 +170,21 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
                 f"{path}: its {kind} extractor {desc.get('name')} had random weights with seed {desc.get('seed')}; "
                 f"this vidcap builds random extractors with seed {RANDOM_SEED} only"
             )
+    config = model.config
+    used = meta
+    if config.variant not in LOCAL_VARIANTS and meta.get("local"):
+        # The store had local features this model never reads: do not build (or run) that network.
+        used = {**meta, "local": None}
     try:
-        extractors = build_extractors_from_meta(meta, device=dev)
+        extractors = build_extractors_from_meta(used, device=dev)
     except (UsageError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: cannot rebuild the feature extractors it was trained with: {error}") from None
-    config = model.config
     expected = {"global": config.global_dim, "local": config.local_dim}
     for kind, extractor in extractors.items():
         if expected[kind] and extractor.dim != expected[kind]:
             raise CheckpointError(f"{path}: {kind} extractor {extractor.name} gives {extractor.dim}-d features, "
                                   f"the model expects {expected[kind]}")
-    if config.local_dim and config.variant in ("local", "local_global") and "local" not in extractors:
+    if config.variant in LOCAL_VARIANTS and "local" not in extractors:
         raise CheckpointError(f"{path}: model variant {config.variant} needs local features; none recorded")
     logger.info("loaded %s: %s/%s, V=%d, extractors %s, K=%d", path, config.variant, config.encoder, len(vocab),
                 ", ".join(f"{k}={e.name}({e.weights})" for k, e in extractors.items()), num_frames)
@@ -189,8 +193,8 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
 
 
 def video_features(path: str | os.PathLike, captioner: Captioner, backend: str = "auto") -> dict[str, np.ndarray]:
-    """The model inputs of one video, exactly as training saw them: {"global": (K, Dg), "local": (K, Dl) (those the
-    checkpoint has), "mask": (K,) bool, "times": (K,) float32}, features float32 rounded through the store's dtype.
+    """The model inputs of one video, exactly as training saw them: {"global": (K, Dg), "local": (K, Dl) (the kinds
+    the model reads), "mask": (K,) bool, "times": (K,) float32}, features float32 rounded through the store's dtype.
     Raises VideoError."""
     feats = extract_video_features(path, captioner.extractors, num_frames=captioner.num_frames, backend=backend)
     for kind in captioner.extractors:
