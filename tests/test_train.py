@@ -312,8 +312,10 @@ def test_load_checkpoint_rejects_other_files(tmp_path):
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none.ckpt")
     (tmp_path / "garbage.ckpt").write_bytes(b"\x80\x04not a checkpoint")
-    with pytest.raises(CheckpointError, match="cannot read the checkpoint"):
+    with pytest.raises(CheckpointError, match=r"garbage\.ckpt: not a (loadable )?checkpoint \("):
         load_checkpoint(tmp_path / "garbage.ckpt")
+    with pytest.raises(CheckpointError, match="is a folder"):
+        load_checkpoint(tmp_path)
     torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
     with pytest.raises(CheckpointError, match="not a vidcap checkpoint"):
         load_checkpoint(tmp_path / "other.ckpt")

@@ -14,10 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
-import re
-import warnings
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,16 +36,6 @@ logger = logging.getLogger(__name__)
 FRAME_HEIGHT = 240
 # Frames decoded per call when collecting the frames for an explanation (bounded memory on long/large videos).
 _FRAME_CHUNK = 8
-# What torch.load raises on files that are not checkpoints, besides the OSError/RuntimeError/EOFError/ValueError
-# lit_module.load_checkpoint handles: the weights-only unpickler refusing a pickled object (UnpicklingError),
-# and garbage bytes that happen to parse as pickle opcodes (KeyError, IndexError, ...).
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_LOAD_ERRORS = (
-    pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, TypeError, ValueError,
-    UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError,
-)
-
-
 @dataclass
 class Captioner:
     """Everything needed to caption a video, rebuilt from one checkpoint by `load_captioner`.
@@ -103,25 +89,6 @@ class CaptionResult:
         }
 
 
-def _load_failure(error: BaseException, path: Path) -> str:
-    """One short line for why loading failed (torch's weights-only messages are a page long, with ANSI codes)."""
-    cause = error.__context__ if isinstance(error, CheckpointError) else error
-    if isinstance(cause, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL ([\w.]+)", str(cause))
-        if found:
-            return (f"refused: loading it would run code ({found.group(1)}); vidcap loads checkpoints with "
-                    "torch.load(weights_only=True)")
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(cause))
-        return f"not a checkpoint (unpickling failed: {found.group(1).strip() if found else type(cause).__name__})"
-    if isinstance(cause, _LOAD_ERRORS) and (cause is error or "cannot read" in str(error)):
-        # torch.load's own failure: name it by type and its first sentence (EOFError and KeyError say little else).
-        first = re.split(r"(?<=\.)\s", " ".join(_ANSI.sub("", str(cause)).split()), maxsplit=1)[0]
-        return f"not a loadable checkpoint ({type(cause).__name__}{': ' + first[:200] if first else ''})"
-    text = " ".join(_ANSI.sub("", str(error)).split())
-    text = text.removeprefix(f"{path}: ")  # load_checkpoint's messages name the file already
-    return text[:300] or type(error).__name__
-
-
 def _device(device: str | torch.device) -> torch.device:
     try:
         dev = torch.device(device)
@@ -141,20 +108,7 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
     """
     path = Path(checkpoint)
     dev = _device(device)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if path.is_file() and path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes)")
-    try:
-        # load_checkpoint uses torch.load(weights_only=True): a pickled object that needs code is refused.
-        with warnings.catch_warnings():
-            # A raw pickle makes torch warn about its protocol before refusing it: the refusal says enough.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            model, vocab, meta = load_checkpoint(path, map_location="cpu")
-    except CheckpointError as error:
-        raise CheckpointError(f"{path}: {_load_failure(error, path)}") from None
-    except _LOAD_ERRORS as error:  # anything torch.load raised that load_checkpoint let through
-        raise CheckpointError(f"{path}: {_load_failure(error, path)}") from None
+    model, vocab, meta = load_checkpoint(path, map_location="cpu")  # weights_only: no pickled code runs
     if not isinstance(meta, dict) or not (meta.get("global") or meta.get("local")):
         raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
                               "(checkpoint['vidcap']['features'] is empty)")

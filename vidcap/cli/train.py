@@ -23,7 +23,7 @@ import os
 import warnings
 from typing import Any
 
-from vidcap.errors import CheckpointError, UsageError
+from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -126,14 +126,9 @@ def _architecture_from_checkpoint(config: Any) -> None:
     ckpt_path = config.get("ckpt_path")
     if not ckpt_path or not os.path.isfile(ckpt_path):  # None, or "last"/"best" (checked when loading)
         return
-    import torch
+    from vidcap.lit_module import read_checkpoint, read_vidcap_section
 
-    from vidcap.lit_module import LOAD_ERRORS, read_vidcap_section
-
-    try:
-        checkpoint = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except LOAD_ERRORS as error:
-        raise CheckpointError(f"{ckpt_path}: cannot read the checkpoint: {error}") from None
+    checkpoint = read_checkpoint(ckpt_path)
     saved = read_vidcap_section(checkpoint, str(ckpt_path))["model"]
     for key in ARCHITECTURE:
         current = config.model[key]
