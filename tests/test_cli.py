@@ -57,3 +57,11 @@ def test_paper_row_and_table_layout():
     lines = table.splitlines()
     assert lines[0].split("|")[2:6] == [" BLEU-4 ", " METEOR ", "  CIDEr ", " Perplexity "]
     assert lines[2].split("|")[2:6] == [" 0.5000 ", " 0.2500 ", " 1.0000 ", "       3.14 "]
+
+
+@pytest.mark.parametrize("name", LIGHTNING_SUBCOMMANDS)
+def test_lightning_subcommand_help_ends_with_examples(name):
+    result = subprocess.run([sys.executable, "-m", "vidcap", name, "--help"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--data.data_dir" in result.stdout and "--model.variant" in result.stdout
+    assert "vidcap fit --config configs/data/msvd.yaml" in result.stdout.split("example")[-1]
