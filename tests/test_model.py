@@ -14,13 +14,7 @@ BOS, EOS = 1, 2
 V, DG, DL, T = 11, 6, 4, 5
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_model(variant="local_global", encoder="auto", seed=0, **kw) -> CaptionModel:

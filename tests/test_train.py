@@ -25,13 +25,7 @@ T, DG, DL = 5, 6, 4
 WORDS = "a man woman is cooking riding horse dog running playing guitar the".split()
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models run faster on one thread, and the test machine's cores are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def write_store(store: Path, lengths: dict[str, int], local: bool = True, seed: int = 0) -> Path:

@@ -321,6 +321,21 @@ def _worker_init(_worker_id: int) -> None:
 # Batching across videos
 
 
+
+def _take_rows(queue: deque, n: int, concat):
+    """Pop the first n rows off a queue of arrays/tensors (splitting the last one taken); concat joins parts."""
+    parts = []
+    while n:
+        head = queue[0]
+        if len(head) <= n:
+            parts.append(queue.popleft())
+            n -= len(head)
+        else:
+            parts.append(head[:n])
+            queue[0] = head[n:]
+            n = 0
+    return parts[0] if len(parts) == 1 else concat(parts)
+
 class _Batcher:
     """FIFO of decoded videos. Each extractor runs on exactly `batch_size` steps per forward pass (the last one may
     be short), cutting across video boundaries; a video is done once every extractor has covered its steps."""
@@ -348,37 +363,15 @@ class _Batcher:
         for key, extractor in self.extractors.items():
             while self.pending_rows[key] >= self.batch_size or (flush and self.pending_rows[key] > 0):
                 take = min(self.batch_size, self.pending_rows[key])
-                parts, need = [], take
-                queue = self.pending[key]
-                while need:
-                    head = queue[0]
-                    if len(head) <= need:
-                        parts.append(queue.popleft())
-                        need -= len(head)
-                    else:
-                        parts.append(head[:need])
-                        queue[0] = head[need:]
-                        need = 0
-                x = parts[0] if len(parts) == 1 else torch.cat(parts)
+                x = _take_rows(self.pending[key], take, torch.cat)
                 out = extractor.extract(x, batch_size=take)
                 self.pending_rows[key] -= take
                 self.outputs[key].append(out)
                 self.output_rows[key] += len(out)
 
     def _pop_rows(self, key: str, n: int) -> np.ndarray:
-        parts, need = [], n
-        queue = self.outputs[key]
-        while need:
-            head = queue[0]
-            if len(head) <= need:
-                parts.append(queue.popleft())
-                need -= len(head)
-            else:
-                parts.append(head[:need])
-                queue[0] = head[need:]
-                need = 0
         self.output_rows[key] -= n
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+        return _take_rows(self.outputs[key], n, np.concatenate)
 
     def finished(self) -> list[tuple[_Item, dict[str, np.ndarray]]]:
         done = []
