@@ -65,3 +65,9 @@ def test_lightning_subcommand_help_ends_with_examples(name):
     assert result.returncode == 0, result.stderr
     assert "--data.data_dir" in result.stdout and "--model.variant" in result.stdout
     assert "vidcap fit --config configs/data/msvd.yaml" in result.stdout.split("example")[-1]
+
+
+def test_fit_resumes_with_weights_only_loading():
+    result = subprocess.run([sys.executable, "-m", "vidcap", "fit", "--print_config"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "\nweights_only: true\n" in result.stdout

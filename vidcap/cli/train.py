@@ -88,6 +88,13 @@ def build_cli(args: list[str], run: bool = True):
                 parser.link_arguments(source, target, apply_on="instantiate")
             parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
 
+        def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
+            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+            # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
+            if "weights_only" in self._subcommand_method_arguments[subcommand]:
+                parser.set_defaults({"weights_only": True})
+            return parser
+
         def _parse_ckpt_path(self) -> None:
             # LightningCLI would overwrite the whole `model:` section with the checkpoint's hparams, so that
             # `--model.beam_size 1` or `--model.caption_metrics false` given to `test` would be ignored. Take only
