@@ -115,7 +115,7 @@ def run_ablation(
     if data_dir is None:
         needs_local = any(v in ("local", "local_global") for v, _ in runs)
         data_dir, features_dir = out / "data", out / "features"
-        prepare_synthetic(data_dir, settings.num_videos, 0, settings.num_frames, settings.frame_size,
+        prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames, settings.frame_size,
                           settings.workers, progress)
         extract_features(data_dir, features_dir, settings.image_size, local=needs_local, progress=progress)
     data_dir, features_dir = Path(data_dir), Path(features_dir)

@@ -23,8 +23,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import pickle
-import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +40,6 @@ log = logging.getLogger(__name__)
 # Logged name of CaptionModule's test loop (test/NAME) -> metrics.json key.
 LOGGED_METRICS = {"BLEU4": "Bleu_4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ppl": "perplexity"}
 CAPTION_METRIC_KEYS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "perplexity")
-# What torch.load raises on a file that is not a checkpoint: garbage bytes can parse as pickle opcodes.
-_LOAD_ERRORS = (pickle.UnpicklingError, EOFError, KeyError, IndexError, AttributeError, TypeError, ValueError,
-                UnicodeDecodeError, zipfile.BadZipFile, OSError, RuntimeError)
 CONTENT_METRIC_KEYS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc")
 
 
@@ -169,18 +164,13 @@ class _Progress(Callback):
 def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
     """The plain-typed parts of a vidcap checkpoint: {"model": ModelConfig dict, "features": meta.json dict,
     "data": the data module's hyper-parameters (may be empty)}. Raises CheckpointError naming the file."""
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except _LOAD_ERRORS as error:
-        raise CheckpointError(f"{path}: cannot read the checkpoint: {' '.join(str(error).split())[:300]}") from None
-    meta = ckpt.get("vidcap") if isinstance(ckpt, dict) else None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), dict):
-        raise CheckpointError(f"{path}: not a vidcap checkpoint (no 'vidcap' section)")
-    if "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint of vidcap's CaptionModule (no hyper-parameters)")
+    from vidcap.lit_module import read_checkpoint, read_vidcap_section
+
+    ckpt = read_checkpoint(checkpoint)
+    meta = read_vidcap_section(ckpt, str(checkpoint))
+    if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: not a Lightning checkpoint of vidcap's CaptionModule (no model or "
+                              "hyper-parameters)")
     return {"model": meta["model"], "features": meta.get("features") or {},
             "data": dict(ckpt.get("datamodule_hyper_parameters") or {})}
 

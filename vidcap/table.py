@@ -55,11 +55,11 @@ def format_table(rows: Sequence[tuple[str, Mapping[str, float]]], extra: Sequenc
     label_width = max([len("model")] + [len(label) for label, _ in rows])
     widths = [max([len(title)] + [len(row[i]) for row in cells]) for i, title in enumerate(titles)]
     lines = [
-        "| " + "model".ljust(label_width) + " | " + " | ".join(t.rjust(w) for t, w in zip(titles, widths)) + " |",
+        "| " + "model".ljust(label_width) + " | " + " | ".join(t.rjust(w) for t, w in zip(titles, widths, strict=True)) + " |",
         "|" + "-" * (label_width + 2) + "|" + "|".join("-" * (w + 2) for w in widths) + "|",
     ]
     for (label, _), row in zip(rows, cells, strict=True):
         lines.append(
-            "| " + label.ljust(label_width) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths)) + " |"
+            "| " + label.ljust(label_width) + " | " + " | ".join(c.rjust(w) for c, w in zip(row, widths, strict=True)) + " |"
         )
     return "\n".join(lines)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
 
 HELP = ("the whole pipeline on a built-in synthetic dataset: prepare -> extract -> fit -> evaluate (+ reversal "
@@ -34,6 +35,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=argparse.SUPPRESS)
 
 
+def quiet_lightning() -> None:
+    """Lightning's start-up notes (accelerators, tips) would bury the stage display; warnings still show."""
+    if logging.getLogger().level > logging.DEBUG:
+        import pytorch_lightning  # noqa: F401  (its import sets its loggers to INFO: set them after it)
+
+        for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric", "lightning.fabric"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def settings_from_args(args: argparse.Namespace):
     from vidcap.demo import DemoSettings, with_overrides
 
@@ -57,6 +67,7 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    quiet_lightning()
     from vidcap.demo import STAGES, run_demo
 
     settings = settings_from_args(args)
