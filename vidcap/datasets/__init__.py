@@ -74,6 +74,12 @@ def standard_split(clip_ids: Iterable[str]) -> dict[str, str]:
     }
 
 
+def order_captions(captions: pd.DataFrame, clips: list[str]) -> pd.DataFrame:
+    """Captions grouped by clip in the order of `clips`; a stable sort keeps each clip's captions in file order."""
+    rank = {clip: i for i, clip in enumerate(clips)}
+    return captions.iloc[captions["video_id"].map(rank).argsort(kind="stable")].reset_index(drop=True)
+
+
 def list_videos(folder: Path) -> dict[str, str]:
     """stem -> file name of the video files in `folder` (one directory listing; .avi preferred, then the others)."""
     rank = {ext: i for i, ext in enumerate(VIDEO_EXTENSIONS)}

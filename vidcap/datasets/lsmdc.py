@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-from vidcap.datasets import SPLITS, VIDEO_SPLITS, clean_caption, list_videos
+from vidcap.datasets import SPLITS, VIDEO_SPLITS, clean_caption, list_videos, order_captions
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -142,8 +142,7 @@ def load(
     captions = pd.DataFrame(caption_rows, columns=["video_id", "split", "caption"])
     captions = captions[captions["video_id"].isin(paths)]
     captions = captions.assign(source=captions["video_id"].map(source_of))
-    rank = {clip: i for i, clip in enumerate(clips)}
-    captions = captions.iloc[captions["video_id"].map(rank).argsort(kind="stable")].reset_index(drop=True)
+    captions = order_captions(captions, clips)
     if captions.empty:
         raise UsageError(f"{annotations_dir}: no captioned clip with a video was kept")
 

@@ -26,6 +26,7 @@ from vidcap.datasets import (
     byte_order,
     clean_caption,
     list_videos,
+    order_captions,
     split_sizes,
     standard_split,
 )
@@ -204,8 +205,7 @@ def load(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.DataFrame,
     captions = table[table["video_id"].isin(split_of)].copy()
     captions.insert(1, "split", captions["video_id"].map(split_of))
     # Group by split then clip (byte order); a stable sort keeps each clip's descriptions in file order.
-    rank = {clip: i for i, clip in enumerate(with_video)}
-    captions = captions.iloc[captions["video_id"].map(rank).argsort(kind="stable")].reset_index(drop=True)
+    captions = order_captions(captions, with_video)
     if captions.empty:
         raise UsageError(f"{annotations}: no English description left for the {len(with_video)} clips with videos")
     report = {
