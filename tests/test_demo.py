@@ -38,8 +38,8 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     # A second run reuses the trained model and its evaluation.
     assert main(["demo", "--out", str(out), *TINY]) == 0
     second = capsys.readouterr()
-    assert "[3/5] fit: reused from an earlier run" in second.err
-    assert "[4/5] evaluate: reused from an earlier run" in second.err
+    for number, stage in enumerate(("prepare", "extract", "fit", "evaluate"), 1):
+        assert f"[{number}/5] {stage}: reused from an earlier run" in second.err
     assert json.loads((out / "metrics.json").read_text()) == metrics
 
 

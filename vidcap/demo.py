@@ -28,6 +28,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import pytorch_lightning as pl
+
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -82,7 +84,7 @@ class DemoSettings:
 class DemoResult:
     out: Path
     metrics: dict[str, float]
-    timings: dict[str, float]  # stage -> seconds (0 for a stage reused from an earlier run)
+    timings: dict[str, float]  # stage -> seconds this run spent on it
     checkpoint: Path
     caption: dict[str, Any]  # video_id, path, caption, references, explanation (PNG path)
     files: dict[str, Path]
@@ -93,8 +95,9 @@ class DemoResult:
 
 
 def prepare_synthetic(data_dir: str | os.PathLike, num_videos: int = 900, seed: int = 0, num_frames: int = 64,
-                      frame_size: int = 112, workers: int = 2, progress: bool = True) -> Path:
-    """`vidcap prepare synthetic`: the videos (skipping those already written), the tables and the vocabulary."""
+                      frame_size: int = 112, workers: int = 2, progress: bool = True) -> int:
+    """`vidcap prepare synthetic`: the videos (skipping those already written), the tables and the vocabulary.
+    Returns how many videos this call wrote."""
     from vidcap.datasets import synthetic, write_tables, write_vocab
 
     data_dir = Path(data_dir)
@@ -102,13 +105,14 @@ def prepare_synthetic(data_dir: str | os.PathLike, num_videos: int = 900, seed: 
                                                   size=frame_size, workers=workers, progress=progress)
     write_tables(data_dir, captions, videos, report)
     write_vocab(data_dir, captions)
-    return data_dir
+    return int(report["videos_written"])
 
 
 def extract_features(data_dir: str | os.PathLike, store: str | os.PathLike, image_size: int = 112,
-                     local: bool = False, progress: bool = True) -> Path:
+                     local: bool = False, progress: bool = True) -> int:
     """`vidcap extract`: EfficientNet-Lite0 global features (and with `local`, the frame-delta local features) of every
-    video, at `image_size` px. Videos already in the store are skipped. UsageError if some video failed."""
+    video, at `image_size` px. Videos already in the store are skipped. Returns how many videos this call extracted.
+    UsageError if some video failed."""
     from vidcap.extract import run_extract
 
     sizes = {"global": image_size, "local": image_size}
@@ -118,7 +122,7 @@ def extract_features(data_dir: str | os.PathLike, store: str | os.PathLike, imag
         first = summary.failed[0]
         raise UsageError(f"{first.path}: feature extraction failed ({first.reason}); "
                          f"{len(summary.failed)} video(s) have no features")
-    return Path(store)
+    return summary.extracted
 
 
 def _read_json(path: Path) -> Any:
@@ -135,33 +139,30 @@ def _write_json(path: Path, content: Any) -> None:
     os.replace(tmp, path)
 
 
-class _FitProgress:
+class _FitProgress(pl.Callback):
     """A tqdm bar on stderr over the training steps, with the loss (Lightning's own bar writes to stdout, where the
-    CLI prints its results). Built lazily so that this module imports without Lightning."""
+    CLI prints its results)."""
 
-    @staticmethod
-    def create(desc: str):
-        import pytorch_lightning as pl
+    def __init__(self, desc: str):
+        self.desc = desc
+        self.bar = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
         from tqdm import tqdm
 
-        class FitProgress(pl.Callback):
-            bar = None
+        self.bar = tqdm(total=int(trainer.estimated_stepping_batches), initial=trainer.global_step, desc=self.desc,
+                        unit="step")
 
-            def on_train_start(self, trainer, pl_module) -> None:
-                self.bar = tqdm(total=int(trainer.estimated_stepping_batches), initial=trainer.global_step,
-                                desc=desc, unit="step")
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.bar.update(trainer.global_step - self.bar.n)
+        if batch_idx % 10 == 0 and "train/loss" in trainer.callback_metrics:
+            self.bar.set_postfix(epoch=trainer.current_epoch,
+                                 loss=f"{float(trainer.callback_metrics['train/loss']):.2f}")
 
-            def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-                self.bar.update(trainer.global_step - self.bar.n)
-                if batch_idx % 10 == 0 and "train/loss" in trainer.callback_metrics:
-                    self.bar.set_postfix(epoch=trainer.current_epoch,
-                                         loss=f"{float(trainer.callback_metrics['train/loss']):.2f}")
-
-            def on_train_end(self, trainer, pl_module) -> None:
-                if self.bar is not None:
-                    self.bar.close()
-
-        return FitProgress()
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
 
 def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir: str | os.PathLike,
@@ -172,7 +173,6 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
     Resumable: a run that finished is reused, an interrupted one continues from its last.ckpt. RUN_DIR/settings.json
     records what the run is; a folder trained with other settings is refused (UsageError).
     """
-    import pytorch_lightning as pl
     from pytorch_lightning.callbacks import ModelCheckpoint
 
     from vidcap.data import CaptionDataModule
@@ -208,7 +208,7 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
         accelerator="cpu", devices=1, max_epochs=settings.epochs, max_steps=settings.max_steps,
         default_root_dir=str(run_dir), logger=pl.loggers.CSVLogger(str(run_dir), name="logs", version=0),
         callbacks=[ModelCheckpoint(dirpath=str(ckpt_dir), save_last=True, save_top_k=0)]
-        + ([_FitProgress.create(f"fit {variant}/{encoder}")] if progress else []),
+        + ([_FitProgress(f"fit {variant}/{encoder}")] if progress else []),
         # Validation loss once, at the end: per-epoch decoding would cost more than the training itself.
         check_val_every_n_epoch=settings.epochs, num_sanity_val_steps=0,
         gradient_clip_val=10.0, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
@@ -282,12 +282,12 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
 
         return _Stage()
 
-    with stage("prepare"):
-        prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames, settings.frame_size,
-                          settings.workers, progress)
-    with stage("extract"):
-        extract_features(data_dir, store, settings.image_size, local=settings.variant in ("local", "local_global"),
-                         progress=progress)
+    with stage("prepare") as st:
+        st.reused = not prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames,
+                                          settings.frame_size, settings.workers, progress)
+    with stage("extract") as st:
+        st.reused = not extract_features(data_dir, store, settings.image_size,
+                                         local=settings.variant in ("local", "local_global"), progress=progress)
     with stage("fit") as st:
         checkpoint, trained = train(data_dir, store, run_dir, settings.train, settings.variant, settings.encoder,
                                     settings.seed, progress)

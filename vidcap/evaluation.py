@@ -272,7 +272,8 @@ def evaluate(
     )
     trainer.test(module, datamodule=data, verbose=False)
 
-    metrics = {key: float(trainer.callback_metrics[f"test/{name}"])
+    # Lightning keeps logged values as float32 tensors: 6 decimals are all they hold.
+    metrics = {key: round(float(trainer.callback_metrics[f"test/{name}"]), 6)
                for name, key in LOGGED_METRICS.items() if f"test/{name}" in trainer.callback_metrics}
     predictions = dict(module.last_predictions)
     result = EvaluationResult(
