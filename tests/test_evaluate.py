@@ -164,3 +164,14 @@ def test_two_processes_give_the_same_result_as_one(trained, tmp_path, capsys):
     assert outs[1]["predictions"] == outs[0]["predictions"]
     assert outs[1]["reversed_predictions"] == outs[0]["reversed_predictions"]
     assert outs[1]["metrics"] == pytest.approx(outs[0]["metrics"], rel=1e-6)
+
+
+def test_store_check_looks_only_at_the_features_the_model_reads(tmp_path):
+    from vidcap.errors import UsageError
+    from vidcap.evaluation import _check_store
+
+    trained = {"num_frames": T, "global": {"name": "g", "dim": DG}, "local": {"name": "l", "dim": 4}}
+    global_only = {"num_frames": T, "global": {"name": "g", "dim": DG}, "local": None}
+    _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, global_only, tmp_path)
+    with pytest.raises(UsageError, match="the store has no local features, and a.ckpt was trained on l features"):
+        _check_store(tmp_path / "a.ckpt", {"variant": "local_global"}, trained, global_only, tmp_path)

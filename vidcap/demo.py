@@ -204,6 +204,8 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
         max_decode_len=settings.max_decode_len, caption_metrics=False, vocab=data.vocab.to_dict(),
         feature_meta=data.feature_meta,
     )
+    data.setup("fit")
+    steps_per_epoch = -(-len(data.datasets["train"]) // settings.batch_size)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, max_epochs=settings.epochs, max_steps=settings.max_steps,
         default_root_dir=str(run_dir), logger=pl.loggers.CSVLogger(str(run_dir), name="logs", version=0),
@@ -211,7 +213,8 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
         + ([_FitProgress(f"fit {variant}/{encoder}")] if progress else []),
         # Validation loss once, at the end: per-epoch decoding would cost more than the training itself.
         check_val_every_n_epoch=settings.epochs, num_sanity_val_steps=0,
-        gradient_clip_val=10.0, enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=10,
+        gradient_clip_val=10.0, enable_progress_bar=False, enable_model_summary=False,
+        log_every_n_steps=max(1, min(10, steps_per_epoch)),
     )
     trainer.fit(module, datamodule=data, ckpt_path=str(last) if last.is_file() else None)
     if not last.is_file():  # max_steps smaller than an epoch

@@ -175,9 +175,14 @@ def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
             "data": dict(ckpt.get("datamodule_hyper_parameters") or {})}
 
 
-def _check_store(checkpoint: Path, trained: Mapping[str, Any], store_meta: Mapping[str, Any], store: Path) -> None:
-    """The feature store must hold the features the model was trained on (same extractors, sizes, frames)."""
-    for kind in ("global", "local"):
+def _check_store(checkpoint: Path, model: Mapping[str, Any], trained: Mapping[str, Any],
+                 store_meta: Mapping[str, Any], store: Path) -> None:
+    """The feature store must hold the features the model reads, as it was trained on them (same extractors, sizes,
+    frames). A global-only model trained on a store with local features can be evaluated on a global-only store."""
+    from vidcap.model import LOCAL_VARIANTS
+
+    kinds = ("global", "local") if model.get("variant") in LOCAL_VARIANTS else ("global",)
+    for kind in kinds:
         want, have = trained.get(kind) or {}, store_meta.get(kind) or {}
         if not want:
             continue
@@ -241,7 +246,7 @@ def evaluate(
     if devices < 1:
         raise UsageError(f"--devices must be >= 1, got {devices}")
     info = read_checkpoint_info(checkpoint)
-    _check_store(checkpoint, info["features"], read_meta(features_dir), features_dir)
+    _check_store(checkpoint, info["model"], info["features"], read_meta(features_dir), features_dir)
     overrides: dict[str, Any] = {"beam_size": beam_size, "caption_metrics": True}
     if max_len is not None:
         if max_len < 1:
