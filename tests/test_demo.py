@@ -11,6 +11,7 @@ from vidcap.ablate import CSV_COLUMNS, Gate, check_gates, format_ablation, mean_
 from vidcap.cli import main
 from vidcap.demo import DEMO_METRIC_KEYS
 from vidcap.errors import UsageError
+from vidcap.evaluation import model_label
 
 # 12 videos (8 train / 1 val / 3 test), features at 32 px, a tiny model trained for a few steps.
 TINY = ["--num-videos", "12", "--image-size", "32", "--epochs", "1", "--max-steps", "3", "--hidden-dim", "16",
@@ -70,8 +71,9 @@ def test_ablate_trains_every_variant_and_writes_the_table(tmp_path, capsys):
     assert float(rows[3]["reversal_changed"]) == 0.0
     labels = [line.split("|")[1].strip() for line in stdout.splitlines() if line.startswith("| ")][1:]
     assert labels == ["Enc-Dec (Basic)", "+ Global (temporal attention)",
-                      "+ Global (temporal attention) [position encoder]", "+ Local (3-D CNN)",
-                      "+ Local + Global [position encoder]"]
+                      "+ Global (temporal attention) [position encoder]",
+                      "+ Local [local: frame_delta_efficientnet_lite0]",
+                      "+ Local + Global [local: frame_delta_efficientnet_lite0, position encoder]"]
     assert "Gates (issue 7, synthetic data):" in stdout
     meta = json.loads((out / "features" / "meta.json").read_text())
     assert meta["local"]["name"] == "frame_delta_efficientnet_lite0"
@@ -97,6 +99,17 @@ def test_means_over_seeds_and_gates():
     table = format_ablation(rows).splitlines()
     assert table[2].split("|")[1].strip() == "Enc-Dec (Basic)"
     assert table[2].split("|")[4].strip() == "1.5000"
+
+
+def test_ablation_table_names_the_local_extractor():
+    rows = [{"variant": "local", "encoder": "none", "seed": 0, "CIDEr": 1.0, "local_features": "frame_delta_x"},
+            {"variant": "local_global", "encoder": "position", "seed": 0, "CIDEr": 2.0, "local_features": "x3d_xs"},
+            {"variant": "local", "encoder": "none", "seed": 1, "CIDEr": 1.0}]
+    labels = [line.split("|")[1].strip() for line in format_ablation(rows).splitlines()[2:]]
+    assert labels == ["+ Local [local: frame_delta_x]", "+ Local + Global [local: x3d_xs, position encoder]"]
+    assert model_label({"variant": "local", "encoder": "none"}) == "+ Local (3-D CNN)"
+    assert model_label({"variant": "global", "encoder": "position"}, "x3d_xs") == \
+        "+ Global (temporal attention) [position encoder]"
 
 
 def test_parse_runs():

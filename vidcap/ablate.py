@@ -94,12 +94,13 @@ def run_ablation(
     on_run: Callable[[int, int, str, str, int], None] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Train and evaluate `runs` x `seeds` (seeds 0..N-1); return one dict per run (CSV_COLUMNS) and write
+    """Train and evaluate `runs` x `seeds` (seeds 0..N-1); return one dict per run (CSV_COLUMNS, and `local_features`:
+    the store's local extractor, for the table's labels) and write
     OUT/ablation.csv (rewritten after every run, so an interrupted ablation keeps what it finished).
 
     on_run(index, total, variant, encoder, seed) is called before each run, for a progress display.
     """
-    from vidcap.evaluation import evaluate, write_outputs
+    from vidcap.evaluation import evaluate, local_feature_name, write_outputs
     from vidcap.features import read_meta
 
     settings = settings or DemoSettings()
@@ -119,7 +120,8 @@ def run_ablation(
                           settings.workers, progress)
         extract_features(data_dir, features_dir, settings.image_size, local=needs_local, progress=progress)
     data_dir, features_dir = Path(data_dir), Path(features_dir)
-    has_local = bool(read_meta(features_dir).get("local"))
+    local_name = local_feature_name(read_meta(features_dir))
+    has_local = local_name is not None
     todo = []
     for variant, encoder in runs:
         if variant in ("local", "local_global") and not has_local:
@@ -139,7 +141,7 @@ def run_ablation(
             write_outputs(result, run_dir / "eval")
             metrics = result.metrics
         rows.append({"variant": variant, "encoder": encoder, "seed": seed,
-                     **{k: metrics.get(k) for k in DEMO_METRIC_KEYS}})
+                     **{k: metrics.get(k) for k in DEMO_METRIC_KEYS}, "local_features": local_name})
         _write_csv(out / "ablation.csv", rows)
     return rows
 
@@ -161,13 +163,18 @@ def mean_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str], dic
 
 
 def format_ablation(rows: Sequence[dict[str, Any]]) -> str:
-    """The Table 1 layout (vidcap.table.format_table) of the means over seeds, content metrics as extra columns."""
+    """The Table 1 layout (vidcap.table.format_table) of the means over seeds, content metrics as extra columns; the
+    +Local rows name their local extractor when the rows carry `local_features`."""
     from vidcap.evaluation import model_label
     from vidcap.table import format_table
 
     means = mean_rows(rows)
     extra = [k for k in ("ROUGE_L",) + CONTENT_COLUMNS if any(k in m for _, m, _ in means)]
-    table_rows = [(model_label({"variant": v, "encoder": e}), m) for (v, e), m, _ in means]
+    local: dict[tuple[str, str], str] = {}
+    for row in rows:
+        if row.get("local_features"):
+            local.setdefault((row["variant"], row["encoder"]), row["local_features"])
+    table_rows = [(model_label({"variant": v, "encoder": e}, local.get((v, e))), m) for (v, e), m, _ in means]
     return format_table(table_rows, extra=extra)
 
 

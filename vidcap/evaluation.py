@@ -52,6 +52,7 @@ class EvaluationResult:
     nbest: video id -> [{"caption", "log_prob", "score"}, ...] best first, when n_best > 1 (else None).
     reversed_predictions: video id -> caption of the reversed frames, when reverse=True (else None).
     model: the checkpoint's ModelConfig as a dict (variant, encoder, sizes).
+    features: the feature-store meta.json the model was trained on (extractor names and sizes).
     dataset: the dataset name from DIR/prepare.json (`msvd`, `lsmdc`, `synthetic`), or None.
     """
 
@@ -60,6 +61,7 @@ class EvaluationResult:
     metrics: dict[str, float]
     predictions: dict[str, str]
     model: dict[str, Any]
+    features: dict[str, Any] = field(default_factory=dict)
     dataset: str | None = None
     nbest: dict[str, list[dict[str, Any]]] | None = None
     reversed_predictions: dict[str, str] | None = None
@@ -283,7 +285,7 @@ def evaluate(
     predictions = dict(module.last_predictions)
     result = EvaluationResult(
         split=split, checkpoint=str(checkpoint), metrics=metrics, predictions=predictions, model=info["model"],
-        dataset=dataset_name(data_dir), nbest=module.last_nbest or None,
+        features=info["features"], dataset=dataset_name(data_dir), nbest=module.last_nbest or None,
         reversed_predictions=module.last_reversed if reverse else None, rank=trainer.global_rank,
         options={"beam_size": beam_size, "max_len": module.hparams.max_decode_len, "n_best": n_best,
                  "max_caption_len": max_caption_len, "devices": devices},
@@ -331,10 +333,23 @@ def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[
     return written
 
 
-def model_label(model: Mapping[str, Any]) -> str:
-    """Table 1's name of a model (`+ Global (temporal attention)`), with its frame encoder when it has one."""
+def model_label(model: Mapping[str, Any], local_features: str | None = None) -> str:
+    """Table 1's name of a model (`+ Global (temporal attention)`), with its frame encoder when it has one and, for
+    the variants with local features, the local extractor when it is named (the paper's rows say 3-D CNN)."""
+    from vidcap.model import LOCAL_VARIANTS
     from vidcap.table import VARIANT_LABELS
 
     label = VARIANT_LABELS.get(model.get("variant"), str(model.get("variant")))
+    details = []
+    if local_features and model.get("variant") in LOCAL_VARIANTS:
+        label = label.replace(" (3-D CNN)", "")
+        details.append(f"local: {local_features}")
     encoder = model.get("encoder", "none")
-    return label if encoder in (None, "none") else f"{label} [{encoder} encoder]"
+    if encoder not in (None, "none"):
+        details.append(f"{encoder} encoder")
+    return f"{label} [{', '.join(details)}]" if details else label
+
+
+def local_feature_name(meta: Mapping[str, Any]) -> str | None:
+    """The local extractor's name in a feature-store meta.json, or None when it has no local features."""
+    return (meta.get("local") or {}).get("name")

@@ -50,10 +50,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def table_rows(result, compare: bool) -> tuple[list, list[str]]:
     """Rows for vidcap.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
-    from vidcap.evaluation import model_label
+    from vidcap.evaluation import local_feature_name, model_label
     from vidcap.table import VARIANT_LABELS, paper_row
 
-    rows = [(f"ours: {model_label(result.model)}", result.metrics)]
+    rows = [(f"ours: {model_label(result.model, local_feature_name(result.features))}", result.metrics)]
     notes = []
     if compare:
         variant = result.model.get("variant")
