@@ -1,3 +1,4 @@
 from vidcap.cli import main
 
-raise SystemExit(main())
+if __name__ == "__main__":  # worker processes (spawn) import this file again
+    raise SystemExit(main())

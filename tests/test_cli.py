@@ -48,6 +48,19 @@ def test_cli_py_and_module_entry_point_agree():
     assert script.stdout == module.stdout
 
 
+@pytest.mark.parametrize("entry", [["cli.py"], ["-m", "vidcap"]])
+def test_entry_points_work_with_worker_processes(entry, tmp_path):
+    """Worker processes (spawn) import the main script again: it must not run the command a second time."""
+    out = tmp_path / "syn"
+    args = [sys.executable, *entry, "prepare", "synthetic", "--num-videos", "4", "--workers", "2", "--out", str(out)]
+    if entry[0] == "cli.py":
+        args[1] = str(REPO / "cli.py")
+    done = subprocess.run(args, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "Traceback" not in done.stderr
+    assert len(list((out / "videos").glob("*.mp4"))) == 4
+
+
 def test_paper_row_and_table_layout():
     row = paper_row("youtube2text", "local_global")
     assert row == {"Bleu_4": 0.4192, "METEOR": 0.2960, "CIDEr": 0.5167, "perplexity": 27.55}
