@@ -102,6 +102,7 @@ def run_ablation(
     """
     from vidcap.evaluation import evaluate, local_feature_name, write_outputs
     from vidcap.features import read_meta
+    from vidcap.model import LOCAL_VARIANTS
 
     settings = settings or DemoSettings()
     if seeds < 1:
@@ -114,7 +115,7 @@ def run_ablation(
     except OSError as error:
         raise UsageError(f"{out}: cannot create the output folder: {error.strerror}") from None
     if data_dir is None:
-        needs_local = any(v in ("local", "local_global") for v, _ in runs)
+        needs_local = any(v in LOCAL_VARIANTS for v, _ in runs)
         data_dir, features_dir = out / "data", out / "features"
         prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames, settings.frame_size,
                           settings.workers, progress)
@@ -124,7 +125,7 @@ def run_ablation(
     has_local = local_name is not None
     todo = []
     for variant, encoder in runs:
-        if variant in ("local", "local_global") and not has_local:
+        if variant in LOCAL_VARIANTS and not has_local:
             log.warning("%s: no local features in the store; skipping %s", features_dir, variant)
             continue
         todo.extend((variant, encoder, seed) for seed in range(seeds))

@@ -195,6 +195,8 @@ class CaptionDataModule(LightningDataModule):
             "validate": [self.hparams.val_split],
             "test": [self.hparams.test_split],
         }.get(stage or "fit", ["train", self.hparams.val_split, self.hparams.test_split])
+        if all(split in self.datasets for split in splits):  # set up already (e.g. by the caller, then by Lightning)
+            return
         captions = self._read_captions()
         available = self._available_videos()
         for split in splits:
