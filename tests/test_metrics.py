@@ -17,6 +17,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -220,6 +221,10 @@ def test_no_jvm_left_after_scoring(published_cli, hostile_result):
     marker = f"vidcap-test-{uuid.uuid4()}"
     sleeper = subprocess.Popen(["sleep", "30"], env={**os.environ, "VIDCAP_TEST_MARKER": marker})
     try:
+        # Popen returns once the child is forked; wait until it has exec'd `sleep` (its name and environment).
+        deadline = time.monotonic() + 10
+        while sleeper.pid not in processes("sleep", parent=os.getpid()) and time.monotonic() < deadline:
+            time.sleep(0.01)
         assert processes("sleep", marker=marker) == [sleeper.pid]
         assert processes("sleep", parent=os.getpid()) == [sleeper.pid]
     finally:
