@@ -285,12 +285,14 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
 
         return _Stage()
 
+    from vidcap.model import LOCAL_VARIANTS
+
     with stage("prepare") as st:
         st.reused = not prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames,
                                           settings.frame_size, settings.workers, progress)
     with stage("extract") as st:
         st.reused = not extract_features(data_dir, store, settings.image_size,
-                                         local=settings.variant in ("local", "local_global"), progress=progress)
+                                         local=settings.variant in LOCAL_VARIANTS, progress=progress)
     with stage("fit") as st:
         checkpoint, trained = train(data_dir, store, run_dir, settings.train, settings.variant, settings.encoder,
                                     settings.seed, progress)
