@@ -12,8 +12,8 @@ The time of `caption_video` is split into its three stages, each timed on its ow
     decode    open the file, decode the K sampled frames, resize/crop them to the extractor's input (uint8)
     features  the extractor network on the K frames (+ rounding to the store's float16)
     decoding  beam search (init_state + one model step per word)
-and the whole `caption_video` call is timed end to end (it runs the same code). --explain also times the second
-pass over the K frames that `with_frames=True` costs and drawing the PNG. Prints the median and the best of
+and the whole `caption_video` call is timed end to end (it runs the same code). --explain also times
+`caption_video(..., with_frames=True)` (the same single pass, also keeping shrunk frames) and drawing the PNG. Prints the median and the best of
 --repeats runs per stage, and the process's CPU time: on a shared machine the best is the closer estimate of the
 wall time on an idle one, and with --threads 1 the CPU time is close to it too. Target: under 1 s per video (end to end, median). Not a test: nothing is asserted.
 """
@@ -30,9 +30,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcap.caption import caption_video, explain_result, load_captioner, sampled_frames
+from vidcap.caption import caption_video, explain_result, load_captioner
 from vidcap.decoding import DecodingOptions, decode
-from vidcap.features import assemble_features, load_video_inputs
+from vidcap.extractors import sampled_features
+from vidcap.video import read_sampled_frames
 
 WORDS = 3000
 
@@ -65,15 +66,16 @@ def write_default_checkpoint(path: Path, num_frames: int) -> Path:
     from pytorch_lightning import Trainer
 
     from vidcap.extract import make_meta
-    from vidcap.features import build_extractor
+    from vidcap.extractors import build_extractor
     from vidcap.lit_module import CaptionModule
+    from vidcap.model import ModelConfig
     from vidcap.vocab import Vocabulary
 
     extractor = build_extractor("efficientnet_lite0", weights="pretrained")
     vocab = Vocabulary(f"w{i}" for i in range(WORDS - 4))
     torch.manual_seed(0)
-    module = CaptionModule(vocab_size=len(vocab), global_dim=extractor.dim, variant="global", max_frames=num_frames,
-                           caption_metrics=False, vocab=vocab.to_dict(),
+    architecture = ModelConfig(vocab_size=len(vocab), global_dim=extractor.dim, variant="global", max_frames=num_frames)
+    module = CaptionModule(architecture, caption_metrics=False, vocab=vocab.to_dict(),
                            feature_meta=make_meta({"global": extractor}, num_frames, "float16"))
     trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                       accelerator="cpu", devices=1)
@@ -125,15 +127,15 @@ def main() -> None:
             model.out.bias[vocab.EOS] = -1e4  # every caption runs to max_len: the worst case
         options = DecodingOptions(beam_size=args.beam_size, max_len=args.max_len)
         extractors, k = captioner.extractors, captioner.num_frames
-        specs = {kind: ext.input_spec for kind, ext in extractors.items()}
+        requests = {kind: ext.request for kind, ext in extractors.items()}
         caption_video(video, captioner, options)  # warm-up (allocator, decoder libraries, oneDNN kernels)
 
         stages: dict[str, list[float]] = {}
-        stages["decode"], inputs = timed(lambda: load_video_inputs(video, specs, k), args.repeats, "decode")
+        stages["decode"], sampled = timed(lambda: read_sampled_frames(video, k, requests=requests), args.repeats,
+                                          "decode")
 
         def features():
-            out = {kind: ext.extract(inputs.inputs[kind]) for kind, ext in extractors.items()}
-            feats = assemble_features(out, inputs.mask, inputs.times)
+            feats = sampled_features(sampled, extractors)
             for kind in extractors:
                 feats[kind] = feats[kind].astype(captioner.feature_dtype).astype(np.float32)
             return feats
@@ -147,9 +149,9 @@ def main() -> None:
         stages["caption_video"], result = timed(
             lambda: caption_video(video, captioner, options), args.repeats, "caption_video")
         if args.explain:
-            name = "+ frames for explain"
-            stages[name], _ = timed(lambda: sampled_frames(video, k), args.repeats, name)
-            full = caption_video(video, captioner, options, with_frames=True)
+            name = "caption_video, frames"  # with_frames=True: the same pass also keeps the frames
+            stages[name], full = timed(lambda: caption_video(video, captioner, options, with_frames=True),
+                                       args.repeats, name)
             stages["+ PNG"], _ = timed(lambda: explain_result(full, tmp / "bench.png"), args.repeats, "+ PNG")
 
     ext_text = ", ".join(f"{kind} {e.name} ({e.weights}, {e.image_size}px)" for kind, e in extractors.items())

@@ -31,8 +31,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcap.extract import default_num_workers, default_threads, run_extract  # noqa: E402
-from vidcap.features import build_extractor, load_video_inputs, resize_and_crop  # noqa: E402
+from vidcap.extract import ExtractOptions, default_num_workers, default_threads, run_extract  # noqa: E402
+from vidcap.extractors import build_extractor, resize_and_crop  # noqa: E402
 from vidcap.video import read_sampled_frames, sample_frame_indices  # noqa: E402
 
 
@@ -136,21 +136,22 @@ def main() -> None:
             return plain.extract_features(x.to(args.device)).mean(dim=(2, 3)).cpu()
 
         def optimised_features(x):
-            return extractor.backbone(x.to(args.device).contiguous(memory_format=torch.channels_last)).cpu()
+            return extractor.backbone(x[:, None].to(args.device)).cpu()
 
         results: dict[str, list[float]] = {"naive": [], "naive_optimised_model": [], "extract": [], "ceiling": []}
-        inputs = [load_video_inputs(p, {"global": extractor.input_spec}, args.frames).inputs["global"] for p in paths]
-        stacked = torch.cat(inputs)
+        requests = {"global": extractor.request}
+        inputs = [read_sampled_frames(p, args.frames, requests=requests).inputs["global"] for p in paths]
+        stacked = torch.from_numpy(np.concatenate(inputs))
         for r in range(args.rounds):
             results["naive"].append(timed(lambda: naive_loop(paths, plain_features, args.frames, spec.image_size,
                                                              spec.mean, spec.std)))
             results["naive_optimised_model"].append(timed(lambda: naive_loop(
                 paths, optimised_features, args.frames, spec.image_size, spec.mean, spec.std)))
             store = tmp / f"feats{r}"
-            results["extract"].append(timed(lambda s=store: run_extract(
-                tmp / "data", s, global_name="efficientnet_lite0", num_frames=args.frames,
-                batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
-                threads=threads, progress=False)))
+            options = ExtractOptions(global_name="efficientnet_lite0", num_frames=args.frames,
+                                     batch_size=args.batch_size, num_workers=args.num_workers, device=args.device,
+                                     threads=threads)
+            results["extract"].append(timed(lambda s=store, o=options: run_extract(tmp / "data", s, o, progress=False)))
             results["ceiling"].append(timed(lambda: extractor.extract(stacked, args.batch_size)))
         vps = {key: n / statistics.median(values) for key, values in results.items()}
         print(f"(b) extract end to end:        {vps['extract']:.2f} videos/s")

@@ -6,7 +6,7 @@ U_a v computed once per video vs once per word.
 (a) Writes a feature store and a captions table of random data to a temporary folder, reads them with
     `CaptionDataModule` and keeps the collated batches in memory (so that disk and workers do not blur the
     comparison), then trains the same model on the same batches with `Trainer.fit(CaptionModule)` (no logger, no
-    checkpoints, no progress bar; gradient clipping at 10 as configured) and with a hand-written loop (the same loss,
+    checkpoints, no progress bar; gradient clipping as `vidcap fit` configures it) and with a hand-written loop (the same loss,
     Adam, clipping). Prints captions/s of each round (the two back to back, alternating which goes first, so that
     other load on the machine hits both alike) and the median of the per-round ratios; the target is Lightning
     within 5% of the plain loop. On a shared CPU pass --threads 1: oversubscribed threads make timings erratic.
@@ -31,10 +31,11 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
+from vidcap.cli.train import TRAINER_DEFAULTS
 from vidcap.data import CaptionDataModule
 from vidcap.decoding import DecodingOptions, decode
 from vidcap.lit_module import CaptionModule
-from vidcap.model import CaptionModel
+from vidcap.model import CaptionModel, ModelConfig
 from vidcap.vocab import Vocabulary
 
 
@@ -57,8 +58,8 @@ def write_dataset(root: Path, videos: int, refs: int, dim: int, frames: int, wor
         for _ in range(refs):
             rows.append([f"v{v}", "train", " ".join(rng.choice(vocab_words, rng.integers(6, 15)))])
     rows.append(["v0", "val", "w1 w2"])
-    with open(data / "captions.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "split", "caption"], *rows])
+    with open(data / "captions.csv", "w", newline="") as f:  # these captions are their own PTB tokens
+        csv.writer(f).writerows([["video_id", "split", "caption", "tokens"], *[[*r, r[2]] for r in rows]])
     Vocabulary(vocab_words).save(data / "vocab.json")
     return data, feats
 
@@ -98,8 +99,8 @@ def lightning_round(module: CaptionModule, batches: list[dict], args, device: to
     trainer = Trainer(
         accelerator="gpu" if device.type == "cuda" else "cpu", devices=1, precision=args.precision,
         max_steps=len(batches), logger=False, enable_checkpointing=False, enable_progress_bar=False,
-        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, gradient_clip_val=10.0,
-        callbacks=[clock],
+        enable_model_summary=False, num_sanity_val_steps=0, limit_val_batches=0, callbacks=[clock],
+        **TRAINER_DEFAULTS,  # gradient clipping as `vidcap fit` configures it
     )
     trainer.fit(module, train_dataloaders=DataLoader(batches, batch_size=None, collate_fn=_identity))
     return captions_per_second(clock.times, batches, args.warmup)
@@ -130,7 +131,7 @@ def plain_round(model: CaptionModel, batches: list[dict], args, device: torch.de
             loss = plain_loss(model, batch, penalty)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), TRAINER_DEFAULTS["gradient_clip_val"])
         optimizer.step()
         _sync(device)
         times.append(time.perf_counter())
@@ -210,9 +211,9 @@ def main() -> None:
         dm.setup("fit")
         loader = dm.train_dataloader()
         batches = [b for b, _ in zip(loader, range(args.steps), strict=False)]
-    module = CaptionModule(vocab_size=dm.vocab_size, global_dim=dm.global_dim, max_frames=dm.num_frames,
-                           variant=args.variant, caption_metrics=False, vocab=dm.vocab.to_dict(),
-                           feature_meta=dm.feature_meta)
+    config = ModelConfig(vocab_size=dm.vocab_size, global_dim=dm.global_dim, max_frames=dm.num_frames,
+                         variant=args.variant)
+    module = CaptionModule(config, caption_metrics=False, vocab=dm.vocab.to_dict(), feature_meta=dm.feature_meta)
     print(f"device {device} ({args.precision}), {torch.get_num_threads()} CPU threads, variant {args.variant}, "
           f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
           f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}M parameters")
@@ -222,7 +223,7 @@ def main() -> None:
     for r in range(args.rounds):
         # Alternate which goes first: the machine's load drifts, and the first run of a round warms the caches.
         runs = [lambda: light.append(lightning_round(module, batches, args, device)),
-                lambda: plain.append(plain_round(plain_model, batches, args, device, module.hparams.attention_penalty))]
+                lambda: plain.append(plain_round(plain_model, batches, args, device, module.attention_penalty))]
         for run in runs if r % 2 == 0 else runs[::-1]:
             run()
         print(f"  round {r + 1}: Lightning {light[-1]:8.1f} captions/s, plain loop {plain[-1]:8.1f} captions/s")

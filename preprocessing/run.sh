@@ -1,26 +1,33 @@
 #!/usr/bin/env bash
-# Offline preprocessing of a real dataset, as in the paper: annotations + videos -> captions table -> feature store.
+# Offline preprocessing of a dataset, as in the paper: annotations + videos -> captions table -> feature store.
 #
-#   preprocessing/run.sh msvd  "MSR Video Description Corpus.csv" YouTubeClips/        data/msvd [feats/msvd]
-#   preprocessing/run.sh lsmdc LSMDC/annotations/                   LSMDC/videos/       data/mvad [feats/mvad]
+#   preprocessing/run.sh DATASET --out DATA [the options of `vidcap prepare DATASET`...]
+#   preprocessing/run.sh msvd  --annotations "MSR Video Description Corpus.csv" --videos YouTubeClips --out data/msvd
+#   preprocessing/run.sh lsmdc --annotations LSMDC/annotations --videos LSMDC/videos --source mvad --out data/mvad
 #
+# DATASET is any dataset `vidcap prepare --help` lists; every option after it goes to `vidcap prepare DATASET`.
 # Both steps are resumable: run the same command again after an interruption and it picks up where it stopped.
-# Settings come from the environment (defaults in brackets):
-#   GLOBAL [efficientnet_lite0]  LOCAL [none]  GLOBAL_WEIGHTS / LOCAL_WEIGHTS [pretrained]: pretrained|random|PATH
-#   FRAMES [26]  GLOBAL_SIZE [the extractor's input px]  DEVICE [cpu]  DEVICES [1]  SOURCE (lsmdc only) [mvad]  VIDCAP [vidcap]
+# Extraction settings come from the environment (defaults in brackets):
+#   FEATS [DATA/features]  GLOBAL [efficientnet_lite0]  LOCAL [none]  GLOBAL_WEIGHTS / LOCAL_WEIGHTS [pretrained]
+#   FRAMES [26]  GLOBAL_SIZE [the extractor's input px]  DEVICE [cpu]  DEVICES [1]  VIDCAP [vidcap]
 set -euo pipefail
-if [ $# -lt 4 ] || { [ "$1" != msvd ] && [ "$1" != lsmdc ]; }; then
-  sed -n '2,10p' "$0" >&2
-  exit 2
-fi
-dataset=$1 annotations=$2 videos=$3 data=$4 feats=${5:-$4/features}
+usage() { sed -n '2,12p' "$0" >&2; exit 2; }
+[ $# -ge 1 ] && [ "${1#-}" = "$1" ] || usage
+dataset=$1
+shift
+data=
+args=("$@")
+for i in "${!args[@]}"; do
+  case ${args[$i]} in
+    --out) data=${args[$((i + 1))]:-} ;;
+    --out=*) data=${args[$i]#--out=} ;;
+  esac
+done
+[ -n "$data" ] || usage
+feats=${FEATS:-$data/features}
 read -r -a vidcap <<< "${VIDCAP:-vidcap}"
 
-prepare_args=(--annotations "$annotations" --videos "$videos" --out "$data")
-if [ "$dataset" = lsmdc ]; then
-  prepare_args+=(--source "${SOURCE:-mvad}")
-fi
-"${vidcap[@]}" prepare "$dataset" "${prepare_args[@]}"
+"${vidcap[@]}" prepare "$dataset" "$@"
 
 extract_args=(--data "$data" --out "$feats" --frames "${FRAMES:-26}" --device "${DEVICE:-cpu}" --devices "${DEVICES:-1}"
               --global "${GLOBAL:-efficientnet_lite0}" --global-weights "${GLOBAL_WEIGHTS:-pretrained}")

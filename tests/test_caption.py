@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -65,9 +67,10 @@ def trained(videos, tmp_path_factory) -> dict[str, Path]:
     """{"checkpoint": Path, "store": Path}: the features of both videos and a model that learnt their captions."""
     from pytorch_lightning import Trainer
 
-    from vidcap.extract import run_extract
-    from vidcap.features import load_features, read_meta
+    from vidcap.extract import ExtractOptions, run_extract
     from vidcap.lit_module import CaptionModule
+    from vidcap.model import ModelConfig
+    from vidcap.store import load_features, read_meta
     from vidcap.vocab import Vocabulary
 
     root = tmp_path_factory.mktemp("trained")
@@ -77,20 +80,20 @@ def trained(videos, tmp_path_factory) -> dict[str, Path]:
         "video_id,split,path\n" + "".join(f"{k},train,{p}\n" for k, p in videos.items()), encoding="utf-8"
     )
     store = root / "feats"
-    summary = run_extract(data, store, global_name="efficientnet_lite0", num_frames=NUM_FRAMES,
-                          image_sizes={"global": IMAGE_SIZE}, num_workers=0, progress=False)
+    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=NUM_FRAMES,
+                             image_sizes={"global": IMAGE_SIZE}, num_workers=0)
+    summary = run_extract(data, store, options, progress=False)
     assert summary.extracted == 2 and not summary.failed
 
     vocab = Vocabulary(" ".join(CAPTIONS.values()).split())
     torch.manual_seed(0)
-    module = CaptionModule(
-        vocab_size=len(vocab), global_dim=1280, variant="global", embed_dim=32, hidden_dim=64, attention_dim=32,
-        dropout=0.0, caption_metrics=False, vocab=vocab.to_dict(), feature_meta=read_meta(store),
-    )
+    architecture = ModelConfig(vocab_size=len(vocab), global_dim=1280, variant="global", embed_dim=32, hidden_dim=64,
+                               attention_dim=32, dropout=0.0)
+    module = CaptionModule(architecture, caption_metrics=False, vocab=vocab.to_dict(), feature_meta=read_meta(store))
     feats = {k: load_features(store, k) for k in CAPTIONS}
     x = torch.stack([torch.from_numpy(feats[k]["global"].astype(np.float32)) for k in CAPTIONS])
     mask = torch.stack([torch.from_numpy(feats[k]["mask"]) for k in CAPTIONS])
-    targets = torch.tensor([vocab.encode(c) for c in CAPTIONS.values()])
+    targets = torch.tensor([vocab.encode(c.split()) for c in CAPTIONS.values()])
     inputs = torch.cat([torch.full((len(CAPTIONS), 1), vocab.BOS), targets[:, :-1]], dim=1)
     optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-2)
     for _ in range(60):
@@ -162,7 +165,7 @@ def test_load_captioner_rebuilds_model_vocab_and_extractors(trained, captioner):
 
 
 def test_features_at_caption_time_equal_the_extracted_store(trained, captioner, videos):
-    from vidcap.features import load_features
+    from vidcap.store import load_features
 
     for video_id, path in videos.items():
         stored = load_features(trained["store"], video_id)
@@ -335,7 +338,7 @@ def test_malicious_pickle_is_refused_without_running_it(trained, tmp_path, capsy
 
 
 @pytest.mark.parametrize("case", ["random bytes", "truncated", "empty", "plain dict", "format 2", "no features",
-                                  "missing", "folder", "random seed", "weights file gone"])
+                                  "missing", "folder", "random seed", "weights file gone", "unknown sampling"])
 def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
     good = trained["checkpoint"]
     if case == "random bytes":
@@ -361,6 +364,9 @@ def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
     elif case == "random seed":
         path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"]["global"].update(weights="random",
                                                                                                 seed=7))
+    elif case == "unknown sampling":
+        path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"].update(
+            sampling={"rule": "uniform_random", "num_frames": NUM_FRAMES}))
     else:
         path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"]["global"].update(
             weights=str(tmp_path / "gone.pt"), weights_sha256="0" * 64))
@@ -372,7 +378,8 @@ def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
                 "empty": ": empty file (0 bytes)", "plain dict": ": not a vidcap checkpoint", "format 2": "format 2",
                 "no features": "does not describe its feature extractors", "missing": ": checkpoint not found",
                 "folder": ": is a folder", "random seed": "seed 7",
-                "weights file gone": ": cannot rebuild the feature extractors it was trained with"}
+                "weights file gone": ": cannot rebuild the feature extractors it was trained with",
+                "unknown sampling": "sampled with rule 'uniform_random'"}
     assert expected[case] in message
 
 
@@ -422,3 +429,8 @@ def test_cli_unexpected_decoder_error_is_one_skip_line(trained, videos, monkeypa
     assert f"skipping {videos['red']}: cannot caption it (RuntimeError: decoder exploded in two lines)" in (
         captured.err.splitlines())
     assert "Traceback" not in captured.err
+
+
+def test_importing_caption_does_not_import_lightning():
+    code = "import vidcap.caption, sys; assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)

@@ -76,7 +76,7 @@ def test_paper_row_and_table_layout():
 def test_lightning_subcommand_help_ends_with_examples(name):
     result = subprocess.run([sys.executable, "-m", "vidcap", name, "--help"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert "--data.data_dir" in result.stdout and "--model.variant" in result.stdout
+    assert "--data.data_dir" in result.stdout and "--model.architecture.variant" in result.stdout
     assert "vidcap fit --config configs/data/msvd.yaml" in result.stdout.split("example")[-1]
 
 

@@ -1,31 +1,48 @@
-"""The dataset layer on fixtures written in the real file formats (MSVD CSV / txt, LSMDC tsv), and `vidcap prepare`."""
+"""The dataset layer on fixtures written in the real file formats (MSVD CSV / txt, LSMDC tsv), the registry, and
+`vidcap prepare` (which stores coco-caption's PTB tokens)."""
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
 import logging
+import os
 import random
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
+import vidcap.datasets
 from vidcap.cli import main
 from vidcap.datasets import (
+    PROTOCOL,
     byte_order,
+    content_metrics,
+    dataset_module,
     lsmdc,
     msvd,
+    prepare,
     read_captions,
     read_videos,
+    registry,
     split_sizes,
     standard_split,
     write_tables,
     write_vocab,
 )
 from vidcap.errors import UsageError
+from vidcap.metrics import TOKENIZER_JAR
 from vidcap.vocab import Vocabulary
+
+
+def needs_java(test):
+    """`prepare` tokenises with coco-caption's PTB tokenizer, which runs on Java."""
+    return pytest.mark.java(pytest.mark.skipif(shutil.which("java") is None, reason="needs Java")(test))
+
 
 MSVD_HEADER = "VideoID,Start,End,WorkerID,Source,AnnotationTime,Language,Description"
 
@@ -100,7 +117,7 @@ def test_standard_split_is_proportional_for_other_sizes_and_says_so(caplog):
 
 def test_msvd_csv_keeps_english_non_empty_rows_of_clips_with_videos(msvd_files):
     annotations, videos_dir = msvd_files
-    captions, videos, report = msvd.load(annotations, videos_dir)
+    captions, videos, report = msvd.read_tables(annotations, videos_dir)
     assert list(captions.columns) == ["video_id", "split", "caption", "source", "language"]
     # byte order: '-' < 'Z' < '_' < 'a' < 'm'; 5 clips -> 2 train, 1 val, 2 test (1200:100:670, none empty)
     assert list(videos["video_id"]) == ["-4wsuPCjDBc_5_15", "ZZtop123abc_0_10", "_0nX-El-ySo_83_93",
@@ -131,8 +148,8 @@ def test_msvd_txt_gives_the_same_captions_as_the_csv(msvd_files, tmp_path):
     annotations, videos_dir = msvd_files
     txt = tmp_path / "AllVideoDescriptions.txt"
     txt.write_text(MSVD_TXT, encoding="utf-8")
-    from_csv = msvd.load(annotations, videos_dir)
-    from_txt = msvd.load(txt, videos_dir)
+    from_csv = msvd.read_tables(annotations, videos_dir)
+    from_txt = msvd.read_tables(txt, videos_dir)
     columns = ["video_id", "split", "caption"]
     assert from_txt[0][columns].values.tolist() == from_csv[0][columns].values.tolist()
     assert from_txt[1].values.tolist() == from_csv[1].values.tolist()
@@ -145,7 +162,7 @@ def test_msvd_invalid_utf8_bytes_are_replaced_and_counted(msvd_files):
     annotations, videos_dir = msvd_files
     data = annotations.read_bytes().replace("Un p\u00e1jaro".encode(), b"Un p\xe1jaro")  # a latin-1 byte
     annotations.write_bytes(b"\xef\xbb\xbf" + data)  # and a byte-order mark
-    captions, _, report = msvd.load(annotations, videos_dir)
+    captions, _, report = msvd.read_tables(annotations, videos_dir)
     assert report["undecodable_characters"] == 1
     assert len(captions) == 6 and report["skipped_rows"]["non_english"] == 3
 
@@ -163,7 +180,7 @@ def test_msvd_wrong_format_is_a_usage_error_naming_the_file(tmp_path, content, m
     bad.write_text(content, encoding="utf-8")
     _touch_videos(tmp_path / "v", ["x_1_2"])
     with pytest.raises(UsageError, match=re.escape(message)) as info:
-        msvd.load(bad, tmp_path / "v")
+        msvd.read_tables(bad, tmp_path / "v")
     assert str(bad) in str(info.value)
 
 
@@ -172,7 +189,7 @@ def test_msvd_without_any_video_is_an_empty_result(msvd_files, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(UsageError, match="none of the 6 clips .* has a video here"):
-        msvd.load(annotations, empty)
+        msvd.read_tables(annotations, empty)
 
 
 def _youtube_ids(rng: random.Random, n: int) -> list[str]:
@@ -184,6 +201,7 @@ def _youtube_ids(rng: random.Random, n: int) -> list[str]:
     return sorted(ids)
 
 
+@needs_java
 def test_full_size_msvd_gives_the_standard_split(tmp_path, capsys):
     """~2,100 described clips, 1970 of them with a video: exactly 1200/100/670 in byte order."""
     rng = random.Random(7)
@@ -206,7 +224,7 @@ def test_full_size_msvd_gives_the_standard_split(tmp_path, capsys):
 
     assert main(["prepare", "msvd", "--annotations", str(path), "--videos", str(videos_dir), "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    assert "clips skipped (no video file): 130" in printed
+    assert re.search(r"unassigned +0 +0 +130\n", printed), printed
     videos = read_videos(out)
     counts = videos["split"].value_counts().to_dict()
     assert counts == {"train": 1200, "val": 100, "test": 670}
@@ -283,7 +301,7 @@ def test_movie_and_source_of_a_clip_id():
 
 def test_lsmdc_keeps_well_formed_rows_and_counts_the_rest(lsmdc_files):
     annotations, videos_dir = lsmdc_files
-    captions, videos, report = lsmdc.load(annotations, videos_dir)
+    captions, videos, report = lsmdc.read_tables(annotations, videos_dir)
     assert captions.values.tolist() == [
         [f"{BEAUTY}_00.00.51.926-00.00.54.129", "train", "SOMEONE looks out of the window.", "mpii"],
         [f"{JUMP}_00.02.55.644-00.02.56.718", "train", "SOMEONE runs to the car.", "mvad"],
@@ -315,7 +333,7 @@ def test_lsmdc_keeps_well_formed_rows_and_counts_the_rest(lsmdc_files):
 @pytest.mark.parametrize(("source", "kept", "dropped"), [("mvad", 3, 1), ("mpii", 1, 7)])
 def test_lsmdc_source_filter_is_counted(lsmdc_files, source, kept, dropped):
     annotations, videos_dir = lsmdc_files
-    captions, videos, report = lsmdc.load(annotations, videos_dir, source=source)
+    captions, videos, report = lsmdc.read_tables(annotations, videos_dir, source=source)
     assert set(captions["source"]) == {source}
     assert len(captions) == (4 if source == "mvad" else 1)
     assert len(videos[videos["split"] != "blindtest"]) == kept
@@ -327,11 +345,11 @@ def test_lsmdc_without_annotation_files_or_videos_is_a_usage_error(lsmdc_files, 
     empty = tmp_path / "nothing"
     empty.mkdir()
     with pytest.raises(UsageError, match="none of the LSMDC annotation files is here"):
-        lsmdc.load(empty, videos_dir)
+        lsmdc.read_tables(empty, videos_dir)
     with pytest.raises(UsageError, match="none of the 7 clips has a video here"):
-        lsmdc.load(annotations, empty)
+        lsmdc.read_tables(annotations, empty)
     with pytest.raises(UsageError, match="annotation folder not found"):
-        lsmdc.load(tmp_path / "missing", videos_dir)
+        lsmdc.read_tables(tmp_path / "missing", videos_dir)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -340,6 +358,7 @@ def test_tables_round_trip_with_awkward_captions(tmp_path):
         "video_id": ["v1", "v1", "v2", "v3"],
         "split": ["train", "train", "val", "test"],
         "caption": ['a "quoted", comma', "NA", "null", "x\ty"],
+        "tokens": ["a quoted comma", "na", "null", "x y"],
         "source": ["clean", "", "clean", "clean"],
     })
     videos = pd.DataFrame({"video_id": ["v1", "v2", "v3"], "split": ["train", "val", "test"],
@@ -357,8 +376,11 @@ def test_tables_round_trip_with_awkward_captions(tmp_path):
 def test_read_tables_reject_missing_files_columns_and_splits(tmp_path):
     with pytest.raises(UsageError, match=r"captions\.csv: not found"):
         read_captions(tmp_path)
-    (tmp_path / "captions.csv").write_text("video_id,caption\nv1,hi\n")
+    (tmp_path / "captions.csv").write_text("video_id,caption,tokens\nv1,hi,hi\n")
     with pytest.raises(UsageError, match="missing column"):
+        read_captions(tmp_path)
+    (tmp_path / "captions.csv").write_text("video_id,split,caption\nv1,train,hi\n")  # before the tokens column
+    with pytest.raises(UsageError, match=r"captions\.csv: no tokens column .*rerun `vidcap prepare`"):
         read_captions(tmp_path)
     (tmp_path / "videos.csv").write_text("video_id,split,path\nv1,training,v1.avi\n")
     with pytest.raises(UsageError, match="unknown split"):
@@ -367,7 +389,8 @@ def test_read_tables_reject_missing_files_columns_and_splits(tmp_path):
 
 def test_write_vocab_uses_the_train_split_only(tmp_path):
     captions = pd.DataFrame({"video_id": ["a", "a", "b", "c"], "split": ["train", "train", "val", "test"],
-                             "caption": ["a red ball", "a red cube", "a red secret", "secret secret"]})
+                             "caption": ["A red ball!", "A red cube.", "A red secret.", "Secret, secret."],
+                             "tokens": ["a red ball", "a red cube", "a red secret", "secret secret"]})
     vocab = write_vocab(tmp_path, captions, min_count=1)
     assert Vocabulary.load(tmp_path / "vocab.json") == vocab
     assert vocab.itos[4:] == ["a", "red", "ball", "cube"]
@@ -385,6 +408,7 @@ def _one_line_error(capsys, code: int) -> str:
     return lines[0]
 
 
+@needs_java
 def test_cli_prepare_msvd_writes_every_file(msvd_files, tmp_path, capsys):
     annotations, videos_dir = msvd_files
     out = tmp_path / "data"
@@ -400,6 +424,7 @@ def test_cli_prepare_msvd_writes_every_file(msvd_files, tmp_path, capsys):
     assert all(Path(p).is_file() for p in read_videos(out)["path"])
 
 
+@needs_java
 def test_cli_prepare_lsmdc_reports_missing_files(lsmdc_files, tmp_path, capsys):
     annotations, videos_dir = lsmdc_files
     code = main(["prepare", "lsmdc", "--annotations", str(annotations), "--videos", str(videos_dir),
@@ -407,10 +432,11 @@ def test_cli_prepare_lsmdc_reports_missing_files(lsmdc_files, tmp_path, capsys):
     assert code == 0
     printed = capsys.readouterr().out
     assert "annotation files missing: LSMDC16_annos_test.csv" in printed
-    assert "blindtest       2 clips        0 captions" in printed
+    assert re.search(r"blindtest +2 +0 +0\n", printed), printed
     assert read_videos(tmp_path / "out")["split"].tolist().count("blindtest") == 2
 
 
+@needs_java
 def test_cli_missing_annotation_file_exits_2_with_one_line(tmp_path, capsys):
     videos = _touch_videos(tmp_path / "v", ["a_1_2"])
     missing = tmp_path / "nope.csv"
@@ -423,6 +449,7 @@ def test_cli_missing_annotation_file_exits_2_with_one_line(tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
+@needs_java
 def test_cli_wrong_format_and_empty_result_exit_2(msvd_files, tmp_path, capsys):
     annotations, videos_dir = msvd_files
     wrong = tmp_path / "wrong.csv"
@@ -444,8 +471,8 @@ def test_cli_dataset_help_has_an_example(capsys):
     assert "vidcap prepare lsmdc --annotations" in out.split("example:", 1)[1]
 
 
+@needs_java
 def test_cli_prepare_synthetic(tmp_path, capsys):
-    pytest.importorskip("vidcap.datasets.synthetic")
     out = tmp_path / "synth"
     assert main(["prepare", "synthetic", "--out", str(out), "--num-videos", "6", "--seed", "3"]) == 0
     assert "prepared synthetic: 6 clips with videos" in capsys.readouterr().out
@@ -453,3 +480,175 @@ def test_cli_prepare_synthetic(tmp_path, capsys):
     assert len(videos) == 6 and all(Path(p).is_file() for p in videos["path"])
     assert set(read_captions(out)["split"]) == {"train", "val", "test"}
     assert (out / "vocab.json").is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The registry and the stored tokens
+
+# Captions that exercise the PTB tokenizer's corners (brackets, quotes, contractions, abbreviations, currencies,
+# dots, non-ASCII), and two with nothing but punctuation.
+AWKWARD = [
+    "A man (in a hat) is playing {guitar} [loudly].",
+    "He said \"hello\" to the 'dog'.",
+    "Don't you think the man's car can't go? I'm gonna wanna gotta cannot.",
+    "Mr. Smith went to the U.S. and met Dr. Jones, etc.",
+    "The price is $5.50 or 1,000 yen & 3/4 of a pie*.",
+    "A well-known man -- walking... slowly; yes: no!",
+    "\u201cSmart quotes\u201d and \u2018single\u2019 \u2026 and \u2014 em dash \u2013 en dash",
+    "caf\u00e9 na\u00efve r\u00e9sum\u00e9 \u00fcber \u00c9COLE",
+    "wow!!! what?! huh??",
+    "point a. He goes. the u.s. The end. etc. The etc. the",
+    "(a) (b) 1) 2) :) ;-) :D",
+    "a cat.A dog cooking., stuff; item.: end",
+    "a plan b.",
+    "The A-U.S. t-shirt's 2nd-year x-ray u.s.-based",
+]
+PUNCTUATION_ONLY = ["...", "-- ; : !"]
+
+
+def _awkward_msvd(tmp_path: Path) -> tuple[Path, Path, dict[str, list[str]]]:
+    """An AllVideoDescriptions.txt of 3 clips holding AWKWARD (and the punctuation-only captions), with videos."""
+    clips = [f"clip{i}_0_1" for i in range(3)]
+    by_clip: dict[str, list[str]] = {clip: [] for clip in clips}
+    for i, caption in enumerate(AWKWARD + PUNCTUATION_ONLY):
+        by_clip[clips[i % 3]].append(caption)
+    lines = ["# VideoID_Start_End Description"] + [f"{c} {text}" for c, texts in by_clip.items() for text in texts]
+    annotations = tmp_path / "AllVideoDescriptions.txt"
+    annotations.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return annotations, _touch_videos(tmp_path / "videos", clips), by_clip
+
+
+@needs_java
+@pytest.mark.skipif(not os.access(TOKENIZER_JAR.parent, os.W_OK),
+                    reason="pycocoevalcap's own PTBTokenizer writes into its package folder")
+def test_prepare_stores_the_tokens_of_coco_captions_ptb_tokenizer(tmp_path):
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    annotations, videos, by_clip = _awkward_msvd(tmp_path)
+    out = tmp_path / "data"
+    report = prepare("msvd", ["--annotations", str(annotations), "--videos", str(videos), "--out", str(out),
+                              "--min-count", "1"])
+    expected = PTBTokenizer().tokenize({clip: [{"caption": c} for c in texts] for clip, texts in by_clip.items()})
+    stored = read_captions(out)
+    assert {clip: list(group["tokens"]) for clip, group in stored.groupby("video_id")} == {
+        clip: [t for t in tokens if t] for clip, tokens in expected.items()}
+    # The punctuation-only captions have no token left: dropped and counted, the others kept in file order.
+    assert report["captions_without_tokens"] == len(PUNCTUATION_ONLY)
+    assert sorted(stored["caption"]) == sorted(AWKWARD)
+    assert json.loads((out / "prepare.json").read_text())["captions_without_tokens"] == 2
+    # The vocabulary is built from the stored tokens of the train split.
+    vocab = Vocabulary.load(out / "vocab.json")
+    train_tokens = {t for tokens in stored.loc[stored["split"] == "train", "tokens"] for t in tokens.split()}
+    assert set(vocab.itos[4:]) == train_tokens
+
+
+@needs_java
+def test_prepare_writes_the_split_table(msvd_files, tmp_path, capsys):
+    annotations, videos_dir = msvd_files
+    out = tmp_path / "data"
+    assert main(["prepare", "msvd", "--annotations", str(annotations), "--videos", str(videos_dir),
+                 "--out", str(out)]) == 0
+    table = {"train": {"clips": 2, "captions": 2, "missing_videos": 0},
+             "val": {"clips": 1, "captions": 1, "missing_videos": 0},
+             "test": {"clips": 2, "captions": 3, "missing_videos": 0},
+             "unassigned": {"clips": 0, "captions": 0, "missing_videos": 1}}
+    assert json.loads((out / "prepare.json").read_text())["splits"] == table
+    printed = capsys.readouterr().out
+    assert re.search(r"split +clips +captions +missing videos\n +train +2 +2 +0\n", printed), printed
+    assert re.search(r"unassigned +0 +0 +1\n", printed), printed
+
+
+def test_prepare_checks_for_java_before_anything_else(msvd_files, tmp_path, monkeypatch, capsys):
+    annotations, videos_dir = msvd_files
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))  # no java
+    out = tmp_path / "data"
+    code = main(["prepare", "msvd", "--annotations", str(annotations), "--videos", str(videos_dir), "--out", str(out)])
+    assert _one_line_error(capsys, code).startswith("vidcap prepare: error: Java not found.")
+    assert not out.exists()
+
+
+def test_registry_holds_every_dataset_module_with_the_whole_protocol():
+    datasets = registry()
+    assert {"msvd", "lsmdc", "synthetic"} <= set(datasets)
+    for name, module in datasets.items():
+        assert module.NAME == name and all(hasattr(module, attr) for attr in PROTOCOL)
+        assert module.PAPER_DATASET in (None, "msvd", "lsmdc")
+    assert (datasets["msvd"].PAPER_DATASET, datasets["synthetic"].PAPER_DATASET) == ("msvd", None)
+
+
+TOY_DATASET = """
+import pandas as pd
+
+NAME = "toy"
+HELP = "a dataset written for the registry test"
+EXAMPLE = "  vidcap prepare toy --out data/toy"
+PAPER_DATASET = None
+
+
+def add_arguments(parser):
+    parser.add_argument("--clips", type=int, default=3)
+
+
+def load(args):
+    ids = [f"t{i}" for i in range(args.clips)]
+    splits = ["train", "val", "test"] * args.clips
+    captions = pd.DataFrame({"video_id": ids, "split": splits[:args.clips], "caption": ["A toy."] * args.clips})
+    videos = pd.DataFrame({"video_id": ids, "split": splits[:args.clips], "path": [f"{i}.mp4" for i in ids]})
+    return captions, videos, {"toys": args.clips}
+
+
+def content_metrics(data_dir, predictions, reversed_predictions):
+    return {"toy_acc": sum(p == "a toy" for p in predictions.values()) / len(predictions)}
+"""
+
+
+@pytest.fixture
+def toy_dataset(tmp_path, monkeypatch):
+    """A dataset module in a folder added to the package's path: found without editing any list."""
+    folder = tmp_path / "more_datasets"
+    folder.mkdir()
+    (folder / "toy.py").write_text(TOY_DATASET)
+    monkeypatch.setattr(vidcap.datasets, "__path__", [*vidcap.datasets.__path__, str(folder)])
+    registry.cache_clear()
+    yield registry()["toy"]
+    monkeypatch.undo()
+    registry.cache_clear()
+
+
+def test_a_new_dataset_module_is_found_and_parsed_without_an_edit(toy_dataset, capsys):
+    assert toy_dataset.NAME == "toy"
+    with pytest.raises(SystemExit):
+        main(["prepare", "toy", "--help"])
+    assert "vidcap prepare toy --out data/toy" in capsys.readouterr().out.split("example:")[1]
+    args = vidcap.datasets.prepare_parser("toy").parse_args(["--out", "o", "--clips", "5", "--max-vocab", "9"])
+    assert isinstance(args, argparse.Namespace) and (args.clips, args.max_vocab, args.min_count) == (5, 9, 2)
+
+
+@needs_java
+def test_prepare_runs_a_new_dataset_end_to_end(toy_dataset, tmp_path):
+    report = prepare("toy", ["--out", str(tmp_path), "--clips", "4", "--min-count", "1"])
+    assert report["dataset"] == "toy" and report["toys"] == 4 and report["captions_without_tokens"] == 0
+    assert report["splits"] == {"train": {"clips": 2, "captions": 2, "missing_videos": 0},
+                                "val": {"clips": 1, "captions": 1, "missing_videos": 0},
+                                "test": {"clips": 1, "captions": 1, "missing_videos": 0}}
+    assert read_captions(tmp_path)["tokens"].tolist() == ["a toy"] * 4
+    assert Vocabulary.load(tmp_path / "vocab.json").itos[4:] == ["a", "toy"]
+    assert content_metrics(tmp_path, {"t0": "a toy"}, None) == {"toy_acc": 1.0}
+
+
+def test_dataset_module_and_content_metrics_follow_prepare_json(toy_dataset, tmp_path):
+    assert dataset_module(tmp_path) is None and content_metrics(tmp_path, {"t0": "x"}, None) == {}
+    (tmp_path / "prepare.json").write_text(json.dumps({"dataset": "toy"}))
+    assert dataset_module(tmp_path) is toy_dataset
+    assert content_metrics(tmp_path, {"t0": "a toy", "t1": "no"}, None) == {"toy_acc": 0.5}
+    (tmp_path / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
+    assert content_metrics(tmp_path, {"t0": "a toy"}, None) == {}  # msvd has no hook
+    (tmp_path / "prepare.json").write_text("{broken")
+    with pytest.raises(UsageError, match=r"prepare\.json: cannot read it"):
+        dataset_module(tmp_path)
+
+
+def test_prepare_refuses_an_unknown_dataset():
+    with pytest.raises(UsageError, match="unknown dataset 'nope' \\(choose from .*msvd"):
+        prepare("nope", ["--out", "x"])
+

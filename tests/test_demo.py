@@ -45,13 +45,92 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
 
 
 def test_demo_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
-    from vidcap.demo import TrainSettings, train
+    from vidcap.demo import DemoSettings, train
 
     run = tmp_path / "run"
     run.mkdir()
-    (run / "settings.json").write_text(json.dumps({"variant": "basic"}))
+    (run / "config.yaml").write_text("model:\n  architecture:\n    variant: basic\n")
     with pytest.raises(UsageError, match="trained with other settings"):
-        train(tmp_path / "data", tmp_path / "feats", run, TrainSettings(), "global", "position")
+        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training_args())
+    # A folder an older vidcap trained (a checkpoint, no config.yaml) is refused too, not resumed.
+    (run / "config.yaml").unlink()
+    (run / "checkpoints").mkdir()
+    (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
+    with pytest.raises(UsageError, match="has a checkpoint but no config.yaml"):
+        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training_args())
+
+
+def test_synthetic_data_config_is_the_demos():
+    """configs/experiment/demo.yaml stands alone, so it repeats the synthetic dataset's data settings: they agree."""
+    import yaml
+
+    from vidcap.demo import CONFIGS, DEMO_CONFIG
+
+    demo = yaml.safe_load(DEMO_CONFIG.read_text())
+    assert demo["data"] == yaml.safe_load((CONFIGS / "data" / "synthetic.yaml").read_text())["data"]
+
+
+def tiny_dataset(root):
+    """A data directory (captions with their tokens, vocab.json) and a feature store of random features: 8 train,
+    2 val, 3 test videos of the synthetic dataset's kind of captions."""
+    import csv
+
+    import numpy as np
+
+    from vidcap.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    data, store = root / "data", root / "feats"
+    (store / "features").mkdir(parents=True)
+    data.mkdir()
+    meta = {"format": 1, "num_frames": 6, "dtype": "float16", "local": None, "versions": {},
+            "global": {"name": "fake2d", "weights": "random", "dim": 8, "image_size": 32}}
+    (store / "meta.json").write_text(json.dumps(meta))
+    words = ["a", "red", "blue", "circle", "square", "appears", "moves", "left", "then"]
+    rows = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 3):
+        mask = np.arange(6) < 6 - i % 2
+        np.savez(store / "features" / f"v{i:02d}.npz", mask=mask, times=np.arange(6, dtype=np.float32),
+                 **{"global": (rng.standard_normal((6, 8)) * mask[:, None]).astype(np.float16)})
+        for _ in range(3):
+            caption = " ".join(rng.choice(words, 5))
+            rows.append((f"v{i:02d}", split, caption, caption))
+    with open(data / "captions.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["video_id", "split", "caption", "tokens"], *rows])
+    Vocabulary(words).save(data / "vocab.json")
+    return data, store
+
+
+def test_fit_with_the_demo_config_trains_the_demos_model(tmp_path, monkeypatch):
+    """`vidcap fit --config configs/experiment/demo.yaml` and the demo's training give the same model: same weights,
+    same test metrics (issue 11)."""
+    import torch
+
+    import vidcap.metrics
+    from vidcap.demo import DEMO_CONFIG, DemoSettings, train
+    from vidcap.evaluation import evaluate
+
+    monkeypatch.setattr(vidcap.metrics, "score_captions", lambda refs, preds: {
+        "Bleu_4": len(set(preds.values())) / 10, "METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0})  # no Java
+    data, store = tiny_dataset(tmp_path)
+    tiny = ("--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--data.batch_size", "8",
+            "--model.architecture.hidden_dim", "16", "--model.architecture.embed_dim", "8",
+            "--model.architecture.attention_dim", "8")
+    demo_ckpt, trained = train(data, store, tmp_path / "demo", DemoSettings(overrides=tiny).training_args(),
+                               progress=False)
+    assert trained and (tmp_path / "demo" / "config.yaml").is_file()
+    root = tmp_path / "fit"
+    assert main(["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(data), "--data.features_dir", str(store),
+                 *tiny, "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]) == 0
+    fit_ckpt = root / "checkpoints" / "last.ckpt"
+    weights = [torch.load(path, weights_only=True)["state_dict"] for path in (demo_ckpt, fit_ckpt)]
+    assert weights[0].keys() == weights[1].keys()
+    assert all(torch.equal(weights[0][k], weights[1][k]) for k in weights[0])
+    results = [evaluate(path, data, store, reverse=True, progress=False) for path in (demo_ckpt, fit_ckpt)]
+    assert results[0].predictions == results[1].predictions
+    assert {k: round(v, 3) for k, v in results[0].metrics.items()} == \
+        {k: round(v, 3) for k, v in results[1].metrics.items()}
+    assert results[0].options["max_len"] == 20  # the demo's decoding, from configs/experiment/demo.yaml
 
 
 @pytest.mark.java

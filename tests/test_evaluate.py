@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vidcap.cli import main
-from vidcap.demo import TrainSettings, train
+from vidcap.demo import DEMO_CONFIG, train
 from vidcap.evaluation import reverse_frames
 from vidcap.vocab import Vocabulary
 
@@ -45,8 +45,8 @@ def _write_dataset(root: Path) -> tuple[Path, Path]:
         np.savez(store / "features" / f"{video_id}.npz", **arrays)
         subject, verb = SUBJECTS[i % 3], VERBS[i % 4]
         rows += [(video_id, split, f"a {subject} is {verb}"), (video_id, split, f"the {subject} is {verb}")]
-    with open(data / "captions.csv", "w", newline="") as handle:
-        csv.writer(handle).writerows([["video_id", "split", "caption"], *rows])
+    with open(data / "captions.csv", "w", newline="") as handle:  # these captions are their own PTB tokens
+        csv.writer(handle).writerows([["video_id", "split", "caption", "tokens"], *[(*r, r[2]) for r in rows]])
     Vocabulary(WORDS).save(data / "vocab.json")
     (data / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
     return data, store
@@ -56,10 +56,13 @@ def _write_dataset(root: Path) -> tuple[Path, Path]:
 def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     data, store = _write_dataset(root)
-    settings = TrainSettings(embed_dim=8, hidden_dim=16, attention_dim=8, batch_size=8, epochs=2, beam_size=3)
+    tiny = ["--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim", "16",
+            "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "2",
+            "--trainer.check_val_every_n_epoch", "2", "--model.decoding.beam_size", "3"]
     out = {"data": data, "store": store, "root": root}
     for variant, encoder in (("basic", "none"), ("global", "position")):
-        ckpt, _ = train(data, store, root / f"{variant}-{encoder}", settings, variant, encoder, seed=0,
+        ckpt, _ = train(data, store, root / f"{variant}-{encoder}", [*tiny, "--model.architecture.variant", variant,
+                                                                      "--model.architecture.encoder", encoder],
                         progress=False)
         out[variant] = ckpt
     return out
@@ -74,8 +77,9 @@ def test_reverse_frames_reverses_valid_frames_and_keeps_padding():
 
 
 def _evaluate(trained, name, out, *extra) -> int:
+    """`vidcap evaluate` with the beam size the model was configured with (3)."""
     return main(["evaluate", "--checkpoint", str(trained[name]), "--data", str(trained["data"]),
-                 "--features", str(trained["store"]), "--out", str(out), "--beam-size", "3", *extra])
+                 "--features", str(trained["store"]), "--out", str(out), *extra])
 
 
 @pytest.mark.java
@@ -89,6 +93,8 @@ def test_evaluate_writes_predictions_metrics_and_table_row(trained, tmp_path, ca
     nbest = json.loads((out / "nbest.json").read_text())
     assert sorted(predictions) == [f"v{i:02d}" for i in range(15, 20)]
     assert set(metrics) == {"Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "perplexity", "reversal_changed"}
+    evaluation = json.loads((out / "evaluation.json").read_text())
+    assert (evaluation["options"]["beam_size"], evaluation["options"]["max_len"]) == (3, 20)  # the model's config
     assert all(len(nbest[v]) == 2 and nbest[v][0]["caption"] == predictions[v] for v in predictions)
     # Perplexity over the references (EOS included) of a trained model is finite and above 1.
     assert 1.0 < metrics["perplexity"] < len(WORDS) + 4
@@ -175,3 +181,37 @@ def test_store_check_looks_only_at_the_features_the_model_reads(tmp_path):
     _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, global_only, tmp_path)
     with pytest.raises(UsageError, match="the store has no local features, and a.ckpt was trained on l features"):
         _check_store(tmp_path / "a.ckpt", {"variant": "local_global"}, trained, global_only, tmp_path)
+
+
+def test_store_sampled_otherwise_is_refused(tmp_path):
+    from vidcap.errors import UsageError
+    from vidcap.evaluation import _check_store
+
+    trained = {"num_frames": T, "global": {"name": "g", "dim": DG}}  # an older store: the default rule
+    store = {**trained, "sampling": {"rule": "uniform_middle", "num_frames": T}}
+    with pytest.raises(UsageError, match=r"frames sampled as .*uniform_middle.*but a\.ckpt was trained on"):
+        _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, store, tmp_path)
+    with pytest.raises(UsageError, match="frames sampled as"):
+        _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, {**trained, "num_frames": T + 1}, tmp_path)
+
+
+def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
+    """--n-best 2 decodes each batch once; the best of the n-best list is the prediction."""
+    import vidcap.lit_module
+    import vidcap.metrics
+    from vidcap.evaluation import evaluate
+
+    calls = []
+
+    def counting_decode(model, feats, mask, options, bos, eos):
+        calls.append(options)
+        return decode(model, feats, mask, options, bos, eos)
+
+    decode = vidcap.lit_module.decode
+    monkeypatch.setattr(vidcap.lit_module, "decode", counting_decode)
+    monkeypatch.setattr(vidcap.metrics, "score_captions",
+                        lambda refs, preds: dict.fromkeys(("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), 0.0))
+    result = evaluate(trained["global"], trained["data"], trained["store"], n_best=2, progress=False)
+    assert [(o.beam_size, o.max_len, o.n_best) for o in calls] == [(3, 20, 2)]  # 5 test videos, one batch
+    assert all(result.nbest[v][0]["caption"] == caption for v, caption in result.predictions.items())
+    assert result.dataset == "msvd" and "reversal_changed" not in result.metrics

@@ -1,4 +1,4 @@
-"""Extractors, preprocessing, per-video features and the feature store files (vidcap/features.py)."""
+"""Extractors, preprocessing, per-video features (vidcap/extractors/) and the feature store files (vidcap/store.py)."""
 
 from __future__ import annotations
 
@@ -12,18 +12,18 @@ import pytest
 import torch
 
 from tests.conftest import numbered_frames, write_video
-from vidcap import features as F
+from vidcap import extractors as F
+from vidcap import store
 from vidcap.errors import UsageError
-from vidcap.features import (
+from vidcap.extractors import (
     EXTRACTORS,
     build_extractor,
     build_extractor_from_meta,
     extract_video_features,
-    load_features,
-    read_meta,
     resize_and_crop,
-    save_features,
 )
+from vidcap.extractors.pytorchvideo3d import network as pytorchvideo_network
+from vidcap.store import load_features, read_meta, save_features
 from vidcap.video import clip_indices
 
 
@@ -87,7 +87,7 @@ def test_pretrained_efficientnet_lite0_recognises_a_photo(lite0):
     import matplotlib.image
 
     image = matplotlib.image.imread(Path(matplotlib.get_data_path()) / "sample_data" / "grace_hopper.jpg")
-    x = lite0.input_spec.prepare(np.ascontiguousarray(image)[None])[:, None]  # (1, 1, 3, 224, 224)
+    x = lite0.request.shrink(np.ascontiguousarray(image)[None])[:, None]  # (1, 1, 3, 224, 224)
     feats = lite0.extract(x)
     assert feats.shape == (1, 1280) and feats.dtype == np.float32
     state = torch.load(_lite0_file(), map_location="cpu", weights_only=True)
@@ -112,14 +112,13 @@ def test_inference_rewrites_match_the_package_model(lite0):
         x = torch.rand(2, 3, size, size)
         with torch.no_grad():
             expected = raw.extract_features(x).mean(dim=(2, 3))
-            got = lite0.backbone(x.contiguous(memory_format=torch.channels_last))
+            got = lite0.backbone(x[:, None])
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4)
 
 
 def test_random_weights_are_reproducible_and_a_state_dict_file_loads(tmp_path):
-    spec = EXTRACTORS["x3d_xs"]
-    a = build_extractor("x3d_xs", "random", image_size=32)
-    b = build_extractor("x3d_xs", "random", image_size=32)
+    a = build_extractor("x3d_xs", weights="random", image_size=32)
+    b = build_extractor("x3d_xs", weights="random", image_size=32)
     x = torch.randint(0, 256, (2, 4, 3, 32, 32), dtype=torch.uint8)
     fa = a.extract(x)
     assert fa.shape == (2, 2048)
@@ -128,10 +127,10 @@ def test_random_weights_are_reproducible_and_a_state_dict_file_loads(tmp_path):
     # The same seeded network saved as a plain state_dict (the original architecture, classifier included).
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(F.RANDOM_SEED)
-        net = F._make_network(spec)
+        net = pytorchvideo_network("x3d_xs")
     path = tmp_path / "x3d_xs.pt"
     torch.save(net.state_dict(), path)
-    c = build_extractor("x3d_xs", str(path), image_size=32)
+    c = build_extractor("x3d_xs", weights=str(path), image_size=32)
     np.testing.assert_allclose(c.extract(x), fa, rtol=1e-5, atol=1e-5)
     desc = c.describe()
     assert desc["weights"] == str(path.resolve()) and desc["weights_sha256"] == _sha256(path)
@@ -142,15 +141,15 @@ def test_random_weights_are_reproducible_and_a_state_dict_file_loads(tmp_path):
 
 def test_bad_weights_are_usage_errors(tmp_path):
     with pytest.raises(UsageError, match="no such weights file.*'pretrained'.*'random'.*state_dict"):
-        build_extractor("x3d_xs", str(tmp_path / "missing.pt"))
+        build_extractor("x3d_xs", weights=str(tmp_path / "missing.pt"))
     wrong = tmp_path / "lite0.pt"
     wrong.write_bytes(_lite0_file().read_bytes())
     with pytest.raises(UsageError, match="not x3d_xs weights"):
-        build_extractor("x3d_xs", str(wrong))
+        build_extractor("x3d_xs", weights=str(wrong))
     text = tmp_path / "notes.pt"
     text.write_text("hello")
     with pytest.raises(UsageError, match="cannot load x3d_xs weights"):
-        build_extractor("x3d_xs", str(text))
+        build_extractor("x3d_xs", weights=str(text))
     with pytest.raises(UsageError, match="unknown extractor 'vgg'"):
         build_extractor("vgg")
 
@@ -166,7 +165,7 @@ def test_pretrained_weights_unavailable_offline_name_the_three_options(name, tmp
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
     with pytest.raises(UsageError) as info:
-        build_extractor(name, "pretrained")
+        build_extractor(name, weights="pretrained")
     message = str(info.value)
     assert "\n" not in message
     assert "'pretrained'" in message and "'random'" in message and "state_dict" in message
@@ -176,8 +175,8 @@ def test_pretrained_weights_unavailable_offline_name_the_three_options(name, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["googlenet", "c2d_r50", "slowfast_r50"])
 def test_other_architectures_give_pooled_features_at_any_size(name):
-    ext = build_extractor(name, "random", image_size=40)
-    steps = ext.input_spec.frames_per_step
+    ext = build_extractor(name, weights="random", image_size=40)
+    steps = ext.request.frames_per_step
     x = torch.randint(0, 256, (2, steps, 3, 40, 40), dtype=torch.uint8)
     out = ext.extract(x)
     assert out.shape == (2, EXTRACTORS[name].dim)
@@ -193,7 +192,7 @@ def test_frame_delta_is_the_difference_of_2d_features(lite0):
     np.testing.assert_allclose(delta.extract(x), last - first, rtol=1e-4, atol=1e-4)
     centers = np.array([0, 10, 39])
     np.testing.assert_array_equal(
-        delta.input_spec.frame_indices(centers, 40), clip_indices(centers, 40, 4, 2)[:, [0, -1]]
+        delta.request.frame_indices(centers, 40), clip_indices(centers, 40, 4, 2)[:, [0, -1]]
     )
     desc = delta.describe()
     assert desc["kind"] == "local" and "2-D feature difference" in desc["features"]
@@ -240,13 +239,13 @@ def test_store_files_round_trip_and_refuse_pickles(tmp_path):
         load_features(tmp_path, "cut")
     with pytest.raises(UsageError, match="no features for video 'nope'"):
         load_features(tmp_path, "nope")
-    assert F.list_features(tmp_path) == ["clip_1", "cut", "evil"]
+    assert store.list_features(tmp_path) == ["clip_1", "cut", "evil"]
 
 
 def test_read_meta(tmp_path):
     with pytest.raises(UsageError, match="no meta.json"):
         read_meta(tmp_path)
-    F.write_meta(tmp_path, {"format": 1, "num_frames": 26, "dtype": "float16", "global": None, "local": None})
+    store.write_meta(tmp_path, {"format": 1, "num_frames": 26, "dtype": "float16", "global": None, "local": None})
     assert read_meta(tmp_path)["num_frames"] == 26
     (tmp_path / "meta.json").write_text(json.dumps({"format": 99}))
     with pytest.raises(UsageError, match="format 99"):
@@ -256,5 +255,5 @@ def test_read_meta(tmp_path):
 def test_video_ids_must_be_file_names():
     for bad in ["", "a/b", "..", ".hidden", "x\\y"]:
         with pytest.raises(UsageError):
-            F.check_video_id(bad)
-    F.check_video_id("vid1_12.5_20")
+            store.check_video_id(bad)
+    store.check_video_id("vid1_12.5_20")

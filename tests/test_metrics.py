@@ -31,6 +31,7 @@ from vidcap.metrics import (
     MeteorProcess,
     check_inputs,
     clean_caption,
+    find_java,
     perplexity,
     ptb_tokenize,
     score_captions,
@@ -299,7 +300,7 @@ def test_meteor_timeout_kills_the_jvm():
 
 def test_missing_java_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("PATH", str(tmp_path))  # a PATH without java
-    with pytest.raises(UsageError, match="java not found on PATH.*install"):
+    with pytest.raises(UsageError, match=r"Java not found\..*conda install -c conda-forge openjdk"):
         score_captions({"a": ["a cat"]}, {"a": "a cat"})
     (tmp_path / "refs.json").write_text('{"a": ["a cat"]}')
     (tmp_path / "preds.json").write_text('{"a": "a cat"}')
@@ -307,7 +308,21 @@ def test_missing_java_is_a_clear_usage_error(monkeypatch, tmp_path, capsys):
                  "--predictions", str(tmp_path / "preds.json")]) == 2
     out, err = capsys.readouterr()
     assert out == ""
-    assert err.count("\n") == 1 and err.startswith("vidcap score: error: java not found on PATH")
+    assert err.count("\n") == 1 and err.startswith("vidcap score: error: Java not found.")
+
+
+def test_missing_java_says_what_the_makefile_says(monkeypatch, tmp_path):
+    """`make`'s `java` target and vidcap (prepare, score, evaluate) give the same advice, on one line."""
+    makefile = (Path(__file__).resolve().parents[1] / "Makefile").read_text()
+    target = makefile.split("\njava:", 1)[1].split("\n\n", 1)[0]
+    parts = [part for line in re.findall(r'echo "([^"]*)"', target)
+             for part in re.split(r"\s{2,}", line.removeprefix("error: ").strip())]
+    assert len(parts) == 4, parts
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UsageError) as error:
+        find_java()
+    message = str(error.value)
+    assert "\n" not in message and all(part in message for part in parts), (parts, message)
 
 
 def test_ids_must_match():
@@ -346,14 +361,15 @@ def _score_cli(tmp_path, refs_text: str, preds_text: str | None, capsys):
 
 
 @pytest.mark.parametrize("refs, preds, file, message", [
-    ('{"a": ["x"], "b": ["y"]}', '{"a": "x"}', "preds.json", "no prediction for 1 ids of .*refs.json: 'b'"),
-    ('{"a": ["x"]}', '{"a": "x", "z": "q"}', "preds.json", "1 ids have no references in .*refs.json: 'z'"),
+    ('{"a": ["x"], "b": ["y"]}', '{"a": "x"}', "preds.json", "no prediction for 1 video ids that have references: 'b'"),
+    ('{"a": ["x"]}', '{"a": "x", "z": "q"}', "preds.json", "no references for 1 predicted video ids: 'z'"),
     ('{"a": ["x"]', '{"a": "x"}', "refs.json", "not valid JSON"),
     ('{"a": ["x"]}', None, "preds.json", "cannot read"),
     ('["x"]', '{"a": "x"}', "refs.json", "expected an object"),
-    ('{"a": "x"}', '{"a": "x"}', "refs.json", "non-empty list of strings; not for 'a'"),
-    ('{"a": ["x"]}', '{"a": ["x"]}', "preds.json", "must be a string; not for 'a'"),
+    ('{"a": "x"}', '{"a": "x"}', "refs.json", "references must be lists of strings; not for ids 'a'"),
+    ('{"a": ["x"]}', '{"a": ["x"]}', "preds.json", "predictions must be strings; not for ids 'a'"),
     ('{}', '{}', "refs.json", "nothing to score"),
+    ('{"a": []}', '{"a": "x"}', "refs.json", "empty reference list for 1 video ids: 'a'"),
 ])
 def test_score_cli_errors_name_the_file(tmp_path, capsys, refs, preds, file, message):
     code, out, err = _score_cli(tmp_path, refs, preds, capsys)

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vidcap.decoding import DecodingOptions, decode
+from vidcap.errors import UsageError
 from vidcap.model import ENCODERS, VARIANTS, CaptionModel, ModelConfig
 
 BOS, EOS = 1, 2
@@ -124,12 +125,21 @@ def test_config_resolves_encoder_and_validates():
     cfg = ModelConfig(V, DG, 0, variant="global", encoder="bilstm", hidden_dim=12)
     assert cfg.context_dim == 12 and cfg.feature_dim == DG
     assert CaptionModel(ModelConfig(**asdict(cfg))).config == cfg
-    with pytest.raises(ValueError, match="needs local"):
+    with pytest.raises(UsageError, match="needs local"):
         ModelConfig(V, DG, 0, variant="local_global")
-    with pytest.raises(ValueError, match="unknown variant"):
+    with pytest.raises(UsageError, match="unknown variant"):
         ModelConfig(V, DG, DL, variant="temporal")
-    with pytest.raises(ValueError, match="unknown encoder"):
+    with pytest.raises(UsageError, match="unknown encoder"):
         ModelConfig(V, DG, DL, encoder="gru")
+
+
+def test_choices_are_defined_once_in_the_type_hints():
+    """VARIANTS / ENCODERS are the Literal types LightningCLI reads from ModelConfig's hints."""
+    from typing import get_args, get_type_hints
+
+    hints = get_type_hints(ModelConfig)
+    assert get_args(hints["variant"]) == VARIANTS == ("basic", "local", "global", "local_global")
+    assert get_args(hints["encoder"]) == (*ENCODERS, "auto")
 
 
 @pytest.mark.parametrize("variant", ["basic", "local_global"])

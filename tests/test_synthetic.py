@@ -12,7 +12,10 @@ import pandas as pd
 import pytest
 
 from vidcap.datasets import synthetic as syn
-from vidcap.datasets.synthetic import Event, content_metrics, parse_caption, reversal_changed
+from vidcap.datasets.synthetic import Event, parse_caption, reversal_changed, score_events
+from vidcap.datasets.synthetic.events import write_events
+from vidcap.datasets.synthetic.render import _motion_step, write_video
+from vidcap.datasets.synthetic.specs import _make_captions
 from vidcap.errors import UsageError
 
 # Small settings for file tests: 16 frames of 32x32, K=8 (two slots of 4 sampled frames).
@@ -121,7 +124,7 @@ def test_swapped_events_decode_to_the_same_set_of_sampled_frames(tmp_path, backe
                                                 dataclasses.replace(second, action="right")))
     sampled = []
     for video in (forward, swapped):
-        syn._write_video(video, tmp_path, fps=16)
+        write_video(video, tmp_path, fps=16)
         sampled.append(read_sampled_frames(tmp_path / f"{video.video_id}.mp4", spec.sample_frames, backend).frames)
     assert _as_multiset(sampled[0]) == _as_multiset(sampled[1])
     assert not np.array_equal(sampled[0], sampled[1])
@@ -131,7 +134,7 @@ def test_each_object_is_visible_only_in_its_slot_and_moves_the_right_way():
     spec = syn.video_specs(1, seed=0)[0]
     base = spec.events[0]
     layout = syn.slot_layout(spec.num_frames, spec.sample_frames)
-    step = syn._motion_step(spec.size, layout.per_slot)
+    step = _motion_step(spec.size, layout.per_slot)
     assert step == 6  # 112 px, 13 sampled frames per slot: the centre travels 72 px
     # (dx, dy) of the centre per sampled frame in image coordinates (y grows downwards).
     for action, (dx, dy) in {"right": (step, 0), "left": (-step, 0), "down": (0, step), "up": (0, -step),
@@ -209,7 +212,7 @@ def test_every_wording_of_the_grammar_parses_back():
     a, b = Event("yellow", "triangle", "up"), Event("green", "circle", "appears")
     c, d = Event("red", "square", "left"), Event("blue", "square", "down")
     for first, second in [(a, b), (b, a), (c, d), (d, c), (a, c), (b, d)]:
-        captions = syn._make_captions(first, second, np.random.default_rng(0), 10_000)
+        captions = _make_captions(first, second, np.random.default_rng(0), 10_000)
         # all templates x shape synonyms x verb synonyms
         n = len(syn.TEMPLATES)
         for event in (first, second):
@@ -268,7 +271,7 @@ def test_content_metrics_on_hand_made_predictions():
         # nothing parseable
         "v4": "hello world",
     }
-    metrics = content_metrics(predictions, events)
+    metrics = score_events(predictions, events)
     assert metrics == {
         "objects_order_acc": 1 / 4,  # v1
         "order_given_objects_acc": 1 / 2,  # v1 and v2 name both true objects; v1 in order
@@ -278,13 +281,28 @@ def test_content_metrics_on_hand_made_predictions():
     }
 
 
-def test_content_metrics_edge_cases():
+def test_score_events_edge_cases():
     events = {"v": (Event("red", "circle", "appears"), Event("blue", "square", "left"))}
-    assert content_metrics({"v": "nothing"}, events)["order_given_objects_acc"] == 0.0
+    assert score_events({"v": "nothing"}, events)["order_given_objects_acc"] == 0.0
     with pytest.raises(UsageError, match="'w'"):
-        content_metrics({"w": "a red ball appears"}, events)
+        score_events({"w": "a red ball appears"}, events)
     with pytest.raises(UsageError):
-        content_metrics({}, events)
+        score_events({}, events)
+
+
+def test_the_content_metrics_hook_reads_events_csv_and_compares_reversed_captions(tmp_path):
+    """What `vidcap.datasets.content_metrics` calls for a data directory prepared from the synthetic dataset."""
+    specs = syn.video_specs(2, seed=1)
+    write_events(tmp_path / "events.csv", specs)
+    predictions = {s.video_id: s.captions[0] for s in specs}
+    perfect = {"objects_order_acc": 1.0, "order_given_objects_acc": 1.0, "colour_acc": 1.0, "shape_acc": 1.0,
+               "direction_acc": 1.0}
+    assert syn.content_metrics(tmp_path, predictions, None) == perfect
+    reversed_ = {**predictions, specs[0].video_id: "something else"}
+    assert syn.content_metrics(tmp_path, predictions, reversed_) == {"reversal_changed": 0.5, **perfect}
+    assert syn.content_metrics(tmp_path, {}, None) == {}
+    with pytest.raises(UsageError, match="events.csv: not found"):
+        syn.content_metrics(tmp_path / "elsewhere", predictions, None)
 
 
 def test_reversal_changed():

@@ -53,9 +53,10 @@ def write_store(store: Path, lengths: dict[str, int], local: bool = True, seed: 
 
 
 def write_data(data: Path, captions: list[tuple[str, str, str]]) -> Path:
+    """A data directory as `vidcap prepare` writes it (these captions are their own PTB tokens)."""
     data.mkdir(parents=True)
     with open(data / "captions.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "split", "caption"], *captions])
+        csv.writer(f).writerows([["video_id", "split", "caption", "tokens"], *[(*c, c[2]) for c in captions]])
     with open(data / "videos.csv", "w", newline="") as f:
         rows = sorted({(v, s) for v, s, _ in captions})
         csv.writer(f).writerows([["video_id", "split", "path"], *[[v, s, f"{v}.mp4"] for v, s in rows]])
@@ -178,7 +179,7 @@ def test_print_config_has_no_linked_values(dataset, tmp_path, capsys):
     assert main(["fit", *cli_args(dataset, tmp_path), "--print_config"]) == 0
     out = capsys.readouterr().out
     assert "variant: global" in out and "encoder: position" in out and "gradient_clip_val: 10.0" in out
-    assert "vocab_size" not in out and "feature_meta" not in out
+    assert "vocab_size" not in out and "feature_meta" not in out and "max_frames" not in out
 
 
 @pytest.mark.parametrize("files, expected", [
@@ -209,13 +210,13 @@ def test_fast_dev_run_each_variant(dataset, tmp_path, variant):
 def test_bf16_autocast_trains(dataset, tmp_path, encoder):
     """The GPU config's bf16-mixed, exercised on CPU autocast (the frame LSTM must stay float32 there)."""
     args = cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
-                    "--model.encoder", encoder, model="local_global")
+                    "--model.architecture.encoder", encoder, model="local_global")
     assert main(["fit", *args]) == 0
 
 
 @pytest.mark.slow
 def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog):
-    from vidcap.lit_module import load_checkpoint
+    from vidcap.checkpoint import load_checkpoint
 
     root = tmp_path / "run"
     args = cli_args(dataset, root, "--trainer.val_check_interval", "2", "--trainer.limit_train_batches", "3",
@@ -243,20 +244,28 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
     first, second = ([int(r["step"]) for r in rows if r["version"] == v] for v in ("version_0", "version_1"))
     assert first == [0, 1] and second == [2, 3, 4]
 
-    # Lightning's own loader restores the vocabulary and the store's meta from the "vidcap" section.
-    from vidcap.lit_module import CaptionModule
+    # The hyper-parameters hold the architecture only (LightningCLI restores them for --ckpt_path FILE); the
+    # decoding options the run used are in the "vidcap" section.
+    from vidcap.lit_module import ARCHITECTURE
 
-    module = CaptionModule.load_from_checkpoint(last, weights_only=True)
-    assert module.vocab.itos[4:] == WORDS and module.feature_meta == meta["features"]
+    assert checkpoint["hyper_parameters"] == {"architecture": {k: meta["model"][k] for k in ARCHITECTURE}}
+    assert set(ARCHITECTURE) == set(meta["model"]) - {"vocab_size", "global_dim", "local_dim", "max_frames"}
+    assert meta["decoding"]["beam_size"] == 5
 
     # With a checkpoint file, its architecture wins over the config's (and says so); given as "last", a mismatch
     # is one line, not a state_dict traceback.
     other = cli_args(dataset, root, model="local_global")
     with caplog.at_level(logging.WARNING, logger="vidcap.cli.train"):
         assert main(["validate", *other, "--ckpt_path", str(last)]) == 0
-    assert "model.variant: 'global' from the checkpoint, not 'local_global'" in caplog.text
+    assert "model.architecture.variant: 'global' from the checkpoint, not 'local_global'" in caplog.text
     assert main(["validate", *other, "--ckpt_path", "last"]) == 2
     assert "the checkpoint's model differs: variant='global' (config: 'local_global')" in capsys.readouterr().err
+    # Options other than the architecture come from the command line, not from the checkpoint.
+    from vidcap.cli.train import build_cli
+
+    cli = build_cli(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
+                     "--model.attention_penalty", "0.5"])
+    assert (cli.model.config.variant, cli.model.decoding.beam_size, cli.model.attention_penalty) == ("global", 1, 0.5)
 
     # validate / test with the checkpoint; validation of the final weights reproduces the logged val/loss.
     assert main(["validate", *args, "--ckpt_path", str(last)]) == 0
@@ -300,8 +309,8 @@ def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monke
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path):
+    from vidcap.checkpoint import load_checkpoint
     from vidcap.errors import CheckpointError
-    from vidcap.lit_module import load_checkpoint
 
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none.ckpt")
@@ -338,7 +347,7 @@ def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):
     )
     monkeypatch.setattr(vidcap.metrics, "score_captions", count_score)
     root = tmp_path / "ddp"
-    common = ["--model.caption_metrics", "true", "--model.beam_size", "2", "--trainer.limit_val_batches", "1.0"]
+    common = ["--model.caption_metrics", "true", "--model.decoding.beam_size", "2", "--trainer.limit_val_batches", "1.0"]
     args = cli_args(dataset, root, *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",
                     "--trainer.accelerator", "cpu")
     proc = subprocess.run([sys.executable, str(script), "fit", *args], capture_output=True, text=True,

@@ -288,7 +288,7 @@ def test_pyav_seeks_over_long_gaps(tmp_path):
 
 
 def test_pyav_continues_after_seeking(tmp_path):
-    """Sorted chunks (how features.py asks): the next chunk continues from the decoder, nothing is decoded twice."""
+    """Sorted chunks (how read_sampled_frames asks): the next chunk continues from the decoder, nothing is decoded twice."""
     n = 300
     path = write_video(
         tmp_path / "long.mp4", numbered_frames(n, 16, 16) % 200, options={"crf": "0", "g": "20"}
@@ -323,7 +323,7 @@ def test_auto_uses_pyav_without_decord(tiny_video, monkeypatch):
 
 def test_decord_torch_bridge_still_gives_numpy():
     """Another library may switch decord's global bridge to torch; frames must stay numpy uint8."""
-    from vidcap.video import _to_uint8_batch
+    from vidcap.decoders import _to_uint8_batch
 
     class TorchLike:  # what get_batch returns under the torch bridge: a tensor with .numpy(), no .asnumpy()
         def numpy(self):

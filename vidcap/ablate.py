@@ -7,13 +7,18 @@ Runs (`ABLATION_RUNS`, variant and frame encoder):
     local / none           + Local: Basic over [global; local] features
     local_global / position  + Local + Global, with the position encoder
 
+Every run is `vidcap fit` with the demo's config (configs/experiment/demo.yaml) and its row's two values:
+    --config configs/experiment/demo.yaml --model.architecture.variant V --model.architecture.encoder E
+    --seed_everything S
+and each run folder keeps its resolved config.yaml, so `vidcap fit --config RUN/config.yaml` trains it again.
+
 On the synthetic dataset by default (prepared and extracted like the demo, plus local features), or on real data with
 `data_dir`/`features_dir` (variants that need local features are skipped when the store has none; the content metrics
 exist only on synthetic data). The local features here are `frame_delta_efficientnet_lite0`: the change of the 2-D
 EfficientNet features across a short clip around each sampled frame. It is *not* a 3-D CNN (no 3-D weights can be
 had offline); it carries motion (direction), not appearance.
 
-Every run lives in OUT/runs/<variant>-<encoder>-seed<S>/ (checkpoint, settings.json, eval/); a rerun reuses finished
+Every run lives in OUT/runs/<variant>-<encoder>-seed<S>/ (checkpoints/, config.yaml, eval/); a rerun reuses finished
 runs. OUT/ablation.csv has one row per run: variant, encoder, seed and the metrics.json keys.
 """
 
@@ -28,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from vidcap.atomic import atomic_path
 from vidcap.demo import DEMO_METRIC_KEYS, DemoSettings, _read_json, extract_features, prepare_synthetic, train
 from vidcap.errors import UsageError
 
@@ -75,13 +81,11 @@ def parse_runs(text: str) -> tuple[tuple[str, str], ...]:
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as handle:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as handle:
         writer = csv.DictWriter(handle, fieldnames=CSV_COLUMNS, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({k: ("" if row.get(k) is None else row[k]) for k in CSV_COLUMNS})
-    os.replace(tmp, path)
 
 
 def run_ablation(
@@ -101,8 +105,8 @@ def run_ablation(
     on_run(index, total, variant, encoder, seed) is called before each run, for a progress display.
     """
     from vidcap.evaluation import evaluate, local_feature_name, write_outputs
-    from vidcap.features import read_meta
     from vidcap.model import LOCAL_VARIANTS
+    from vidcap.store import read_meta
 
     settings = settings or DemoSettings()
     if seeds < 1:
@@ -117,8 +121,7 @@ def run_ablation(
     if data_dir is None:
         needs_local = any(v in LOCAL_VARIANTS for v, _ in runs)
         data_dir, features_dir = out / "data", out / "features"
-        prepare_synthetic(data_dir, settings.num_videos, settings.data_seed, settings.num_frames, settings.frame_size,
-                          settings.workers, progress)
+        prepare_synthetic(data_dir, settings, progress)
         extract_features(data_dir, features_dir, settings.image_size, local=needs_local, progress=progress)
     data_dir, features_dir = Path(data_dir), Path(features_dir)
     local_name = local_feature_name(read_meta(features_dir))
@@ -134,11 +137,12 @@ def run_ablation(
         if on_run:
             on_run(index, len(todo), variant, encoder, seed)
         run_dir = out / "runs" / f"{variant}-{encoder}-seed{seed}"
-        checkpoint, trained = train(data_dir, features_dir, run_dir, settings.train, variant, encoder, seed, progress)
+        args = settings.training_args("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
+                                      "--seed_everything", str(seed))
+        checkpoint, trained = train(data_dir, features_dir, run_dir, args, progress)
         metrics = _read_json(run_dir / "eval" / "metrics.json")
         if trained or not isinstance(metrics, dict):
-            result = evaluate(checkpoint, data_dir, features_dir, split="test", beam_size=settings.train.beam_size,
-                              reverse=True, progress=progress)
+            result = evaluate(checkpoint, data_dir, features_dir, split="test", reverse=True, progress=progress)
             write_outputs(result, run_dir / "eval")
             metrics = result.metrics
         rows.append({"variant": variant, "encoder": encoder, "seed": seed,

@@ -15,18 +15,20 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+from vidcap.checkpoint import load_checkpoint
 from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import CheckpointError, UsageError
-from vidcap.features import RANDOM_SEED, Extractor, build_extractors_from_meta, extract_video_features
-from vidcap.lit_module import load_checkpoint
+from vidcap.extractors import RANDOM_SEED, Extractor, build_extractors_from_meta, sampled_features
 from vidcap.model import LOCAL_VARIANTS, CaptionModel
-from vidcap.video import open_video, sample_frame_indices
+from vidcap.store import sampling_of
+from vidcap.video import SAMPLING_RULE, FrameRequest, SampledFrames, read_sampled_frames
 from vidcap.vocab import Vocabulary
 
 logger = logging.getLogger(__name__)
@@ -34,8 +36,8 @@ logger = logging.getLogger(__name__)
 # Sampled frames kept in a CaptionResult for explanations are shrunk to at most this height: 26 frames of a 4K
 # video would otherwise hold ~650 MB; the explanation strip draws them ~120 px high anyway.
 FRAME_HEIGHT = 240
-# Frames decoded per call when collecting the frames for an explanation (bounded memory on long/large videos).
-_FRAME_CHUNK = 8
+
+
 @dataclass
 class Captioner:
     """Everything needed to caption a video, rebuilt from one checkpoint by `load_captioner`.
@@ -113,10 +115,14 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
         raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
                               "(checkpoint['vidcap']['features'] is empty)")
     try:
-        num_frames = int(meta["num_frames"])
+        sampling = sampling_of(meta)
+        num_frames = int(sampling["num_frames"])
         dtype = str(np.dtype(meta.get("dtype", "float32")))
     except (KeyError, TypeError, ValueError) as error:
         raise CheckpointError(f"{path}: bad feature description in the checkpoint: {error}") from None
+    if sampling.get("rule") != SAMPLING_RULE:
+        raise CheckpointError(f"{path}: its features were sampled with rule {sampling.get('rule')!r}; this vidcap "
+                              f"samples frames with {SAMPLING_RULE!r} only")
     for kind in ("global", "local"):
         desc = meta.get(kind)
         if desc and desc.get("weights") == "random" and desc.get("seed", RANDOM_SEED) != RANDOM_SEED:
@@ -146,36 +152,29 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
                      feature_dtype=dtype, feature_meta=meta, checkpoint=path, device=dev)
 
 
-def video_features(path: str | os.PathLike, captioner: Captioner, backend: str = "auto") -> dict[str, np.ndarray]:
-    """The model inputs of one video, exactly as training saw them: {"global": (K, Dg), "local": (K, Dl) (the kinds
-    the model reads), "mask": (K,) bool, "times": (K,) float32}, features float32 rounded through the store's dtype.
-    Raises VideoError."""
-    feats = extract_video_features(path, captioner.extractors, num_frames=captioner.num_frames, backend=backend)
+def _read(path: str | os.PathLike, captioner: Captioner, backend: str, with_frames: bool) -> SampledFrames:
+    """One pass over the video: the extractors' inputs, and the sampled frames shrunk to FRAME_HEIGHT if asked."""
+    from vidcap.explain import thumbnails
+
+    requests = {kind: ext.request for kind, ext in captioner.extractors.items()}
+    if with_frames:
+        requests["frames"] = FrameRequest(shrink=partial(thumbnails, height=FRAME_HEIGHT))
+    return read_sampled_frames(path, captioner.num_frames, backend, requests)
+
+
+def _model_inputs(sampled: SampledFrames, captioner: Captioner) -> dict[str, np.ndarray]:
+    feats = sampled_features(sampled, captioner.extractors)
     for kind in captioner.extractors:
         # The store saved float16 (by default): round the same way so the model sees the values it was trained on.
         feats[kind] = feats[kind].astype(captioner.feature_dtype).astype(np.float32)
     return feats
 
 
-def sampled_frames(path: str | os.PathLike, num_frames: int, height: int = FRAME_HEIGHT,
-                   backend: str = "auto") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The K sampled frames of a video, shrunk to at most `height` pixels, decoded a few at a time.
-
-    Returns frames (K, h, w, 3) uint8, mask (K,) bool, times (K,) float32 (the paper's sampling, the same indices
-    vidcap.features uses). Raises VideoError.
-    """
-    from vidcap.explain import thumbnails
-
-    with open_video(path, backend) as reader:
-        count = reader.num_frames
-        for _attempt in range(3):
-            indices, mask = sample_frame_indices(count, num_frames)
-            chunks = [thumbnails(reader.get_frames(indices[i : i + _FRAME_CHUNK]), height)
-                      for i in range(0, len(indices), _FRAME_CHUNK)]
-            if reader.num_frames >= count:
-                break
-            count = reader.num_frames  # truncated file: resample over the frames that decode, as features do
-        return np.concatenate(chunks), mask, reader.times(indices)
+def video_features(path: str | os.PathLike, captioner: Captioner, backend: str = "auto") -> dict[str, np.ndarray]:
+    """The model inputs of one video, exactly as training saw them: {"global": (K, Dg), "local": (K, Dl) (the kinds
+    the model reads), "mask": (K,) bool, "times": (K,) float32}, features float32 rounded through the store's dtype.
+    Raises VideoError."""
+    return _model_inputs(_read(path, captioner, backend, with_frames=False), captioner)
 
 
 def caption_video(
@@ -189,11 +188,12 @@ def caption_video(
     """Caption one video file. Only the K sampled frames (and the clips around them for local features) are decoded.
 
     options: beam size, n-best, ... (vidcap.decoding.DecodingOptions; default beam 5, n_best 1).
-    with_frames: also return the sampled frames (for vidcap.explain); costs a second pass over those K frames.
+    with_frames: also return the sampled frames (for vidcap.explain), shrunk to at most FRAME_HEIGHT pixels high.
     Raises VideoError (missing, empty, unreadable file, no video stream, no decodable frame).
     """
     options = options or DecodingOptions()
-    feats = video_features(path, captioner, backend)
+    sampled = _read(path, captioner, backend, with_frames)
+    feats = _model_inputs(sampled, captioner)
     model, dev = captioner.model, captioner.device
     global_feats = torch.from_numpy(feats["global"]).unsqueeze(0).to(dev)
     local_feats = torch.from_numpy(feats["local"]).unsqueeze(0).to(dev) if "local" in feats else None
@@ -214,11 +214,7 @@ def caption_video(
         attention=np.asarray(best.attention, dtype=np.float32)[:, valid],
     )
     if with_frames:
-        frames, frame_mask, times = sampled_frames(path, captioner.num_frames, backend=backend)
-        if not np.array_equal(frame_mask, valid) or not np.allclose(times[valid], result.frame_times):
-            # Only possible if the file changed or decodes differently between the two passes.
-            logger.warning("%s: the frames shown may differ from the frames captioned", path)
-        result.frames = frames[frame_mask]
+        result.frames = sampled.frames[valid]
     return result
 
 
@@ -235,5 +231,4 @@ def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str 
                               result.caption, subtitle=subtitle)
 
 
-__all__ = ["Captioner", "CaptionResult", "caption_video", "explain_result", "load_captioner", "sampled_frames",
-           "video_features"]
+__all__ = ["Captioner", "CaptionResult", "caption_video", "explain_result", "load_captioner", "video_features"]

@@ -109,6 +109,22 @@ def decode(
         return beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
 
 
+def _to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors on the CPU, copied in one transfer: one host-device sync per decoding step instead of one per
+    tensor (issue 17). They travel as float64, exact for float32/float64 values and integers below 2**53."""
+    if all(t.device.type == "cpu" for t in tensors):
+        return list(tensors)
+    flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu()
+    parts = flat.split([t.numel() for t in tensors])
+    return [part.to(t.dtype).view(t.shape) for part, t in zip(parts, tensors, strict=True)]
+
+
+def _to_device(values: list, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """A list of numbers as a tensor on `device`; to a GPU through pinned memory, without blocking the host."""
+    tensor = torch.tensor(values, dtype=dtype)
+    return tensor.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else tensor
+
+
 def _select(state: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
     return {key: value.index_select(0, index) for key, value in state.items()}
 
@@ -133,7 +149,7 @@ def _block(log_probs: torch.Tensor, histories: list[list[int] | None], n: int) -
             words.extend(banned)
     if rows:
         device = log_probs.device
-        log_probs[torch.tensor(rows, device=device), torch.tensor(words, device=device)] = NEG_INF
+        log_probs[_to_device(rows, torch.long, device), _to_device(words, torch.long, device)] = NEG_INF
 
 
 def _force_eos(log_probs: torch.Tensor, eos_id: int) -> torch.Tensor:
@@ -164,9 +180,9 @@ def greedy_search(
         if t == options.max_len:
             log_probs = _force_eos(log_probs, eos_id)
         best_log_prob, best = log_probs.max(dim=-1)
-        alpha = alpha.float().cpu()
+        host_log_prob, host_best, alpha = _to_host(best_log_prob, best, alpha.float())
         keep = []
-        for row, (video, word, word_log_prob) in enumerate(zip(active, best.tolist(), best_log_prob.tolist(), strict=True)):
+        for row, (video, word, word_log_prob) in enumerate(zip(active, host_best.tolist(), host_log_prob.tolist(), strict=True)):
             log_probs_sum[video] += word_log_prob
             attention[video].append(alpha[row])
             if word == eos_id:
@@ -183,7 +199,7 @@ def greedy_search(
         if not keep:
             break
         if len(keep) < len(active):  # finished videos leave the batch
-            index = torch.tensor(keep, device=device)
+            index = _to_device(keep, torch.long, device)
             state, best = _select(state, index), best.index_select(0, index)
             active = [active[row] for row in keep]
         prev = best
@@ -229,8 +245,8 @@ def beam_search(
         A = len(active)
         candidates = (beam_log_prob.view(A * K, 1) + log_probs).view(A, K * V)
         top_log_prob, top_index = candidates.topk(min(2 * K, K * V), dim=1)
+        top_log_prob, top_index, alpha = _to_host(top_log_prob, top_index, alpha.float())
         top_log_prob, top_index = top_log_prob.tolist(), top_index.tolist()
-        alpha = alpha.float().cpu()
 
         # After this step a live beam has t + 1 words; it can still end with L = t + 2 .. max_len + 1 tokens.
         best_normaliser = max(length_normaliser(t + 2, alpha_lp), length_normaliser(options.max_len + 1, alpha_lp))
@@ -275,19 +291,19 @@ def beam_search(
         live_row = [score != NEG_INF for score in scores]
         # Beams are reordered within their video only; a tensor step() left alone holds the same values for all K
         # beams of a video, so it needs a copy only when videos leave the batch.
-        index = torch.tensor(rows, device=device)
+        index = _to_device(rows, torch.long, device)
         shrunk = len(next_active) < A
         if shrunk:
             position = {video: a for a, video in enumerate(active)}
-            video_rows = torch.tensor([position[video] * K + k for video in next_active for k in range(K)],
-                                      device=device)
+            video_rows = _to_device([position[video] * K + k for video in next_active for k in range(K)], torch.long,
+                                    device)
         state = {
             key: value.index_select(0, index) if value is not given.get(key)
             else value.index_select(0, video_rows) if shrunk else value
             for key, value in state.items()
         }
-        prev = torch.tensor(words, dtype=torch.long, device=device)
-        beam_log_prob = torch.tensor(scores, dtype=torch.float64, device=device).view(-1, K)
+        prev = _to_device(words, torch.long, device)
+        beam_log_prob = _to_device(scores, torch.float64, device).view(-1, K)
         active = next_active
 
     # sorted() is stable: among equal scores the hypothesis found first (the shorter one) wins.

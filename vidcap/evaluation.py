@@ -3,28 +3,26 @@
 `evaluate(checkpoint, data_dir, features_dir, split)` runs the LightningModule's own test loop (`Trainer.test`), so
 that it works unchanged on several processes (DDP): every rank decodes its share of the videos, the per-video records
 are gathered, the duplicates that DistributedSampler adds to even out the ranks are dropped by video id, and the
-whole split is scored once on rank 0 (CIDEr's IDF comes from all the references of the split: REFERENCE.md section 4).
+whole split is scored once on rank 0 (CIDEr's IDF comes from all the references of the split: docs/metrics.md).
 
 What it adds to `CaptionModule`'s test loop (`EvaluationModule`, a subclass):
-- the n-best list of every video (`n_best > 1`);
+- the n-best list of every video (`n_best > 1`), from the same beam search as the best caption;
 - the reversal test (`reverse=True`): each video is decoded a second time with its valid frames in reverse order
   (padding stays at the end). A model that cannot see frame order (Basic, or attention without a frame encoder)
   writes the same caption; `reversal_changed` is the share of videos whose caption changed;
-- on a synthetic dataset (`vidcap prepare synthetic`, DIR/events.csv), the content metrics of
-  `vidcap.datasets.synthetic.content_metrics` (objects and order, colour, shape, direction).
+- the dataset's own metrics, through `vidcap.datasets.content_metrics` (e.g. the synthetic dataset's objects and
+  order, colour, shape, direction), chosen by the dataset named in DIR/prepare.json.
 
 Metric keys (metrics.json): `Bleu_4`, `METEOR`, `ROUGE_L`, `CIDEr`, `perplexity` (exp of the total NLL of every
-reference over their tokens, EOS included), and where they apply `reversal_changed`, `objects_order_acc`,
-`order_given_objects_acc`, `colour_acc`, `shape_acc`, `direction_acc`.
+reference over their tokens, EOS included), `reversal_changed` with the reversal test, and the dataset's own.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,14 +30,17 @@ import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback
 
+from vidcap import atomic
+from vidcap.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.lit_module import CaptionModule
+from vidcap.model import LOCAL_VARIANTS, ModelConfig
+from vidcap.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
 # Logged name of CaptionModule's test loop (test/NAME) -> metrics.json key.
 LOGGED_METRICS = {"BLEU4": "Bleu_4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ppl": "perplexity"}
-CAPTION_METRIC_KEYS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr", "perplexity")
 CONTENT_METRIC_KEYS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc")
 
 
@@ -53,7 +54,7 @@ class EvaluationResult:
     reversed_predictions: video id -> caption of the reversed frames, when reverse=True (else None).
     model: the checkpoint's ModelConfig as a dict (variant, encoder, sizes).
     features: the feature-store meta.json the model was trained on (extractor names and sizes).
-    dataset: the dataset name from DIR/prepare.json (`msvd`, `lsmdc`, `synthetic`), or None.
+    dataset: the dataset name from DIR/prepare.json (`msvd`, `lsmdc`, `synthetic`, ...), or None.
     """
 
     split: str
@@ -79,50 +80,44 @@ def reverse_frames(feats: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return feats.gather(1, index.unsqueeze(-1).expand_as(feats))
 
 
+def reversal_changed(predictions: Mapping[str, str], reversed_predictions: Mapping[str, str]) -> float:
+    """Share of the videos whose caption changes when their frames are fed in reverse order (0 for a model blind
+    to frame order). Both come from the same vocabulary's `decode`, so equal words are equal strings."""
+    return sum(predictions[v] != reversed_predictions[v] for v in predictions) / len(predictions)
+
+
 class EvaluationModule(CaptionModule):
-    """CaptionModule whose test loop also keeps the n-best lists and the captions of the reversed frames.
+    """CaptionModule whose test loop also keeps the n-best lists (`decoding.n_best > 1`) and, with `reverse`, the
+    captions of the reversed frames. After `Trainer.test`, every rank holds the whole split's `last_predictions`
+    (from CaptionModule), `last_nbest` and `last_reversed`."""
 
-    Set `n_best` and `reverse` after loading (they are not model hyper-parameters). After `Trainer.test`, every rank
-    holds the whole split's `last_predictions` (from CaptionModule), `last_nbest` and `last_reversed`.
-    """
-
-    n_best: int = 1
-    reverse: bool = False
-
-    def on_test_epoch_start(self) -> None:
-        super().on_test_epoch_start()
+    def __init__(self, *args: Any, reverse: bool = False, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.reverse = reverse
         self._nbest: dict[str, list[dict[str, Any]]] = {}
         self._reversed: dict[str, str] = {}
         self.last_nbest: dict[str, list[dict[str, Any]]] = {}
         self.last_reversed: dict[str, str] = {}
 
-    def _options(self, n_best: int = 1):
-        from vidcap.decoding import DecodingOptions
+    def on_test_epoch_start(self) -> None:
+        super().on_test_epoch_start()
+        self._nbest, self._reversed = {}, {}
 
-        return DecodingOptions(beam_size=self.hparams.beam_size, max_len=self.hparams.max_decode_len, n_best=n_best)
-
-    @torch.no_grad()
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        # NLL of every reference and the best caption: CaptionModule's own test step.
-        super().test_step(batch, batch_idx)
-        if self.n_best <= 1 and not self.reverse:
-            return
-        from vidcap.decoding import decode
-        from vidcap.vocab import Vocabulary
-
+    def _decoded(self, video_ids: list[str], feats: torch.Tensor, mask: torch.Tensor,
+                 hypotheses: list[list[Hypothesis]]) -> None:
+        super()._decoded(video_ids, feats, mask, hypotheses)
         vocab = self._vocab()
-        feats, mask = self._features(batch), batch["mask"]
-        if self.n_best > 1:
-            hyps = decode(self.model, feats, mask, self._options(self.n_best), Vocabulary.BOS, Vocabulary.EOS)
-            for video_id, nbest in zip(batch["video_ids"], hyps, strict=True):
+        if self.decoding.n_best > 1:
+            for video_id, nbest in zip(video_ids, hypotheses, strict=True):
                 self._nbest[video_id] = [
                     {"caption": vocab.decode(h.tokens), "log_prob": float(h.log_prob), "score": float(h.score)}
                     for h in nbest
                 ]
         if self.reverse:
-            hyps = decode(self.model, reverse_frames(feats, mask), mask, self._options(), Vocabulary.BOS,
-                          Vocabulary.EOS)
-            for video_id, nbest in zip(batch["video_ids"], hyps, strict=True):
+            best_only = replace(self.decoding, n_best=1)
+            reversed_ = decode(self.model, reverse_frames(feats, mask), mask, best_only, Vocabulary.BOS,
+                               Vocabulary.EOS)
+            for video_id, nbest in zip(video_ids, reversed_, strict=True):
                 self._reversed[video_id] = vocab.decode(nbest[0].tokens)
 
     def on_test_epoch_end(self) -> None:
@@ -163,25 +158,12 @@ class _Progress(Callback):
             self.bar = None
 
 
-def read_checkpoint_info(checkpoint: str | os.PathLike) -> dict[str, Any]:
-    """The plain-typed parts of a vidcap checkpoint: {"model": ModelConfig dict, "features": meta.json dict,
-    "data": the data module's hyper-parameters (may be empty)}. Raises CheckpointError naming the file."""
-    from vidcap.lit_module import read_checkpoint, read_vidcap_section
-
-    ckpt = read_checkpoint(checkpoint)
-    meta = read_vidcap_section(ckpt, str(checkpoint))
-    if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{checkpoint}: not a Lightning checkpoint of vidcap's CaptionModule (no model or "
-                              "hyper-parameters)")
-    return {"model": meta["model"], "features": meta.get("features") or {},
-            "data": dict(ckpt.get("datamodule_hyper_parameters") or {})}
-
-
 def _check_store(checkpoint: Path, model: Mapping[str, Any], trained: Mapping[str, Any],
                  store_meta: Mapping[str, Any], store: Path) -> None:
     """The feature store must hold the features the model reads, as it was trained on them (same extractors, sizes,
-    frames). A global-only model trained on a store with local features can be evaluated on a global-only store."""
-    from vidcap.model import LOCAL_VARIANTS
+    frame sampling). A global-only model trained on a store with local features can be evaluated on a global-only
+    store."""
+    from vidcap.store import sampling_of
 
     kinds = ("global", "local") if model.get("variant") in LOCAL_VARIANTS else ("global",)
     for kind in kinds:
@@ -195,19 +177,21 @@ def _check_store(checkpoint: Path, model: Mapping[str, Any], trained: Mapping[st
             if key in want and key in have and want[key] != have[key]:
                 raise UsageError(f"{store}: {kind} features have {key}={have[key]!r}, but {checkpoint.name} was "
                                  f"trained on {key}={want[key]!r}")
-    if trained.get("num_frames") not in (None, store_meta.get("num_frames")):
-        log.warning("%s: %s frames per video, the model was trained on %s", store, store_meta.get("num_frames"),
-                    trained.get("num_frames"))
+    if trained and sampling_of(trained) != sampling_of(store_meta):
+        raise UsageError(f"{store}: frames sampled as {sampling_of(store_meta)}, but {checkpoint.name} was trained "
+                         f"on {sampling_of(trained)}")
 
 
-def dataset_name(data_dir: str | os.PathLike) -> str | None:
-    """The `dataset` field of DIR/prepare.json (None when missing or unreadable)."""
-    path = Path(data_dir) / "prepare.json"
+def _build_module(checkpoint: Path, ckpt: Mapping[str, Any], meta: Mapping[str, Any], decoding: DecodingOptions,
+                  reverse: bool) -> EvaluationModule:
+    """The checkpoint's model, decoding with `decoding` (CheckpointError naming the file when it does not fit)."""
     try:
-        name = json.loads(path.read_text(encoding="utf-8")).get("dataset")
-    except (OSError, ValueError, AttributeError):
-        return None
-    return str(name) if name else None
+        module = EvaluationModule(ModelConfig(**meta["model"]), decoding, caption_metrics=True,
+                                  vocab=meta["vocab"], feature_meta=meta["features"], reverse=reverse)
+        module.load_state_dict(ckpt["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as error:
+        raise CheckpointError(f"{checkpoint}: cannot rebuild the model: {' '.join(str(error).split())[:300]}") from None
+    return module
 
 
 def evaluate(
@@ -215,7 +199,7 @@ def evaluate(
     data_dir: str | os.PathLike,
     features_dir: str | os.PathLike,
     split: str = "test",
-    beam_size: int = 5,
+    beam_size: int | None = None,
     max_len: int | None = None,
     n_best: int = 1,
     reverse: bool = False,
@@ -227,41 +211,43 @@ def evaluate(
 ) -> EvaluationResult:
     """Decode `split` with a checkpoint and score it (see the module docstring).
 
-    beam_size: K of the beam search (1 = greedy). max_len: most words per caption (default: the checkpoint's
-    max_decode_len). n_best: hypotheses kept per video in `result.nbest` (<= beam_size). reverse: also decode the
-    reversed frames (the reversal test). devices > 1 runs DDP with Lightning's launcher, which starts the current
-    command again in devices - 1 more processes: call it from `vidcap evaluate` (or a script that does nothing else
-    before this call); every rank returns, and only `result.rank == 0` should write files.
+    beam_size: K of the beam search (1 = greedy); max_len: most words per caption. None: the decoding options the
+    model was trained with (its config's `model.decoding`; 5 and 30 for checkpoints that do not record them).
+    n_best: hypotheses kept per video in `result.nbest` (<= beam_size). reverse: also decode the reversed frames
+    (the reversal test). devices > 1 runs DDP with Lightning's launcher, which starts the current command again in
+    devices - 1 more processes: call it from `vidcap evaluate` (or a script that does nothing else before this
+    call); every rank returns, and only `result.rank == 0` should write files.
     batch_size: videos per test batch, each with all its references.
     Raises UsageError / CheckpointError naming the file and the reason.
     """
     import pytorch_lightning as pl
 
+    from vidcap.checkpoint import read_checkpoint, read_vidcap_section
     from vidcap.data import CaptionDataModule, CaptionDataset
-    from vidcap.features import read_meta
+    from vidcap.datasets import content_metrics, dataset_module
+    from vidcap.store import read_meta
 
     checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
+    if devices < 1:
+        raise UsageError(f"--devices must be >= 1, got {devices}")
+    ckpt = read_checkpoint(checkpoint)
+    meta = read_vidcap_section(ckpt, str(checkpoint))
+    if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{checkpoint}: not a checkpoint of vidcap's CaptionModule (no model)")
+    trained = DecodingOptions(**meta.get("decoding", {}))
+    beam_size = trained.beam_size if beam_size is None else beam_size
     if beam_size < 1:
         raise UsageError(f"--beam-size must be >= 1, got {beam_size}")
     if not 1 <= n_best <= beam_size:
         raise UsageError(f"--n-best must be between 1 and the beam size ({beam_size}), got {n_best}")
-    if devices < 1:
-        raise UsageError(f"--devices must be >= 1, got {devices}")
-    info = read_checkpoint_info(checkpoint)
-    _check_store(checkpoint, info["model"], info["features"], read_meta(features_dir), features_dir)
-    overrides: dict[str, Any] = {"beam_size": beam_size, "caption_metrics": True}
-    if max_len is not None:
-        if max_len < 1:
-            raise UsageError(f"--max-len must be >= 1, got {max_len}")
-        overrides["max_decode_len"] = max_len
-    try:
-        module = EvaluationModule.load_from_checkpoint(checkpoint, map_location="cpu", weights_only=True, **overrides)
-    except (KeyError, TypeError, ValueError, RuntimeError) as error:
-        raise CheckpointError(f"{checkpoint}: cannot rebuild the model: {' '.join(str(error).split())[:300]}") from None
-    module.n_best, module.reverse = n_best, reverse
+    if max_len is not None and max_len < 1:
+        raise UsageError(f"--max-len must be >= 1, got {max_len}")
+    decoding = replace(trained, beam_size=beam_size, max_len=max_len or trained.max_len, n_best=n_best)
+    _check_store(checkpoint, meta["model"], meta.get("features") or {}, read_meta(features_dir), features_dir)
+    module = _build_module(checkpoint, ckpt, meta, decoding, reverse)
 
     # Perplexity counts the references as the model was trained on them (cut to the same max_caption_len).
-    max_caption_len = int(info["data"].get("max_caption_len") or 30)
+    max_caption_len = int((ckpt.get("datamodule_hyper_parameters") or {}).get("max_caption_len") or 30)
     data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size, eval_batch_size=batch_size,
                              num_workers=num_workers, max_caption_len=max_caption_len, test_split=split)
     if data.vocab != module.vocab:
@@ -283,27 +269,19 @@ def evaluate(
     metrics = {key: round(float(trainer.callback_metrics[f"test/{name}"]), 6)
                for name, key in LOGGED_METRICS.items() if f"test/{name}" in trainer.callback_metrics}
     predictions = dict(module.last_predictions)
+    reversed_predictions = module.last_reversed if reverse else None
+    if reversed_predictions is not None and predictions:
+        metrics["reversal_changed"] = reversal_changed(predictions, reversed_predictions)
+    metrics.update(content_metrics(data_dir, predictions, reversed_predictions))
+    dataset = dataset_module(data_dir)
     result = EvaluationResult(
-        split=split, checkpoint=str(checkpoint), metrics=metrics, predictions=predictions, model=info["model"],
-        features=info["features"], dataset=dataset_name(data_dir), nbest=module.last_nbest or None,
-        reversed_predictions=module.last_reversed if reverse else None, rank=trainer.global_rank,
-        options={"beam_size": beam_size, "max_len": module.hparams.max_decode_len, "n_best": n_best,
-                 "max_caption_len": max_caption_len, "devices": devices},
+        split=split, checkpoint=str(checkpoint), metrics=metrics, predictions=predictions, model=meta["model"],
+        features=meta.get("features") or {}, dataset=dataset.NAME if dataset else None,
+        nbest=module.last_nbest or None, reversed_predictions=reversed_predictions, rank=trainer.global_rank,
+        options={**asdict(decoding), "max_caption_len": max_caption_len, "devices": devices},
     )
-    _add_synthetic_metrics(result, data_dir)
     log.info("%s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     return result
-
-
-def _add_synthetic_metrics(result: EvaluationResult, data_dir: Path) -> None:
-    """Content metrics and the reversal test on a synthetic dataset (its events.csv is the ground truth)."""
-    from vidcap.datasets import synthetic
-
-    if result.reversed_predictions is not None:
-        result.metrics["reversal_changed"] = synthetic.reversal_changed(result.predictions,
-                                                                        result.reversed_predictions)
-    if (data_dir / "events.csv").is_file() and result.predictions:
-        result.metrics.update(synthetic.content_metrics(result.predictions, synthetic.read_events(data_dir)))
 
 
 def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[str, Path]:
@@ -323,20 +301,12 @@ def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[
         files["reversed_predictions"] = result.reversed_predictions
     files["evaluation"] = {"checkpoint": result.checkpoint, "split": result.split, "dataset": result.dataset,
                            "model": result.model, "options": result.options}
-    written = {}
-    for name, content in files.items():
-        path = out / f"{name}.json"
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(content, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        written[name] = path
-    return written
+    return {name: atomic.write_json(out / f"{name}.json", content, indent=1) for name, content in files.items()}
 
 
 def model_label(model: Mapping[str, Any], local_features: str | None = None) -> str:
     """Table 1's name of a model (`+ Global (temporal attention)`), with its frame encoder when it has one and, for
     the variants with local features, the local extractor when it is named (the paper's rows say 3-D CNN)."""
-    from vidcap.model import LOCAL_VARIANTS
     from vidcap.table import VARIANT_LABELS
 
     label = VARIANT_LABELS.get(model.get("variant"), str(model.get("variant")))

@@ -1,14 +1,18 @@
 """The LightningModule: losses, optimisers, logging, and val/test decoding + caption metrics once per split.
 
-`CaptionModule.__init__`'s type hints are the `model:` section of the LightningCLI config (configs/model/*.yaml);
-`vocab_size`, `global_dim`, `local_dim`, `max_frames`, `vocab` and `feature_meta` are linked from the data module
-(vidcap/cli/train.py), never written by hand.
+`CaptionModule.__init__`'s type hints are the `model:` section of the LightningCLI config (configs/):
+    model:
+      architecture: {variant, encoder, embed_dim, ...}    # vidcap.model.ModelConfig
+      decoding: {beam_size, max_len, ...}                 # vidcap.decoding.DecodingOptions, for val/test
+      attention_penalty, optimizer, lr, weight_decay, caption_metrics
+The data-derived sizes of ModelConfig (`DATA_SIZES`), the vocabulary and the feature meta are linked from the data
+module (vidcap/cli/train.py), never written by hand.
 
 Logged values (slashes in keys; all computed once over the whole split, never averaged per batch):
     train/loss   sum of word NLL per caption (EOS included) + attention_penalty * doubly-stochastic term
     train/ppl    exp(NLL per target token) of the batch
     val/loss     sum of word NLL per reference caption, over every reference of every video of the split
-    val/ppl      exp(total NLL / total reference tokens incl. EOS), the paper's perplexity
+    val/ppl      exp(total NLL / total reference tokens incl. EOS), the paper's perplexity (docs/metrics.md)
     val/BLEU4, val/METEOR, val/ROUGE_L, val/CIDEr   coco-caption scores of the decoded split (beam search)
 and the same under test/. The caption metrics need Java (METEOR, PTB tokenizer); `caption_metrics: false` skips
 decoding and scoring for quick runs, and the CLI then monitors val/loss instead of val/CIDEr.
@@ -17,20 +21,17 @@ Under DDP each rank sees part of the split, and DistributedSampler pads it by re
 records are gathered, de-duplicated by video id, scored on rank 0 and broadcast, so every rank logs the same number.
 
 Every checkpoint carries, under "vidcap", what a captioner needs (plain types, `torch.load(weights_only=True)`):
-    {"format": 1, "model": asdict(ModelConfig), "vocab": Vocabulary.to_dict(), "features": FEATS/meta.json}
-`load_checkpoint(path)` rebuilds the model from a checkpoint alone.
+    {"format": 1, "model": asdict(ModelConfig), "vocab": Vocabulary.to_dict(), "features": FEATS/meta.json,
+     "decoding": asdict(DecodingOptions)}
+`vidcap.checkpoint.load_checkpoint(path)` rebuilds the model from a checkpoint alone. The checkpoint's
+hyper-parameters hold the architecture only (`ARCHITECTURE`): LightningCLI restores them with `--ckpt_path FILE`,
+while the decoding and training options still come from the config and the command line.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-import pickle
-import re
-import warnings
-import zipfile
-from dataclasses import asdict
-from pathlib import Path
+from dataclasses import asdict, fields
 from typing import Any, Literal
 
 import torch
@@ -38,6 +39,8 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 
+from vidcap.checkpoint import CHECKPOINT_FORMAT, read_vidcap_section
+from vidcap.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.metrics import perplexity
 from vidcap.model import CaptionModel, ModelConfig
@@ -45,14 +48,13 @@ from vidcap.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
 # Metric names of vidcap.metrics.score_captions -> logged names.
 CAPTION_METRICS = {"Bleu_4": "BLEU4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr"}
-# What torch.load raises on a file that is not a (weights-only) checkpoint: the weights-only unpickler refusing an
-# object, a broken zip, and garbage bytes that happen to parse as pickle opcodes.
-LOAD_ERRORS = (pickle.UnpicklingError, zipfile.BadZipFile, OSError, RuntimeError, EOFError, ValueError, KeyError,
-               IndexError, AttributeError, TypeError, UnicodeDecodeError)
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# ModelConfig field -> the data module attribute it is linked from (vidcap/cli/train.py).
+DATA_SIZES = {"vocab_size": "vocab_size", "global_dim": "global_dim", "local_dim": "local_dim",
+              "max_frames": "num_frames"}
+# What a checkpoint fixes: every other field of ModelConfig.
+ARCHITECTURE = tuple(f.name for f in fields(ModelConfig) if f.name not in DATA_SIZES)
 # References scored per forward pass at evaluation (a video can have ~40; logits are N x L x V).
 _EVAL_CHUNK = 256
 
@@ -61,58 +63,40 @@ class CaptionModule(LightningModule):
     """Trains a `CaptionModel` (vidcap.model) on batches from `vidcap.data.collate`.
 
     Args:
-        vocab_size, global_dim, local_dim, max_frames, vocab, feature_meta: linked from the data module.
-        variant: `basic | local | global | local_global`, the rows of the paper's Table 1.
-        encoder: frame encoder `none | position | lstm | bilstm`; `auto` = `position` for the attention variants
-            and `none` for basic/local. `none` is the paper's model (blind to frame order).
-        embed_dim, hidden_dim, attention_dim: E, H, A (the paper: 468, 3518, feature width; configs/paper.yaml).
-        dropout: before the output projection (the paper: 0.5).
-        selector: gate the attended context (Show-Attend-Tell's beta).
+        architecture: the model (vidcap.model.ModelConfig; docs/model.md has the paper's sizes).
+        decoding: beam search of val/test for the caption metrics (the original: beam 5, at most 50 words).
         attention_penalty: weight of the doubly-stochastic term sum_i (1 - sum_t alpha_ti)^2 (original 0.706,
             on the same per-caption scale of the NLL as here); attention variants only.
         optimizer: `adam` (modern reimplementations) or `adadelta` (the original: rho 0.95, eps 1e-6).
         lr: learning rate; None = 1e-3 for Adam, 1.0 for Adadelta.
         weight_decay: L2 on all parameters, added to the gradient (the original's 1e-4 on the summed loss is
             2e-4 here).
-        beam_size, max_decode_len: decoding of val/test for the caption metrics (the original: 5, 50).
         caption_metrics: decode val/test and compute BLEU/METEOR/ROUGE/CIDEr (needs Java). False: only loss/ppl.
+        vocab, feature_meta: linked from the data module (or restored from a checkpoint).
     """
 
     def __init__(
         self,
-        vocab_size: int,
-        global_dim: int,
-        local_dim: int = 0,
-        max_frames: int = 26,
-        variant: Literal["basic", "local", "global", "local_global"] = "local_global",
-        encoder: Literal["auto", "none", "position", "lstm", "bilstm"] = "auto",
-        embed_dim: int = 256,
-        hidden_dim: int = 512,
-        attention_dim: int = 256,
-        dropout: float = 0.5,
-        selector: bool = True,
+        architecture: ModelConfig,
+        decoding: DecodingOptions = DecodingOptions(),  # noqa: B008 (frozen)
         attention_penalty: float = 0.706,
         optimizer: Literal["adam", "adadelta"] = "adam",
         lr: float | None = None,
         weight_decay: float = 0.0,
-        beam_size: int = 5,
-        max_decode_len: int = 30,
         caption_metrics: bool = True,
         vocab: dict | None = None,
         feature_meta: dict | None = None,
     ):
         super().__init__()
-        # The vocabulary and the store's meta go into checkpoint["vidcap"], not into hparams.yaml / the logger.
-        self.save_hyperparameters(ignore=["vocab", "feature_meta"])
-        try:
-            self.config = ModelConfig(
-                vocab_size=vocab_size, global_dim=global_dim, local_dim=local_dim, variant=variant,
-                encoder=encoder, embed_dim=embed_dim, hidden_dim=hidden_dim, attention_dim=attention_dim,
-                dropout=dropout, max_frames=max_frames, selector=selector,
-            )
-        except ValueError as error:
-            raise UsageError(f"model: {error}") from None
-        self.model = CaptionModel(self.config)
+        # Only the architecture: LightningCLI puts these back into the config for `--ckpt_path FILE`, and the
+        # data-derived sizes are link targets it could not take.
+        self.save_hyperparameters({"architecture": {k: getattr(architecture, k) for k in ARCHITECTURE}})
+        self.config = architecture
+        self.model = CaptionModel(architecture)
+        self.decoding = decoding
+        self.attention_penalty = attention_penalty
+        self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.caption_metrics = caption_metrics
         self.vocab = Vocabulary.from_dict(vocab) if vocab is not None else None
         self.feature_meta = feature_meta
         self._records: list[tuple[str, float, int, int, list[str]]] = []
@@ -126,7 +110,10 @@ class CaptionModule(LightningModule):
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         feats, mask = self._features(batch), batch["mask"]
         index = batch["caption_video"]
-        if not torch.equal(index, torch.arange(len(index), device=index.device)):
+        # Training batches hold one caption per video, in order (vidcap.data.collate: every item has at least one
+        # caption, so N == B means index == arange(B)). Comparing shapes, not values, keeps the step free of a
+        # host-device sync (issue 17).
+        if len(index) != feats.shape[0]:
             feats, mask = feats[index], mask[index]
         targets = batch["targets"]
         logits, alpha = self.model(feats, mask, batch["inputs"])
@@ -135,18 +122,17 @@ class CaptionModule(LightningModule):
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=Vocabulary.PAD,
                               reduction="sum")
         loss = nll / B
-        if self.config.attention and self.hparams.attention_penalty:
-            loss = loss + self.hparams.attention_penalty * self.model.attention_penalty(alpha, token_mask, mask)
+        if self.config.attention and self.attention_penalty:
+            loss = loss + self.attention_penalty * self.model.attention_penalty(alpha, token_mask, mask)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/ppl", torch.exp(nll.detach() / token_mask.sum()), batch_size=B)
         return loss
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
-        hp = self.hparams
-        if hp.optimizer == "adadelta":
-            return torch.optim.Adadelta(self.parameters(), lr=hp.lr or 1.0, rho=0.95, eps=1e-6,
-                                        weight_decay=hp.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=hp.lr or 1e-3, weight_decay=hp.weight_decay)
+        if self.optimizer_name == "adadelta":
+            return torch.optim.Adadelta(self.parameters(), lr=self.lr or 1.0, rho=0.95, eps=1e-6,
+                                        weight_decay=self.weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr or 1e-3, weight_decay=self.weight_decay)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:
@@ -171,11 +157,12 @@ class CaptionModule(LightningModule):
         self._records, self._predictions = [], {}
 
     def _decoding(self) -> bool:
-        return bool(self.hparams.caption_metrics) and not self.trainer.sanity_checking
+        return self.caption_metrics and not self.trainer.sanity_checking
 
     @torch.no_grad()
     def _eval_step(self, batch: dict) -> None:
-        """NLL of every reference of every video (B videos, N references), and a beam-search caption per video."""
+        """NLL of every reference of every video (B videos, N references), and the n-best captions of each video
+        (one beam search, handed to `_decoded`)."""
         feats, mask = self._features(batch), batch["mask"]
         index, inputs, targets = batch["caption_video"], batch["inputs"], batch["targets"]
         B = feats.shape[0]
@@ -188,16 +175,23 @@ class CaptionModule(LightningModule):
             nll.index_add_(0, index[part], word_nll.view(targets[part].shape).sum(1).double())
         tokens = torch.zeros(B, dtype=torch.long, device=feats.device)
         tokens.index_add_(0, index, (targets != Vocabulary.PAD).sum(1))
-        refs = torch.bincount(index, minlength=B)
-        for i, video_id in enumerate(batch["video_ids"]):
-            self._records.append((video_id, nll[i].item(), int(tokens[i]), int(refs[i]), batch["references"][i]))
+        refs = torch.zeros_like(tokens).index_add_(0, index, torch.ones_like(index))  # bincount syncs on CUDA
+        # One copy to the host per batch, not three per video.
+        counts = torch.stack([nll, tokens.double(), refs.double()], 1).tolist()
+        for video_id, (video_nll, n_tokens, n_refs), references in zip(batch["video_ids"], counts,
+                                                                      batch["references"], strict=True):
+            self._records.append((video_id, video_nll, int(n_tokens), int(n_refs), references))
         if self._decoding():
-            from vidcap.decoding import DecodingOptions, decode
+            hypotheses = decode(self.model, feats, mask, self.decoding, Vocabulary.BOS, Vocabulary.EOS)
+            self._decoded(batch["video_ids"], feats, mask, hypotheses)
 
-            options = DecodingOptions(beam_size=self.hparams.beam_size, max_len=self.hparams.max_decode_len)
-            hypotheses = decode(self.model, feats, mask, options, Vocabulary.BOS, Vocabulary.EOS)
-            for video_id, nbest in zip(batch["video_ids"], hypotheses, strict=True):
-                self._predictions[video_id] = self._vocab().decode(nbest[0].tokens)
+    def _decoded(self, video_ids: list[str], feats: torch.Tensor, mask: torch.Tensor,
+                 hypotheses: list[list[Hypothesis]]) -> None:
+        """Keep the best caption of each video. feats (B, T, D), mask (B, T): the batch that was decoded (for
+        subclasses that decode more, vidcap.evaluation)."""
+        vocab = self._vocab()
+        for video_id, nbest in zip(video_ids, hypotheses, strict=True):
+            self._predictions[video_id] = vocab.decode(nbest[0].tokens)
 
     def _eval_epoch_end(self, split: str) -> None:
         records, predictions = self._records, self._predictions
@@ -249,6 +243,7 @@ class CaptionModule(LightningModule):
             "model": asdict(self.config),
             "vocab": self._vocab().to_dict(),
             "features": self.feature_meta,
+            "decoding": asdict(self.decoding),  # what `vidcap evaluate` decodes with unless told otherwise
         }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -267,67 +262,3 @@ class CaptionModule(LightningModule):
         self.vocab = vocab
         if self.feature_meta is None:
             self.feature_meta = meta["features"]
-
-
-def read_vidcap_section(checkpoint: Any, where: str) -> dict[str, Any]:
-    """checkpoint["vidcap"], checked; CheckpointError naming `where` otherwise."""
-    meta = checkpoint.get("vidcap") if isinstance(checkpoint, dict) else None
-    if not isinstance(meta, dict):
-        raise CheckpointError(f"{where}: not a vidcap checkpoint (no 'vidcap' section)")
-    if meta.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointError(f"{where}: checkpoint format {meta.get('format')!r} is not supported "
-                              f"(expected {CHECKPOINT_FORMAT})")
-    return meta
-
-
-def _load_failure(error: BaseException) -> str:
-    """One short line for why torch.load failed: its weights-only messages are a page long, with ANSI codes."""
-    if isinstance(error, pickle.UnpicklingError):
-        found = re.search(r"GLOBAL ([\w.]+)", str(error))
-        if found:
-            return (f"refused: loading it would run code ({found.group(1)}); vidcap loads checkpoints with "
-                    "torch.load(weights_only=True)")
-        found = re.search(r"WeightsUnpickler error:\s*([^\n]+)", str(error))
-        return f"not a checkpoint (unpickling failed: {found.group(1).strip() if found else type(error).__name__})"
-    # Name it by type and its first sentence (EOFError and KeyError say little else).
-    first = re.split(r"(?<=\.)\s", " ".join(_ANSI.sub("", str(error)).split()), maxsplit=1)[0]
-    return f"not a loadable checkpoint ({type(error).__name__}{': ' + first[:200] if first else ''})"
-
-
-def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """torch.load(path, weights_only=True): no pickled code runs. Every way a file can fail to load (missing, a
-    folder, empty, corrupt, a pickle that would need code) is a one-line CheckpointError naming the file."""
-    path = Path(path)
-    if path.is_dir():
-        raise CheckpointError(f"{path}: is a folder, not a checkpoint file")
-    if not path.is_file():
-        raise CheckpointError(f"{path}: checkpoint not found")
-    if path.stat().st_size == 0:
-        raise CheckpointError(f"{path}: empty file (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            # A raw pickle makes torch warn about its protocol before refusing it: the refusal says enough.
-            warnings.filterwarnings("ignore", message="Detected pickle protocol")
-            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except LOAD_ERRORS as error:
-        raise CheckpointError(f"{path}: {_load_failure(error)}") from None
-    if not isinstance(checkpoint, dict):
-        raise CheckpointError(f"{path}: not a vidcap checkpoint (no 'vidcap' section)")
-    return checkpoint
-
-
-def load_checkpoint(
-    path: str | os.PathLike, map_location: str | torch.device = "cpu"
-) -> tuple[CaptionModel, Vocabulary, dict[str, Any]]:
-    """A Lightning checkpoint -> (CaptionModel in eval mode, Vocabulary, feature store meta), with
-    `weights_only=True` (no pickled code runs). Raises CheckpointError naming the file and the reason."""
-    checkpoint = read_checkpoint(path, map_location)
-    meta = read_vidcap_section(checkpoint, str(path))
-    try:
-        model = CaptionModel(ModelConfig(**meta["model"]))
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
-        vocab = Vocabulary.from_dict(meta["vocab"])
-    except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as error:
-        raise CheckpointError(f"{path}: inconsistent checkpoint: {error}") from None
-    return model.eval(), vocab, meta["features"]

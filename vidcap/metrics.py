@@ -73,9 +73,10 @@ def find_java() -> str:
     """The `java` executable on PATH; UsageError saying how to install it when there is none."""
     java = shutil.which("java")
     if java is None:
+        # The Makefile's `java` target says the same.
         raise UsageError(
-            "java not found on PATH: the coco-caption metrics (PTB tokenizer, METEOR 1.5) run on Java; install a "
-            "JRE (Debian/Ubuntu: apt-get install default-jre-headless; conda: conda install -c conda-forge openjdk)"
+            "Java not found. METEOR and the PTB tokenizer (coco-caption) run on Java. Debian/Ubuntu: sudo apt-get "
+            "install -y default-jre-headless; macOS: brew install openjdk; conda: conda install -c conda-forge openjdk"
         )
     return java
 
@@ -296,29 +297,41 @@ def _describe(ids: list) -> str:
     return shown + (f" and {len(ids) - _MAX_NAMED} more" if len(ids) > _MAX_NAMED else "")
 
 
+class InputError(UsageError):
+    """A UsageError of `check_inputs`; `side` is "references" or "predictions", the input at fault."""
+
+    def __init__(self, side: str, message: str):
+        super().__init__(message)
+        self.side = side
+
+
 def check_inputs(references: Mapping, predictions: Mapping) -> list:
-    """Validate references `{id: [str, ...]}` and predictions `{id: str}`; the sorted ids. UsageError names the
-    offending ids: missing on either side, no references, values that are not strings."""
-    if not isinstance(references, Mapping) or not isinstance(predictions, Mapping):
-        raise UsageError("references and predictions must be mappings from video id to captions")
-    missing = [i for i in references if i not in predictions]
-    if missing:
-        raise UsageError(f"no prediction for {len(missing)} video ids that have references: {_describe(missing)}")
-    extra = [i for i in predictions if i not in references]
-    if extra:
-        raise UsageError(f"no references for {len(extra)} predicted video ids: {_describe(extra)}")
-    if not references:
-        raise UsageError("nothing to score: no video ids")
+    """Validate references `{id: [str, ...]}` and predictions `{id: str}`; the sorted ids. InputError (a UsageError)
+    names the offending ids: missing on either side, no references, values that are not strings."""
+    if not isinstance(references, Mapping):
+        raise InputError("references", 'expected an object {"video_id": ["caption", ...]}, '
+                                       f"got {type(references).__name__}")
+    if not isinstance(predictions, Mapping):
+        raise InputError("predictions", f'expected an object {{"video_id": "caption"}}, got {type(predictions).__name__}')
     bad = [i for i, refs in references.items()
            if isinstance(refs, str) or not isinstance(refs, Sequence) or not all(isinstance(r, str) for r in refs)]
     if bad:
-        raise UsageError(f"references must be lists of strings; not for ids {_describe(bad)}")
+        raise InputError("references", f"references must be lists of strings; not for ids {_describe(bad)}")
     empty = [i for i, refs in references.items() if len(refs) == 0]
     if empty:
-        raise UsageError(f"empty reference list for {len(empty)} video ids: {_describe(empty)}")
+        raise InputError("references", f"empty reference list for {len(empty)} video ids: {_describe(empty)}")
     bad = [i for i, caption in predictions.items() if not isinstance(caption, str)]
     if bad:
-        raise UsageError(f"predictions must be strings; not for ids {_describe(bad)}")
+        raise InputError("predictions", f"predictions must be strings; not for ids {_describe(bad)}")
+    missing = [i for i in references if i not in predictions]
+    if missing:
+        raise InputError("predictions",
+                         f"no prediction for {len(missing)} video ids that have references: {_describe(missing)}")
+    extra = [i for i in predictions if i not in references]
+    if extra:
+        raise InputError("predictions", f"no references for {len(extra)} predicted video ids: {_describe(extra)}")
+    if not references:
+        raise InputError("references", "nothing to score: no video ids")
     return sorted(references, key=str)
 
 

@@ -2,7 +2,7 @@
 
 A pure `nn.Module`: no Lightning, no data loading, no decoding. Training (`vidcap.lit_module`) calls `forward`
 (teacher forcing); decoding (`vidcap.decoding`) calls `init_state` once per batch of videos and then `step` once
-per word. Equations (REFERENCE.md section 1), with v_1..v_T the (encoded) frame features:
+per word. Equations (docs/model.md), with v_1..v_T the (encoded) frame features:
 
     h_0 = tanh(W_h mean(v)),  c_0 = tanh(W_c mean(v))                      (mean over unmasked frames)
     e_ti = w^T tanh(W_a h_{t-1} + U_a v_i + b_a),  alpha_t = softmax(e_t)    (padded frames masked out)
@@ -22,63 +22,110 @@ frame encoder gives the frames a sense of time: `position` adds a learned embedd
 
 Sizes: the defaults (embed 256, hidden 512, attention 256) suit a CPU toolkit and MSVD-sized data. The paper used
 word embeddings of 468, an LSTM of 3518 units and an attention projection as wide as the features
-(configs/paper.yaml).
+(configs/experiment/paper.yaml).
+
+The original code's choices where vidcap's default differs (initialisation, a zero first input, non-inverted dropout
+at three sites, attention over padded frames) are ModelConfig options; docs/paper_vs_original.md lists them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-VARIANTS = ("basic", "local", "global", "local_global")
-ENCODERS = ("none", "position", "lstm", "bilstm")
+from vidcap.errors import UsageError
+
+# The one definition of the choices: the config's type hints (LightningCLI) and the checks below both read these.
+Variant = Literal["basic", "local", "global", "local_global"]
+Encoder = Literal["none", "position", "lstm", "bilstm"]
+Init = Literal["default", "paper"]
+FirstInput = Literal["bos", "zero"]
+DropoutSites = Literal["readout", "paper"]
+VARIANTS: tuple[str, ...] = get_args(Variant)
+ENCODERS: tuple[str, ...] = get_args(Encoder)
+_CHOICES = {"init": get_args(Init), "first_input": get_args(FirstInput), "dropout_sites": get_args(DropoutSites)}
 ATTENTION_VARIANTS = ("global", "local_global")
 LOCAL_VARIANTS = ("local", "local_global")
 
-# Id of the padding token (vidcap.vocab.Vocabulary.PAD); its embedding stays zero.
+# Ids of the padding and begin tokens (vidcap.vocab.Vocabulary.PAD, .BOS); the padding embedding stays zero.
 PAD_ID = 0
+BOS_ID = 1
+# Standard deviation of the original code's Gaussian initialisation (`init: paper`).
+PAPER_INIT_STD = 0.01
+# On CUDA the output projection runs on a vocabulary padded to a multiple of this (tensor-core GEMM shapes); the
+# padded logits are sliced off, so the results are those of the unpadded layer (issue 17).
+VOCAB_MULTIPLE = 8
+
+
+def padded_linear(x: torch.Tensor, layer: nn.Linear, multiple: int) -> torch.Tensor:
+    """layer(x) computed with the output rows padded with zeros to a multiple of `multiple`, then sliced back:
+    x (..., in) -> (..., out), the same values and gradients as layer(x)."""
+    pad = -layer.out_features % multiple
+    if not pad:
+        return layer(x)
+    bias = None if layer.bias is None else F.pad(layer.bias, (0, pad))
+    return F.linear(x, F.pad(layer.weight, (0, 0, 0, pad)), bias)[..., : layer.out_features]
 
 
 @dataclass
 class ModelConfig:
-    """Everything needed to rebuild a `CaptionModel`; plain types only, stored in checkpoints (`asdict`)."""
+    """Everything needed to rebuild a `CaptionModel`; plain types only, stored in checkpoints (`asdict`).
+
+    The `model.architecture` section of the training config (vidcap.lit_module); the data-derived sizes
+    (vocab_size, global_dim, local_dim, max_frames) are filled in from the data module, never written by hand.
+    Invalid values raise UsageError.
+    """
 
     vocab_size: int  # V, including the 4 special tokens
     global_dim: int  # Dg, per-frame 2-D CNN features
     local_dim: int = 0  # Dl, per-frame 3-D CNN clip features (0: none in the store)
-    variant: str = "local_global"  # one of VARIANTS
-    # one of ENCODERS, or "auto": "position" for the attention variants, "none" (the paper) for basic/local
-    encoder: str = "auto"
+    variant: Variant = "local_global"  # a row of the paper's Table 1
+    # "auto": "position" for the attention variants, "none" (the paper) for basic/local; stored resolved
+    encoder: Literal[Encoder, "auto"] = "auto"
     embed_dim: int = 256  # E, word embedding and deep-output width
     hidden_dim: int = 512  # H, decoder LSTM (and frame encoder LSTM) width
     attention_dim: int = 256  # A, width of W_a h + U_a v
     dropout: float = 0.5  # before the output projection W_o
     max_frames: int = 26  # T at most (size of the position embedding table)
     selector: bool = True  # gate the attended context with beta_t = sigmoid(w_s h + b_s)
+    # -- the original code's choices (issue 13; docs/paper_vs_original.md). The defaults are vidcap's. ------------
+    # paper: weights N(0, 0.01) (square ones orthogonal), each LSTM gate's recurrent block orthogonal, biases 0
+    init: Init = "default"
+    first_input: FirstInput = "bos"  # zero: the first step's input word is a zero vector instead of a learned BOS
+    # readout: inverted dropout after the readout tanh. paper: non-inverted dropout (kept units unscaled, everything
+    # times 1 - dropout at test) on the LSTM's i/f/o gate pre-activations, on h_t before the readout, after its tanh
+    dropout_sites: DropoutSites = "readout"
+    mask_attention: bool = True  # False: the softmax covers all T frames, zero-padded ones included (the original)
+    prev2out: bool = True  # the previous word's embedding enters the deep output layer (the original's prev2out)
+    ctx2out: bool = True  # the context phi_t enters the deep output layer (the original's ctx2out)
 
     def __post_init__(self) -> None:
         if self.variant not in VARIANTS:
-            raise ValueError(f"unknown variant {self.variant!r} (choose from {', '.join(VARIANTS)})")
+            raise UsageError(f"unknown variant {self.variant!r} (choose from {', '.join(VARIANTS)})")
         if self.encoder == "auto":
             self.encoder = "position" if self.variant in ATTENTION_VARIANTS else "none"
         if self.encoder not in ENCODERS:
-            raise ValueError(f"unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
+            raise UsageError(f"unknown encoder {self.encoder!r} (choose from {', '.join(ENCODERS)})")
         if self.global_dim <= 0:
-            raise ValueError(f"variant {self.variant!r} needs global features (global_dim={self.global_dim})")
+            raise UsageError(f"variant {self.variant!r} needs global features (global_dim={self.global_dim})")
         if self.variant in LOCAL_VARIANTS and self.local_dim <= 0:
-            raise ValueError(
+            raise UsageError(
                 f"variant {self.variant!r} needs local (3-D CNN) features, and local_dim={self.local_dim}"
             )
         if self.encoder == "bilstm" and self.hidden_dim % 2:
-            raise ValueError(f"encoder 'bilstm' needs an even hidden_dim (got {self.hidden_dim})")
+            raise UsageError(f"encoder 'bilstm' needs an even hidden_dim (got {self.hidden_dim})")
         if self.vocab_size <= PAD_ID + 1:
-            raise ValueError(f"vocab_size must be > 1 (got {self.vocab_size})")
+            raise UsageError(f"vocab_size must be > 1 (got {self.vocab_size})")
         if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"dropout must be in [0, 1) (got {self.dropout})")
+            raise UsageError(f"dropout must be in [0, 1) (got {self.dropout})")
+        for name, choices in _CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise UsageError(f"unknown {name} {getattr(self, name)!r} (choose from {', '.join(choices)})")
 
     @property
     def attention(self) -> bool:
@@ -249,9 +296,18 @@ class CaptionModel(nn.Module):
             phi, alpha = self._attend(state["h"], state)
         else:
             phi, alpha = state["mean"], state["uniform"]
-        h, c = self.lstm(torch.cat([emb, phi.to(emb.dtype)], dim=-1), (state["h"], state["c"]))
+        # The recurrent cell in the weights' dtype (float32) even under bf16 autocast: bf16 h and c drift from step to
+        # step and change the beams that val/CIDEr (the checkpoint monitor) is computed from (issue 17).
+        dtype = self.lstm.weight_ih.dtype
+        with torch.autocast(emb.device.type, enabled=False):
+            x = torch.cat([emb.to(dtype), phi.to(dtype)], dim=-1)
+            h, c = self.lstm(x, (state["h"].to(dtype), state["c"].to(dtype)))
         return h, c, phi, alpha
 
     def _output(self, h: torch.Tensor, emb: torch.Tensor, phi: torch.Tensor) -> torch.Tensor:
-        """Deep output layer, any leading shape: h (..., H), emb (..., E), phi (..., C) -> logits (..., V)."""
-        return self.out(self.out_drop(torch.tanh(self.out_h(h) + emb + self.out_phi(phi))))
+        """Deep output layer, any leading shape: h (..., H), emb (..., E), phi (..., C) -> logits (..., V), in the
+        weights' dtype (float32) even under autocast, like the recurrent cell (`_advance`)."""
+        dtype = self.out.weight.dtype
+        with torch.autocast(h.device.type, enabled=False):
+            x = self.out_drop(torch.tanh(self.out_h(h.to(dtype)) + emb.to(dtype) + self.out_phi(phi.to(dtype))))
+            return padded_linear(x, self.out, VOCAB_MULTIPLE if x.is_cuda else 1)

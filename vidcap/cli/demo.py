@@ -12,12 +12,26 @@ EXAMPLE = """\
   vidcap demo --out demo_out          # about 10 minutes on a 2-core CPU; rerunning reuses finished stages
 """
 
-# Options for quick runs (tests); hidden from --help.
+# Options for quick runs (tests); hidden from --help. flag -> (dest, type).
 _HIDDEN = {
     "--num-videos": ("num_videos", int), "--epochs": ("epochs", int), "--max-steps": ("max_steps", int),
     "--hidden-dim": ("hidden_dim", int), "--embed-dim": ("embed_dim", int), "--attention-dim": ("attention_dim", int),
     "--batch-size": ("batch_size", int), "--image-size": ("image_size", int), "--beam-size": ("beam_size", int),
     "--lr": ("lr", float), "--dropout": ("dropout", float), "--seed": ("seed", int), "--workers": ("workers", int),
+}
+# The dests of _HIDDEN that are training settings -> the LightningCLI options they set (after the demo's config);
+# the others are DemoSettings fields.
+_TRAINING = {
+    "epochs": ("--trainer.max_epochs", "--trainer.check_val_every_n_epoch"),  # and validate at the end only
+    "max_steps": ("--trainer.max_steps",),
+    "hidden_dim": ("--model.architecture.hidden_dim",),
+    "embed_dim": ("--model.architecture.embed_dim",),
+    "attention_dim": ("--model.architecture.attention_dim",),
+    "dropout": ("--model.architecture.dropout",),
+    "batch_size": ("--data.batch_size",),
+    "beam_size": ("--model.decoding.beam_size",),
+    "lr": ("--model.lr",),
+    "seed": ("--seed_everything",),
 }
 _STAGE_TEXT = {
     "prepare": "prepare the synthetic dataset (videos, captions, vocabulary)",
@@ -45,9 +59,14 @@ def quiet_lightning() -> None:
 
 
 def settings_from_args(args: argparse.Namespace):
-    from vidcap.demo import DemoSettings, with_overrides
+    """DemoSettings with the hidden flags that were given: dataset knobs as fields, training ones as overrides."""
+    from vidcap.demo import DemoSettings
 
-    return with_overrides(DemoSettings(), **{dest: getattr(args, dest) for dest, _ in _HIDDEN.values()})
+    given = {dest: getattr(args, dest) for dest, _ in _HIDDEN.values() if getattr(args, dest, None) is not None}
+    overrides = [part for dest, value in given.items() if dest in _TRAINING
+                 for option in _TRAINING[dest] for part in (option, str(value))]
+    fields = {dest: value for dest, value in given.items() if dest not in _TRAINING}
+    return DemoSettings(**fields, overrides=tuple(overrides))
 
 
 def print_metrics(metrics: dict[str, float]) -> None:
@@ -82,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"[{number}/{total}] {stage}: {how}", file=sys.stderr, flush=True)
 
     result = run_demo(args.out, settings, on_stage=on_stage, progress=not args.quiet)
-    print(f"Test split metrics ({settings.variant} attention, {settings.encoder} encoder):")
+    print(f"Test split metrics ({result.model['variant']} variant, {result.model['encoder']} encoder):")
     print_metrics(result.metrics)
     caption = result.caption
     print(f"\nHeld-out video {caption['video_id']} ({caption['path']}):")
@@ -91,6 +110,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"  reference: {caption['references'][0]}")
     print("\nStage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     print("Files:")
-    for name in ("metrics", "predictions", "explanation", "checkpoint", "data", "features"):
+    for name in ("metrics", "predictions", "explanation", "checkpoint", "config", "data", "features"):
         print(f"  {name:<12} {result.files[name]}")
     return 0

@@ -29,9 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="the data directory (`vidcap prepare`)")
     parser.add_argument("--features", required=True, help="the feature store (`vidcap extract`)")
     parser.add_argument("--split", default="test", help="split of captions.csv to evaluate (default: test)")
-    parser.add_argument("--beam-size", type=_positive, default=5, help="beam size K; 1 = greedy (default: 5)")
+    parser.add_argument("--beam-size", type=_positive, default=None,
+                        help="beam size K; 1 = greedy (default: the model's model.decoding.beam_size, usually 5)")
     parser.add_argument("--max-len", type=_positive, default=None,
-                        help="most words per caption (default: the checkpoint's max_decode_len)")
+                        help="most words per caption (default: the model's model.decoding.max_len)")
     parser.add_argument("--n-best", type=_positive, default=1,
                         help="also write nbest.json with this many captions per video (<= beam size)")
     parser.add_argument("--reverse", action="store_true",
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def table_rows(result, compare: bool) -> tuple[list, list[str]]:
     """Rows for vidcap.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
+    from vidcap.datasets import registry
     from vidcap.evaluation import local_feature_name, model_label
     from vidcap.table import VARIANT_LABELS, paper_row
 
@@ -57,11 +59,13 @@ def table_rows(result, compare: bool) -> tuple[list, list[str]]:
     notes = []
     if compare:
         variant = result.model.get("variant")
-        paper = paper_row(result.dataset, variant) if result.dataset else None
+        module = registry().get(result.dataset) if result.dataset else None
+        paper_dataset = module.PAPER_DATASET if module else None
+        paper = paper_row(paper_dataset, variant) if paper_dataset else None
         if paper is None:
             notes.append(f"the paper has no {variant} row for dataset {result.dataset or '(unknown: no prepare.json)'}")
         else:
-            rows.append((f"paper ({result.dataset}): {VARIANT_LABELS[variant]}", paper))
+            rows.append((f"paper ({paper_dataset}): {VARIANT_LABELS[variant]}", paper))
     return rows, notes
 
 
@@ -80,7 +84,7 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else checkpoint.parent / f"eval-{checkpoint.stem}-{args.split}"
     written = write_outputs(result, out)
     rows, notes = table_rows(result, args.compare)
-    print(f"{args.split} split, {len(result.predictions)} videos, beam {args.beam_size} ({checkpoint})")
+    print(f"{args.split} split, {len(result.predictions)} videos, beam {result.options['beam_size']} ({checkpoint})")
     print(format_table(rows, extra=("ROUGE_L",)))
     for note in notes:
         print(note)

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-
-from vidcap.errors import UsageError
+from dataclasses import fields
 
 HELP = "extract per-frame global (2-D CNN) and per-clip local features of every video into a feature store"
 EXAMPLE = """
@@ -19,27 +18,30 @@ tried again next time. Several machines may share one --out folder: run the same
 """
 
 
-def _extractor_help(kind: str) -> str:
-    from vidcap.features import describe_registry
-
-    return describe_registry(kind)
+def _split_names(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give split names, e.g. train,val,test")
+    return names
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from vidcap.features import extractor_names
+    """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name)."""
+    from vidcap.extractors import describe_registry, extractor_names
 
     parser.formatter_class = argparse.RawTextHelpFormatter
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with videos.csv (vidcap prepare)")
     parser.add_argument("--out", required=True, metavar="FEATS", help="feature store folder (created or resumed)")
     parser.add_argument(
         "--global", dest="global_name", metavar="NAME", choices=extractor_names("global"),
-        help="2-D frame extractor (efficientnet_lite0 is the offline default):\n" + _extractor_help("global"),
+        help="2-D frame extractor (efficientnet_lite0 is the offline default):\n" + describe_registry("global"),
     )
     parser.add_argument(
         "--local", dest="local_name", metavar="NAME", choices=extractor_names("local"),
-        help="local (clip) extractor:\n" + _extractor_help("local"),
+        help="local (clip) extractor:\n" + describe_registry("local"),
     )
-    parser.add_argument("--frames", type=int, default=26, metavar="K", help="frames sampled per video (default 26)")
+    parser.add_argument("--frames", dest="num_frames", type=int, default=26, metavar="K",
+                        help="frames sampled per video (default 26)")
     parser.add_argument("--batch-size", type=int, default=64, metavar="N",
                         help="frames (or clips) per forward pass, across videos (default 64)")
     parser.add_argument("--num-workers", type=int, default=None, metavar="N",
@@ -57,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="input size of the global extractor (default: its own, e.g. 224)")
     parser.add_argument("--local-size", type=int, default=None, metavar="PX",
                         help="input size of the local extractor (default: its own, e.g. 182 for x3d_xs)")
-    parser.add_argument("--split", default=None, metavar="S[,S]",
+    parser.add_argument("--split", dest="splits", type=_split_names, default=None, metavar="S[,S]",
                         help="only these splits of videos.csv, e.g. train,val,test (default: all)")
     parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
                         help="stored feature type (default float16)")
@@ -74,31 +76,11 @@ def _report_failure(video_id: str, path: str, reason: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidcap.extract import run_extract
+    from vidcap.extract import ExtractOptions, run_extract
 
-    splits = [s.strip() for s in args.split.split(",") if s.strip()] if args.split else None
-    if args.split is not None and not splits:
-        raise UsageError("--split: give split names, e.g. train,val,test")
-    summary = run_extract(
-        args.data,
-        args.out,
-        global_name=args.global_name,
-        local_name=args.local_name,
-        num_frames=args.frames,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        device=args.device,
-        devices=args.devices,
-        global_weights=args.global_weights,
-        local_weights=args.local_weights,
-        splits=splits,
-        dtype=args.dtype,
-        backend=args.backend,
-        image_sizes={"global": args.global_size, "local": args.local_size},
-        threads=args.threads,
-        progress=not args.no_progress,
-        on_failure=_report_failure,
-    )
+    values = {f.name: getattr(args, f.name) for f in fields(ExtractOptions) if f.name != "image_sizes"}
+    options = ExtractOptions(**values, image_sizes={"global": args.global_size, "local": args.local_size})
+    summary = run_extract(args.data, args.out, options, progress=not args.no_progress, on_failure=_report_failure)
     rate = summary.extracted / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"{summary.store}: {summary.extracted} extracted, {summary.skipped} already done, "

@@ -5,22 +5,34 @@ Compose the files in configs/ (later files override earlier ones, command-line f
         --config configs/trainer/gpu.yaml --data.data_dir DIR --data.features_dir FEATS
 `vidcap fit --help` lists every option; `--print_config` prints the resolved config (also saved with every run).
 
-What this adds to LightningCLI:
-- the model's sizes, vocabulary and feature meta are linked from the data module (`link_arguments`), never typed;
+What this adds to LightningCLI (through its public hooks only):
+- the model's data-derived sizes, vocabulary and feature meta are linked from the data module (`link_arguments`),
+  never typed;
 - `checkpoint` (ModelCheckpoint: best by `val/CIDEr`, plus last.ckpt) and `early_stopping` (EarlyStopping on the
   same monitor, patience 20 validations as the original) option groups; with `--model.caption_metrics false`
   a caption-metric monitor falls back to `val/loss` (mode min), since nothing else would be logged;
 - checkpoints go to `<default_root_dir>/checkpoints` unless `--checkpoint.dirpath` says otherwise, so that
   `--ckpt_path last` finds the last.ckpt of an interrupted run (Lightning would look in a new version folder);
-- trainer defaults: gradient-norm clipping at 10 (the original), seed 0.
+- checkpoints are loaded with `weights_only=True` (no pickled code runs);
+- with `--ckpt_path FILE`, the architecture comes from the checkpoint (its hyper-parameters hold nothing else, see
+  vidcap.lit_module) and a differing config value is reported; decoding and training options come from the config;
+- trainer defaults: gradient-norm clipping at 10 (the original), seed 0, and TensorBoard logs in
+  <default_root_dir>/lightning_logs/version_N (a logger given without `save_dir` writes there too; a CSV log instead:
+  configs/trainer/csv_logger.yaml). This is the one place they are set. With a logger, the learning rate is logged
+  (LearningRateMonitor) and the `explanation` option group (vidcap.callbacks.ExplanationImage) draws one validation
+  video's attention into TensorBoard after each validation; `vidcap fit` prints the `tensorboard --logdir` line.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import logging
 import os
+import sys
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 from vidcap.errors import UsageError
@@ -33,43 +45,45 @@ EXAMPLE = """\
       --config configs/trainer/gpu.yaml --data.data_dir data/msvd --data.features_dir features/msvd
   vidcap fit --config configs/data/synthetic.yaml --config configs/model/global.yaml --config configs/debug.yaml \\
       --data.data_dir demo/data --data.features_dir demo/features --trainer.fast_dev_run true
+  vidcap fit --config configs/experiment/demo.yaml \
+      --data.data_dir demo_out/data --data.features_dir demo_out/features   # the demo's model
   vidcap fit ... --ckpt_path last                      # resume an interrupted run
   vidcap test --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
       --data.data_dir data/msvd --data.features_dir features/msvd --ckpt_path checkpoints/last.ckpt
 """
 
-# data module attribute -> model argument, set when the data module is instantiated.
-LINKS = {
-    "data.vocab_size": "model.vocab_size",
-    "data.global_dim": "model.global_dim",
-    "data.local_dim": "model.local_dim",
-    "data.num_frames": "model.max_frames",
-    "data.feature_meta": "model.feature_meta",
-}
 # Monitors that exist only when the caption metrics are computed.
 _CAPTION_MONITORS = {f"val/{name}" for name in ("BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
-# What the checkpoint decides when one is given (everything else is a training or decoding setting).
-ARCHITECTURE = ("variant", "encoder", "embed_dim", "hidden_dim", "attention_dim", "dropout", "selector")
-TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
+SUBCOMMANDS = ("fit", "validate", "test")
+TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm",
+                    "logger": {"class_path": "pytorch_lightning.loggers.TensorBoardLogger"}}
 
 
 def _vocab_to_dict(vocab) -> dict:
     return vocab.to_dict()
 
 
-def build_cli(args: list[str], run: bool = True):
-    """The LightningCLI for `args` (`[subcommand, *options]` when run=True, options only when run=False)."""
+def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
+    """The LightningCLI for `args` (`[subcommand, *options]` when run=True, options only when run=False).
+    `callbacks` are added to the Trainer's (not part of the config: e.g. a progress display)."""
     from jsonargparse import DefaultHelpFormatter
-    from pytorch_lightning.callbacks import EarlyStopping, ModelCheckpoint
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
     from pytorch_lightning.cli import LightningCLI
 
+    from vidcap.callbacks import ExplanationImage
     from vidcap.data import CaptionDataModule
-    from vidcap.lit_module import CaptionModule
+    from vidcap.lit_module import DATA_SIZES, CaptionModule
 
     class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
         """jsonargparse's help, with the examples printed as written."""
 
     class VidcapCLI(LightningCLI):
+        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            if add_subcommands:
+                # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
+                self.parser.set_defaults({f"{name}.weights_only": True for name in SUBCOMMANDS})
+
         def add_arguments_to_parser(self, parser) -> None:
             parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
             parser.set_defaults({
@@ -84,35 +98,41 @@ def build_cli(args: list[str], run: bool = True):
                 "early_stopping.mode": "max",
                 "early_stopping.patience": 20,
             })
-            for source, target in LINKS.items():
-                parser.link_arguments(source, target, apply_on="instantiate")
+            parser.add_lightning_class_args(ExplanationImage, "explanation")
+            for field, attribute in DATA_SIZES.items():
+                parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
+            parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
             parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
 
-        def _prepare_subcommand_parser(self, klass, subcommand: str, **kwargs):
-            parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
-            # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
-            if "weights_only" in self._subcommand_method_arguments[subcommand]:
-                parser.set_defaults({"weights_only": True})
-            return parser
-
-        def _parse_ckpt_path(self) -> None:
-            # LightningCLI would overwrite the whole `model:` section with the checkpoint's hparams, so that
-            # `--model.beam_size 1` or `--model.caption_metrics false` given to `test` would be ignored. Take only
-            # the architecture from the checkpoint; everything else comes from the configs and the command line.
-            if self.config.get("subcommand"):
-                _architecture_from_checkpoint(self.config[self.config.subcommand])
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # LightningCLI then overwrites the architecture with a --ckpt_path file's hyper-parameters: keep what
+            # was asked for, to report the differences.
+            self.requested = self.config.clone()
 
         def before_instantiate_classes(self) -> None:
             config = self.config[self.subcommand] if self.subcommand else self.config
+            if self.subcommand:
+                _report_checkpoint_architecture(self.requested[self.subcommand], config)
             _resolve_monitors(config)
             if config.checkpoint.dirpath is None:
                 root = config.trainer.default_root_dir or os.getcwd()
                 config.checkpoint.dirpath = os.path.join(str(root), "checkpoints")
+            logger = config.trainer.logger
+            if hasattr(logger, "init_args") and "save_dir" in logger.init_args and logger.init_args.save_dir is None:
+                # Where Lightning's default logger writes: beside the checkpoints, not in the working directory.
+                logger.init_args.save_dir = str(config.trainer.default_root_dir or os.getcwd())
+
+        def instantiate_trainer(self, **kwargs: Any):
+            trainer = super().instantiate_trainer(**kwargs)
+            if trainer.loggers:  # LearningRateMonitor refuses a trainer without a logger (--trainer.logger false)
+                trainer.callbacks.append(LearningRateMonitor())
+            return trainer
 
     return VidcapCLI(
         CaptionModule,
         CaptionDataModule,
-        trainer_defaults=TRAINER_DEFAULTS,
+        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)},
         seed_everything_default=0,
         # Resuming or re-testing in the same folder rewrites its config.yaml instead of refusing to start.
         save_config_kwargs={"overwrite": True},
@@ -120,29 +140,21 @@ def build_cli(args: list[str], run: bool = True):
             "prog": "vidcap",
             "description": HELP,
             "formatter_class": HelpFormatter,  # jsonargparse gives subcommands the main parser's formatter
-            **{name: {"epilog": "examples:\n" + EXAMPLE, "formatter_class": HelpFormatter}
-               for name in ("fit", "validate", "test")},
+            **{name: {"epilog": "examples:\n" + EXAMPLE, "formatter_class": HelpFormatter} for name in SUBCOMMANDS},
         },
         args=args,
         run=run,
     )
 
 
-def _architecture_from_checkpoint(config: Any) -> None:
-    """With `--ckpt_path FILE`, set the model's architecture keys from the checkpoint's "vidcap" section."""
-    ckpt_path = config.get("ckpt_path")
-    if not ckpt_path or not os.path.isfile(ckpt_path):  # None, or "last"/"best" (checked when loading)
+def _report_checkpoint_architecture(requested: Any, config: Any) -> None:
+    """With `--ckpt_path FILE`, log each architecture value the checkpoint changed."""
+    if not config.get("ckpt_path"):
         return
-    from vidcap.lit_module import read_checkpoint, read_vidcap_section
-
-    checkpoint = read_checkpoint(ckpt_path)
-    saved = read_vidcap_section(checkpoint, str(ckpt_path))["model"]
-    for key in ARCHITECTURE:
-        current = config.model[key]
-        if current != saved[key]:
-            if not (key == "encoder" and current == "auto"):
-                log.warning("model.%s: %r from the checkpoint, not %r", key, saved[key], current)
-            config.model[key] = saved[key]
+    asked, used = requested.model.architecture, config.model.architecture
+    for key in used.keys():
+        if asked[key] != used[key] and not (key == "encoder" and asked[key] == "auto"):
+            log.warning("model.architecture.%s: %r from the checkpoint, not %r", key, used[key], asked[key])
 
 
 def _resolve_monitors(config: Any) -> None:
@@ -156,9 +168,10 @@ def _resolve_monitors(config: Any) -> None:
             section.monitor, section.mode = "val/loss", "min"
 
 
-def run_lightning(name: str, argv: list[str]) -> int:
-    """Run `vidcap NAME ARGV...` (NAME in fit/validate/test) through LightningCLI; returns the exit code."""
-    if name not in ("fit", "validate", "test"):
+def run_lightning(name: str, argv: Sequence[str], callbacks: Sequence[Any] = ()) -> int:
+    """Run `vidcap NAME ARGV...` (NAME in fit/validate/test) through LightningCLI; returns the exit code.
+    `callbacks`: extra Trainer callbacks that are not part of the config (progress displays)."""
+    if name not in SUBCOMMANDS:
         raise UsageError(f"unknown Lightning subcommand {name!r}")
     try:
         with warnings.catch_warnings():
@@ -166,17 +179,44 @@ def run_lightning(name: str, argv: list[str]) -> int:
             # Lightning's own calls and are not actionable here.
             warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
-            build_cli([name, *argv])
+            build_cli([name, *argv], callbacks=callbacks)
     except SystemExit as exit_:  # --help, --print_config and argument errors (jsonargparse prints them)
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
     return 0
 
 
+def resolved_config(name: str, argv: Sequence[str]) -> str:
+    """The YAML config `vidcap NAME ARGV...` would run with (its `--print_config`), without running anything.
+    UsageError with jsonargparse's message when the arguments do not parse."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_lightning(name, [*argv, "--print_config"])
+    if code != 0:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        raise UsageError(f"invalid training options: {lines[-1] if lines else f'exit code {code}'}")
+    return out.getvalue()
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("subcommand", choices=["fit", "validate", "test"])
+    parser.add_argument("subcommand", choices=SUBCOMMANDS)
     parser.add_argument("options", nargs=argparse.REMAINDER, help="LightningCLI options (see `vidcap fit --help`)")
 
 
+def _tensorboard_hint():
+    """A callback printing, as training starts, how to watch it in TensorBoard (rank 0, TensorBoard logger only)."""
+    from pytorch_lightning import Callback
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class TensorBoardHint(Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                    print(f"watch the training: tensorboard --logdir {logger.root_dir}", file=sys.stderr, flush=True)
+
+    return TensorBoardHint()
+
+
 def run(args: argparse.Namespace) -> int:
-    return run_lightning(args.subcommand, list(args.options))
+    callbacks = [_tensorboard_hint()] if args.subcommand == "fit" else []
+    return run_lightning(args.subcommand, list(args.options), callbacks=callbacks)

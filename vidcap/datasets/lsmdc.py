@@ -10,6 +10,7 @@ Malformed rows are skipped and counted by reason; nothing here raises on a bad r
 
 from __future__ import annotations
 
+import argparse
 import logging
 import re
 from collections import Counter
@@ -22,6 +23,13 @@ from vidcap.datasets import SPLITS, VIDEO_SPLITS, clean_caption, list_videos, or
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+NAME = "lsmdc"
+HELP = "DVS / M-VAD from LSMDC: LSMDC16_annos_{training,val,test,blindtest}.csv + VIDEOS/<MOVIE>/<CLIP_ID>.avi"
+EXAMPLE = """
+  vidcap prepare lsmdc --annotations LSMDC16_annotations --videos MVAD --out data/mvad --source mvad
+"""
+PAPER_DATASET = "lsmdc"
 
 # annotation file part -> split name
 FILES = {"training": "train", "val": "val", "test": "test", "blindtest": "blindtest"}
@@ -53,7 +61,20 @@ def _read_lines(path: Path) -> list[str]:
         raise UsageError(f"{path}: cannot read it: {error.strerror}") from None
 
 
-def load(
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotations", required=True, metavar="DIR",
+                        help="folder holding LSMDC16_annos_{training,val,test,blindtest}.csv")
+    parser.add_argument("--videos", required=True, metavar="DIR", help="folder of <MOVIE>/<CLIP_ID>.avi")
+    parser.add_argument("--source", choices=SOURCES, default="all",
+                        help="keep only M-VAD clips (ids starting with 3), only MPII-MD (0/1), or all (default)")
+
+
+def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The dataset protocol (vidcap.datasets): `read_tables(args.annotations, args.videos, args.source)`."""
+    return read_tables(args.annotations, args.videos, source=args.source)
+
+
+def read_tables(
     annotations_dir: str | Path, videos_dir: str | Path, source: str = "all"
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """LSMDC -> (captions, videos, report); see the module docstring.
@@ -147,7 +168,6 @@ def load(
         raise UsageError(f"{annotations_dir}: no captioned clip with a video was kept")
 
     report = {
-        "dataset": "lsmdc",
         "annotations": str(annotations_dir.resolve()),
         "videos": str(base),
         "source": source,
@@ -158,6 +178,7 @@ def load(
         "rows_per_source": {k: source_counts.get(k, 0) for k in ("mvad", "mpii", "other")},
         "clips_in_annotations": len(split_of),
         "clips_without_video": len(without_video),
+        "missing_videos": {s: sum(1 for c in without_video if split_of[c] == s) for s in VIDEO_SPLITS},
         "clips_kept": len(clips),
         "clips_per_split": {s: sum(1 for c in clips if split_of[c] == s) for s in VIDEO_SPLITS},
         "captions_kept": len(captions),

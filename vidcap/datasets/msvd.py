@@ -10,6 +10,7 @@ are split with the standard rule (`vidcap.datasets.standard_split`).
 
 from __future__ import annotations
 
+import argparse
 import csv
 import io
 import logging
@@ -33,6 +34,14 @@ from vidcap.datasets import (
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
+
+NAME = "msvd"
+HELP = "Youtube2Text (MSVD): the CSV or AllVideoDescriptions.txt + a folder of <clip_id>.avi; standard split"
+EXAMPLE = """
+  vidcap prepare msvd --annotations "MSR Video Description Corpus.csv" --videos YouTubeClips --out data/msvd
+  vidcap prepare msvd --annotations AllVideoDescriptions.txt --videos YouTubeClips --out data/msvd
+"""
+PAPER_DATASET = "msvd"
 
 CSV_COLUMNS = ("VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description")
 REQUIRED_CSV_COLUMNS = ("VideoID", "Start", "End", "Language", "Description")
@@ -170,7 +179,18 @@ def read_annotations(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return table, counts
 
 
-def load(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--annotations", required=True, metavar="FILE",
+                        help='"MSR Video Description Corpus.csv" or AllVideoDescriptions.txt')
+    parser.add_argument("--videos", required=True, metavar="DIR", help="folder of <VideoID>_<Start>_<End>.avi")
+
+
+def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The dataset protocol (vidcap.datasets): `read_tables(args.annotations, args.videos)`."""
+    return read_tables(args.annotations, args.videos)
+
+
+def read_tables(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """MSVD -> (captions, videos, report); see the module docstring.
 
     captions: DataFrame[video_id, split, caption, source, language], videos: DataFrame[video_id, split, path]
@@ -209,11 +229,12 @@ def load(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.DataFrame,
     if captions.empty:
         raise UsageError(f"{annotations}: no English description left for the {len(with_video)} clips with videos")
     report = {
-        "dataset": "msvd",
         "annotations": str(annotations.resolve()),
         "videos": str(base),
         **counts,
         "clips_without_video": without_video,
+        # The split numbers only the clips with a video: those without one have no split.
+        "missing_videos": {"unassigned": without_video},
         "videos_not_in_annotations": len(set(listing) - clips_seen),
         "clips_kept": len(with_video),
         "clips_without_english_caption": len(set(with_video) - set(captions["video_id"])),

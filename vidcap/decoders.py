@@ -1,0 +1,107 @@
+"""The decoders behind vidcap.video.VideoReader: what they share, and the decord backend (PyAV's is pyav_decoder.py).
+
+Each backend exposes name, num_frames, fps, height, width, frames_decoded, decode(sorted indices) -> uint8
+(N, H, W, 3) and close(), and raises DecodeFailed (the reason, without the path) when it cannot open or decode a file.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from typing import Any
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+class DecodeFailed(Exception):
+    """Internal: a backend could not open or decode a file; the message is the reason (no path)."""
+
+
+# decord's random access is only trusted where tests/test_video.py checked it against PyAV. Elsewhere it returned
+# wrong frames (frame 37 came back as frame 35): MPEG-4 part 2 with B-frames in any container (MSVD's Xvid AVIs),
+# H.264 in AVI, and open-GOP HEVC (x265's default). Intra-only MJPEG is safe in any container.
+_DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
+_DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mjpeg")
+
+
+def decord_safe(format_name: str, codec_name: str) -> bool:
+    if codec_name == "mjpeg":
+        return True
+    formats = format_name.split(",")
+    return codec_name in _DECORD_CODECS and any(f in formats for f in _DECORD_FORMATS)
+
+
+def _to_uint8_batch(batch: Any) -> np.ndarray:
+    # decord's bridge is process-global: if another library switched it to torch, get_batch returns a tensor.
+    if hasattr(batch, "asnumpy"):
+        return batch.asnumpy()
+    if hasattr(batch, "numpy"):
+        return batch.numpy()
+    return np.asarray(batch)
+
+
+class DecordBackend:
+    name = "decord"
+
+    def __init__(self, path: str, expected_size: tuple[int, int] | None = None):
+        """`expected_size` (height, width) from the container header; decord's frames must have it."""
+        try:
+            import decord
+        except ImportError as exc:  # decord has no wheel for this platform (macOS, ARM)
+            raise DecodeFailed(f"decord is not installed ({exc})") from exc
+        # decord raises DECORDError from its C++ checks, RuntimeError/ValueError/IndexError from its Python layer.
+        self._errors: tuple[type[BaseException], ...] = (
+            decord.DECORDError,
+            RuntimeError,
+            ValueError,
+            IndexError,
+        )
+        self.frames_decoded = 0
+        try:
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+            self.num_frames = len(self._vr)
+            self.fps = float(self._vr.get_avg_fps() or 0.0)
+            if self.num_frames <= 0:
+                raise DecodeFailed("decord reports 0 frames")
+            if expected_size is None:
+                # No header size to check against: decode frame 0 to learn it (decode() checks every batch).
+                first = _to_uint8_batch(self._vr[0])
+                self._vr.seek(0)
+                expected_size = (int(first.shape[0]), int(first.shape[1]))
+                self._check_shape(first[None], 1, expected_size)
+        except self._errors as exc:
+            raise DecodeFailed(f"decord cannot open it: {one_line(exc)}") from exc
+        self.height, self.width = expected_size
+
+    @staticmethod
+    def _check_shape(batch: np.ndarray, n: int, size: tuple[int, int]) -> None:
+        # decord returns 4-channel garbage for some widths (e.g. 48 px wide H.264) instead of failing.
+        if batch.shape != (n, *size, 3) or batch.dtype != np.uint8:
+            raise DecodeFailed(f"decord returned frames of shape {batch.shape}, expected {(n, *size, 3)}")
+
+    def decode(self, unique: np.ndarray) -> np.ndarray:
+        try:
+            batch = _to_uint8_batch(self._vr.get_batch(unique.tolist()))
+            # Reading ahead grows decord's memory; rewinding after each batch releases it.
+            self._vr.seek(0)
+        except self._errors as exc:
+            raise DecodeFailed(f"decord cannot decode it: {one_line(exc)}") from exc
+        self._check_shape(batch, len(unique), (self.height, self.width))
+        self.frames_decoded += len(unique)
+        return batch
+
+    def close(self) -> None:
+        self._vr = None
+
+
+def one_line(exc: BaseException) -> str:
+    """A decoder's exception as a short reason: FFmpeg's error text, or decord's first line without its source prefix."""
+    text = getattr(exc, "strerror", None) or str(exc)  # av.FFmpegError: strerror omits the errno and the path
+    text = text.strip().splitlines()[0] if text.strip() else ""
+    text = _DECORD_PREFIX.sub("", text)
+    return " ".join(text.split()) or type(exc).__name__
+
+
+# decord prefixes its messages with "[08:54:58] /github/workspace/src/video/video_reader.cc:151: ".
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\]\s+\S+:\d+:\s*")

@@ -1,0 +1,81 @@
+// The evaluation report's only script (vidcap/report.py): sorting, filtering, and the attention of a word.
+(() => {
+  "use strict";
+  const list = document.getElementById("cards");
+  const cards = Array.from(list.children);
+  const input = cards.slice();
+  const sortBy = document.getElementById("sort");
+  const direction = document.getElementById("direction");
+  const filter = document.getElementById("filter");
+  const count = document.getElementById("count");
+  const scores = new Map(cards.map((c) => [c, JSON.parse(c.dataset.scores)]));
+  const texts = new Map(cards.map((c) => [c, c.textContent.toLowerCase()]));
+  const byId = (a, b) => a.dataset.id.localeCompare(b.dataset.id, undefined, { numeric: true });
+
+  function sort() {
+    const key = sortBy.value;
+    const sign = direction.dataset.ascending === "1" ? 1 : -1;
+    let order = input;
+    if (key === "id") {
+      order = input.slice().sort((a, b) => sign * byId(a, b));
+    } else if (key) {
+      order = input.slice().sort((a, b) => {
+        const x = scores.get(a)[key];
+        const y = scores.get(b)[key];
+        if (x === undefined || y === undefined) return (x === undefined) - (y === undefined); // missing: last
+        return sign * (x - y) || byId(a, b);
+      });
+    }
+    list.append(...order);
+  }
+
+  function applyFilter() {
+    const query = filter.value.trim().toLowerCase();
+    let shown = 0;
+    for (const card of cards) {
+      card.hidden = query !== "" && !texts.get(card).includes(query);
+      shown += !card.hidden;
+    }
+    count.textContent = `${shown} of ${cards.length} videos`;
+  }
+
+  // A word's attention over the K frames: every cell gets --w = weight / row maximum, the maximum is outlined.
+  function show(word, on) {
+    const card = word.closest(".card");
+    const cells = card.querySelectorAll(".cell");
+    card.classList.toggle("attending", on);
+    word.classList.toggle("on", on);
+    if (!on) {
+      cells.forEach((cell) => {
+        cell.classList.remove("top");
+        cell.style.removeProperty("--w");
+      });
+      return;
+    }
+    const weights = word.dataset.a.split(" ").map(Number);
+    const max = Math.max(...weights);
+    const top = weights.indexOf(max);
+    cells.forEach((cell, k) => {
+      cell.style.setProperty("--w", max > 0 ? (weights[k] / max).toFixed(3) : "0");
+      cell.classList.toggle("top", k === top && max > 0);
+    });
+  }
+
+  const word = (event) => event.target.closest && event.target.closest(".w[data-a]");
+  for (const [type, on] of [["mouseover", true], ["focusin", true], ["mouseout", false], ["focusout", false]]) {
+    list.addEventListener(type, (event) => {
+      const target = word(event);
+      if (target) show(target, on);
+    });
+  }
+  sortBy.addEventListener("change", sort);
+  direction.addEventListener("click", () => {
+    const ascending = direction.dataset.ascending !== "1";
+    direction.dataset.ascending = ascending ? "1" : "0";
+    direction.textContent = ascending ? "worst first" : "best first";
+    sort();
+  });
+  filter.addEventListener("input", applyFilter);
+  sort();
+  applyFilter();
+})();
