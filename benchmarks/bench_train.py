@@ -12,6 +12,12 @@ U_a v computed once per video vs once per word.
     within 5% of the plain loop. On a shared CPU pass --threads 1: oversubscribed threads make timings erratic.
 (b) Times a teacher-forced forward + backward and a beam-search decode (beam 5) with the model as written (U_a v
     computed in `init_state`) and with a variant that recomputes U_a v at every step, and prints the ratios.
+(c) Self-critical training (issue 12): an SCST step on --scst-videos videos (64) x K = 5 sampled captions, with the
+    mean and the greedy baseline, against a cross-entropy step on the same videos with 5 random references each (320
+    captions), one model, in this run; and the share of the SCST step spent computing the rewards (CIDEr-D against the
+    references). The model first takes --scst-warmup cross-entropy steps on those references, so that its samples end
+    at EOS about as a trained model's do (an untrained one runs every caption to max_len). Targets: SCST step <= 3x
+    the XE step, rewards <= 10% of it. `--only scst` runs (c) alone.
 Not a test: nothing is asserted. Sizes are the toolkit defaults (E 256, H 512, A 256) on 1280-d frame features.
 """
 
@@ -32,10 +38,11 @@ from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
 from vidcap.cli.train import TRAINER_DEFAULTS
-from vidcap.data import CaptionDataModule
+from vidcap.data import CaptionDataModule, collate
 from vidcap.decoding import DecodingOptions, decode
 from vidcap.lit_module import CaptionModule
 from vidcap.model import CaptionModel, ModelConfig
+from vidcap.scst import CaptionReward, SCSTOptions, SelfCritical
 from vidcap.vocab import Vocabulary
 
 
@@ -114,7 +121,7 @@ def plain_loss(model: CaptionModel, batch: dict, penalty: float) -> torch.Tensor
     nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=Vocabulary.PAD,
                           reduction="sum")
     loss = nll / targets.shape[0]
-    if model.config.attention and penalty:
+    if model.config.attends and penalty:
         loss = loss + penalty * model.attention_penalty(alpha, targets != Vocabulary.PAD, mask)
     return loss
 
@@ -184,6 +191,68 @@ def bench_attention(module: CaptionModule, batch: dict, args, device: torch.devi
         print(f"  {name:<20} {1000 * t_fast:16.1f} {1000 * t_slow:16.1f} {t_slow / t_fast:6.2f}x")
 
 
+def bench_scst(model: CaptionModel, vocab: Vocabulary, args, device: torch.device) -> None:
+    """(c): the median of --rounds steps each, after one untimed step."""
+    rng = np.random.default_rng(1)
+    B, K, R = args.scst_videos, 5, 5
+    refs = {f"v{b}": [list(rng.choice(vocab.itos[4:], rng.integers(6, 15))) for _ in range(R)] for b in range(B)}
+    feats = torch.randn(B, args.frames, args.dim)
+    items = [{"video_id": v, "global": feats[b].numpy(), "local": None, "mask": np.ones(args.frames, bool),
+              "references": [" ".join(r) for r in refs[v]], "tokens": [vocab.encode(r) for r in refs[v]]}
+             for b, v in enumerate(refs)]
+    batch = _to(collate(items), device)
+    feats, mask, index = batch["global"], batch["mask"], batch["caption_video"]
+    model = copy.deepcopy(model).to(device).train()
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def update(loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    def xe_step() -> None:
+        logits, _ = model(feats[index], mask[index], batch["inputs"])
+        update(F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=Vocabulary.PAD,
+                               reduction="sum") / len(index))
+
+    for _ in range(args.scst_warmup):
+        xe_step()
+    reward = CaptionReward(refs)
+    critics = {name: SelfCritical(SCSTOptions(num_samples=K, baseline=name), reward, vocab, max_len=args.max_len)
+               for name in ("mean", "greedy")}
+    lengths = []
+
+    def scst_step(critic: SelfCritical) -> float:
+        """One step; returns the seconds it spent on rewards."""
+        before = critic.reward_seconds
+        loss, values = critic(model, feats, mask, list(refs))
+        update(loss)
+        lengths.append(values["length"])
+        return critic.reward_seconds - before
+
+    def timed(step) -> tuple[float, float]:
+        """(median seconds per step, median share of the step spent on rewards)."""
+        step()
+        times, shares = [], []
+        for _ in range(args.rounds):
+            _sync(device)
+            start = time.perf_counter()
+            spent = step() or 0.0
+            _sync(device)
+            times.append(time.perf_counter() - start)
+            shares.append(spent / times[-1])
+        return float(np.median(times)), float(np.median(shares))
+
+    xe, _ = timed(xe_step)
+    print(f"\n(c) self-critical training, {B} videos (after {args.scst_warmup} XE steps), median of {args.rounds}:")
+    print(f"  XE step, {B} x {R} references          {1000 * xe:8.1f} ms")
+    for name, critic in critics.items():
+        step, share = timed(lambda critic=critic: scst_step(critic))
+        print(f"  SCST step, {B} x {K} samples, {name:<6} {1000 * step:8.1f} ms  {step / xe:5.2f}x XE (target <= 3)"
+              f"  rewards {100 * share:4.1f}% (target <= 10%)")
+    print(f"  sampled captions: {np.mean(lengths):.1f} words on average; XE references 6-14 words")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=12, help="training steps per round")
@@ -197,6 +266,10 @@ def main() -> None:
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precision", default=None, help="default: bf16-mixed on cuda, 32-true on cpu")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    parser.add_argument("--only", choices=["scst"], default=None, help="run one part only")
+    parser.add_argument("--scst-videos", type=int, default=64, help="(c): videos per step")
+    parser.add_argument("--scst-warmup", type=int, default=30, help="(c): XE steps before timing")
+    parser.add_argument("--max-len", type=int, default=20, help="(c): most words per sampled caption")
     args = parser.parse_args()
     device = torch.device(args.device)
     args.precision = args.precision or ("bf16-mixed" if device.type == "cuda" else "32-true")
@@ -218,6 +291,9 @@ def main() -> None:
           f"batch {args.batch_size}, {args.steps} steps ({args.warmup} warm-up), "
           f"{sum(p.numel() for p in module.parameters()) / 1e6:.1f}M parameters")
 
+    if args.only == "scst":
+        bench_scst(module.model, dm.vocab, args, device)
+        return
     plain_model = copy.deepcopy(module.model)
     light, plain = [], []
     for r in range(args.rounds):
@@ -236,6 +312,7 @@ def main() -> None:
     print(f"  Lightning / plain = {ratio:.3f}, median over rounds (target >= 0.95)")
 
     bench_attention(module, batches[0], args, device)
+    bench_scst(module.model, dm.vocab, args, device)
 
 
 if __name__ == "__main__":

@@ -256,3 +256,23 @@ def test_caption_model_interface():
         assert b[0].score >= b[1].score
         assert all(2 not in h.tokens for h in g + b)  # no EOS inside a caption
         assert all(h.attention.shape == (len(h.tokens) + 1, 5) for h in g + b)
+
+
+def test_shrinking_beam_batched_equals_one_video_at_a_time_and_scores_sequences():
+    """The original's search (vidcap.decoding.shrinking_beam_search; tests/test_paper.py checks it against a port
+    of the original): batching changes nothing, a finished hypothesis' log_prob is its sequence's, an open one
+    (max_len words, no EOS) lacks the EOS term."""
+    model = ToyAttentionGRU(seed=5)
+    feats, mask = toy_batch(B=5, T=6)
+    options = DecodingOptions(beam_size=4, max_len=4, n_best=4, shrinking_beam=True)
+    batched = decode(model, feats, mask, options, BOS, EOS)
+    for video in range(5):
+        f, m = feats[video:video + 1], mask[video:video + 1]
+        single = decode(model, f, m, options, BOS, EOS)[0]
+        assert [h.tokens for h in batched[video]] == [h.tokens for h in single] and 1 <= len(single) <= 4
+        for h in single:
+            eos_log_prob = sequence_log_prob(model, f, m, h.tokens) - h.log_prob
+            if len(h.tokens) < options.max_len:
+                assert eos_log_prob == pytest.approx(0.0, abs=1e-5)
+            else:
+                assert eos_log_prob < 0.0

@@ -31,6 +31,10 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     assert len(json.loads((out / "eval" / "predictions.json").read_text())) == 3
     assert (out / "explain" / "syn00009.png").stat().st_size > 0
     assert "Held-out video syn00009" in first.out
+    page = (out / "report" / "index.html").read_text(encoding="utf-8")
+    assert page.count('class="card"') == 3 and page.count("<img") == 3  # the test videos, with their frames
+    assert f"Open {out / 'report' / 'index.html'} in a browser" in first.out
+    assert list((out / "run" / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
     for stage in ("prepare", "extract", "fit", "evaluate", "caption"):
         assert f"] {stage}: done in " in first.err
     timings = json.loads((out / "timings.json").read_text())
@@ -142,9 +146,14 @@ def test_ablate_trains_every_variant_and_writes_the_table(tmp_path, capsys):
     with open(out / "ablation.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
     assert tuple(rows[0]) == CSV_COLUMNS
-    assert [(r["variant"], r["encoder"], r["seed"]) for r in rows] == [
-        ("basic", "none", "0"), ("global", "none", "0"), ("global", "position", "0"), ("local", "none", "0"),
-        ("local_global", "position", "0")]
+    assert [(r["variant"], r["encoder"], r["training"], r["seed"]) for r in rows] == [
+        ("basic", "none", "xe", "0"), ("global", "none", "xe", "0"), ("global", "position", "xe", "0"),
+        ("local", "none", "xe", "0"), ("local_global", "position", "xe", "0"), ("global", "position", "scst", "0"),
+        ("global", "position", "hard", "0")]
+    assert all(0 <= float(r["degenerate"]) <= 1 for r in rows)
+    # The SCST run starts from the cross-entropy run of its seed.
+    scst_config = (out / "runs" / "global-position-scst-seed0" / "config.yaml").read_text()
+    assert str(out / "runs" / "global-position-seed0" / "checkpoints" / "last.ckpt") in scst_config
     # Models blind to frame order write the same caption for reversed frames.
     assert float(rows[0]["reversal_changed"]) == 0.0
     assert float(rows[3]["reversal_changed"]) == 0.0
@@ -152,8 +161,11 @@ def test_ablate_trains_every_variant_and_writes_the_table(tmp_path, capsys):
     assert labels == ["Enc-Dec (Basic)", "+ Global (temporal attention)",
                       "+ Global (temporal attention) [position encoder]",
                       "+ Local [local: frame_delta_efficientnet_lite0]",
-                      "+ Local + Global [local: frame_delta_efficientnet_lite0, position encoder]"]
-    assert "Gates (issue 7, synthetic data):" in stdout
+                      "+ Local + Global [local: frame_delta_efficientnet_lite0, position encoder]",
+                      "+ Global (temporal attention) [position encoder] + SCST",
+                      "+ Global (temporal attention) [position encoder] + hard attention"]
+    assert "Gates (issues 7 and 12, synthetic data):" in stdout
+    assert "global+position SCST CIDEr - XE CIDEr = " in stdout and "global+position hard reversal_changed" in stdout
     meta = json.loads((out / "features" / "meta.json").read_text())
     assert meta["local"]["name"] == "frame_delta_efficientnet_lite0"
 
@@ -168,8 +180,8 @@ def test_means_over_seeds_and_gates():
         for s in (0, 1)
     ]
     means = {key: m for key, m, n in mean_rows(rows)}
-    assert means[("basic", "none")]["CIDEr"] == 1.5
-    assert means[("global", "position")]["objects_order_acc"] == pytest.approx(0.85)
+    assert means[("basic", "none", "xe")]["CIDEr"] == 1.5
+    assert means[("global", "position", "xe")]["objects_order_acc"] == pytest.approx(0.85)
     gates = {g.name: g for g in check_gates(rows)}
     assert gates["global+position colour_acc"] == Gate("global+position colour_acc", 0.85, ">= 0.90", False)
     assert gates["global+position objects_order_acc"].passed
@@ -192,9 +204,11 @@ def test_ablation_table_names_the_local_extractor():
 
 
 def test_parse_runs():
-    assert parse_runs("basic, global:position") == (("basic", "none"), ("global", "position"))
-    with pytest.raises(UsageError, match="'global:transformer' is not VARIANT:ENCODER"):
-        parse_runs("global:transformer")
+    assert parse_runs("basic, global:position, global:position:scst") == (
+        ("basic", "none", "xe"), ("global", "position", "xe"), ("global", "position", "scst"))
+    for bad in ("global:transformer", "global:position:dpo", "global:position:xe:x"):
+        with pytest.raises(UsageError, match=f"'{bad}' is not VARIANT:ENCODER"):
+            parse_runs(bad)
 
 
 def test_ablate_needs_both_data_and_features(tmp_path, capsys):

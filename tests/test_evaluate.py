@@ -172,6 +172,28 @@ def test_two_processes_give_the_same_result_as_one(trained, tmp_path, capsys):
     assert outs[1]["metrics"] == pytest.approx(outs[0]["metrics"], rel=1e-6)
 
 
+@pytest.mark.java
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_torchrun_nodes_give_the_same_result_as_one(trained, tmp_path):
+    """torchrun --nnodes 2 --nproc-per-node 1 (tests/test_launcher.py): Lightning's Trainer on the launcher's
+    processes; rank 0 writes the outputs."""
+    from tests.test_launcher import torchrun_nodes
+
+    names = ("predictions", "metrics")
+    one, two = tmp_path / "eval1", tmp_path / "eval2"
+    assert _evaluate(trained, "global", one, "--batch-size", "2") == 0
+    args = ["vidcap", "evaluate", "--checkpoint", str(trained["global"]), "--data", str(trained["data"]),
+            "--features", str(trained["store"]), "--out", str(two), "--batch-size", "2"]
+    (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
+    assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
+    assert out0.count("| ours: ") == 1 and "| ours: " not in out1  # printed by rank 0 only
+    outs = [{name: json.loads((out / f"{name}.json").read_text()) for name in names} for out in (one, two)]
+    assert outs[1]["predictions"] == outs[0]["predictions"]
+    assert outs[1]["metrics"] == pytest.approx(outs[0]["metrics"], rel=1e-6)
+    assert json.loads((two / "evaluation.json").read_text())["options"]["num_nodes"] == 2
+
+
 def test_store_check_looks_only_at_the_features_the_model_reads(tmp_path):
     from vidcap.errors import UsageError
     from vidcap.evaluation import _check_store
@@ -215,3 +237,32 @@ def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
     assert [(o.beam_size, o.max_len, o.n_best) for o in calls] == [(3, 20, 2)]  # 5 test videos, one batch
     assert all(result.nbest[v][0]["caption"] == caption for v, caption in result.predictions.items())
     assert result.dataset == "msvd" and "reversal_changed" not in result.metrics
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_report_of_a_feature_only_store(trained, tmp_path, capsys):
+    """--report DIR: one card per test video with its words' attention, no pictures (no videos.csv) and a note; the
+    metric table holds metrics.json's values and, with --compare, the paper's row."""
+    from vidcap.report_cards import NO_VIDEO_FILE
+
+    out, report = tmp_path / "eval", tmp_path / "report"
+    assert _evaluate(trained, "global", out, "--compare", "--report", str(report)) == 0
+    assert f"report: {report / 'index.html'}" in capsys.readouterr().err
+    page = (report / "index.html").read_text(encoding="utf-8")
+    predictions = json.loads((out / "predictions.json").read_text())
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert page.count('class="card"') == len(predictions) == 5
+    assert page.count(NO_VIDEO_FILE) == 5 and "<img" not in page
+    assert page.count('class="w"') == sum(len(caption.split()) + 1 for caption in predictions.values())
+    assert f'data-key="CIDEr" data-value="{json.dumps(metrics["CIDEr"])}"' in page
+    assert "Yao et al. 2015 (paper)" in page and ">0.4801<" in page  # MSVD's + Global row
+
+
+def test_report_folder_that_cannot_be_created_is_exit_2(trained, tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert _evaluate(trained, "global", tmp_path / "eval", "--report", str(blocker / "report")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"vidcap evaluate: error: {blocker / 'report'}: cannot create the report folder: Not a directory"]
+    assert not (tmp_path / "eval").exists()  # refused before decoding anything

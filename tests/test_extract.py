@@ -194,9 +194,9 @@ class _RowIndex(torch.nn.Module):
         super().__init__()
         self.sizes: list[int] = []
 
-    def extract(self, x, batch_size=64):
+    def forward(self, x):
         self.sizes.append(len(x))
-        return x[:, 0, 0, 0, :1].float().numpy()
+        return x[:, 0, 0, 0, :1].float()
 
 
 def test_batches_cut_across_video_boundaries():
@@ -331,3 +331,6 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, capsys):
     assert json.loads((tmp_path / "one" / "meta.json").read_text())["global"] == \
         json.loads((tmp_path / "two" / "meta.json").read_text())["global"]
     assert _manifest(tmp_path / "two") == _manifest(tmp_path / "one")
+    with open(tmp_path / "two" / "manifest.csv", newline="") as f:  # who wrote each: the videos dealt round-robin
+        writers = {row["video_id"]: row["writer"] for row in csv.DictReader(f)}
+    assert writers == {f"good{i}": f"{socket.gethostname()}:{i % 2}" for i in range(4)}

@@ -133,6 +133,18 @@ def test_config_resolves_encoder_and_validates():
         ModelConfig(V, DG, DL, encoder="gru")
 
 
+def test_original_code_options_validate_and_leave_the_default_model_alone():
+    """The issue 13 options: defaults build the same parameters as before; ctx2out false drops W_p."""
+    default = make_model("global", "none")
+    paper = make_model("global", "none", init="paper", first_input="zero", dropout_sites="paper",
+                       mask_attention=False)
+    assert list(dict(paper.named_parameters())) == list(dict(default.named_parameters()))
+    assert "out_phi.weight" not in dict(make_model("global", "none", ctx2out=False).named_parameters())
+    for name in ("init", "first_input", "dropout_sites"):
+        with pytest.raises(UsageError, match=f"unknown {name}"):
+            ModelConfig(V, DG, DL, **{name: "original"})
+
+
 def test_choices_are_defined_once_in_the_type_hints():
     """VARIANTS / ENCODERS are the Literal types LightningCLI reads from ModelConfig's hints."""
     from typing import get_args, get_type_hints

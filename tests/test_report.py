@@ -3,7 +3,9 @@
 The browser tests drive Debian's `chromium` with its `chromium-driver` through Selenium (no browser download):
 `apt-get install chromium chromium-driver` (.ci/run installs them), or VIDCAP_CHROMIUM and VIDCAP_CHROMEDRIVER
 name other paths. Without them those tests skip and say so.
-VIDCAP_REPORT_SCREENSHOT=docs/report_example.png makes test_screenshot save the README's picture there.
+The last tests load the report of a real evaluation (`vidcap demo` at a tiny size; needs Java).
+VIDCAP_REPORT_SCREENSHOT=docs/report_example.png makes test_screenshot save the README's picture there, of a model
+trained a few minutes longer; VIDCAP_REPORT_DEMO_OUT=DIR keeps that demo run in DIR (a second run reuses it).
 """
 
 from __future__ import annotations
@@ -294,21 +296,150 @@ def test_untrusted_text_shows_as_text(browser, page):
     assert browser.find_elements("css selector", ".refs b, .caption b") == []
 
 
-def test_screenshot(browser, tmp_path):
-    """A small synthetic report with one word hovered; saved for the README where VIDCAP_REPORT_SCREENSHOT says."""
+# ----------------------------------------------------------------------------------------------------------------
+# The report of a real evaluation: a tiny model trained on a few synthetic videos by `vidcap demo`
+
+# 12 videos (3 in the test split), a tiny model trained for 64 steps: long enough for captions with words of the
+# references in them, so that the videos' scores differ. With VIDCAP_REPORT_SCREENSHOT set, a model trained long
+# enough to say something right (the README's picture; a few minutes).
+REPORT_DEMO = ["--num-videos", "12", "--image-size", "32", "--epochs", "8", "--max-steps", "64", "--hidden-dim", "32",
+               "--embed-dim", "16", "--attention-dim", "16", "--batch-size", "8", "--beam-size", "2", "--workers", "1",
+               "--quiet"]
+SCREENSHOT_DEMO = ["--num-videos", "80", "--image-size", "32", "--epochs", "20", "--hidden-dim", "64",
+                   "--embed-dim", "32", "--attention-dim", "32", "--batch-size", "16", "--beam-size", "3",
+                   "--workers", "1", "--quiet"]
+
+
+@pytest.fixture(scope="module")
+def evaluated(browser, tmp_path_factory):
+    """`vidcap demo` (prepare, extract, fit, evaluate + report) at a tiny size; its report loaded in the browser."""
+    if shutil.which("java") is None:
+        pytest.skip("java not on PATH (METEOR, PTB tokenizer)")
+    from vidcap.cli import main
+
+    out = Path(os.environ.get("VIDCAP_REPORT_DEMO_OUT") or tmp_path_factory.mktemp("demo"))
+    screenshot = os.environ.get("VIDCAP_REPORT_SCREENSHOT")
+    assert main(["demo", "--out", str(out), *(SCREENSHOT_DEMO if screenshot else REPORT_DEMO)]) == 0
+    report = out / "report" / "index.html"
+    browser.get_log("performance")
+    browser.get(report.as_uri())
+    return {"url": report.as_uri(), "log": browser.get_log("performance"), "console": browser.get_log("browser"),
+            "out": out,
+            **{name: json.loads((out / "eval" / f"{name}.json").read_text()) for name in ("metrics", "predictions")}}
+
+
+def card_scores(browser) -> list[dict[str, float]]:
+    return browser.execute_script("return [...document.querySelectorAll('.card')].map(c => JSON.parse("
+                                  "c.dataset.scores))")
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_evaluation_report_in_the_browser(browser, evaluated):
+    from selenium.webdriver import ActionChains
+    from selenium.webdriver.support.ui import Select
+
+    browser.get(evaluated["url"])
+    assert [e for e in evaluated["console"] + browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    sent = [json.loads(e["message"])["message"]["params"] for e in evaluated["log"]]
+    urls = [p["request"]["url"] for p in sent if "request" in p]
+    assert [u for u in urls if u.startswith(("http:", "https:", "ws"))] == []
+    assert browser.execute_script("return performance.getEntriesByType('resource').length") == 0
+
+    # One card per test video, each with the sampled frames of its video file.
+    predictions, metrics = evaluated["predictions"], evaluated["metrics"]
+    ids = sorted(predictions)
+    assert sorted(card_ids(browser)) == ids
+    assert len(browser.find_elements("css selector", ".card .strip img")) == len(ids)
+    # The metric table is metrics.json; per-video CIDEr-D averages to the split's (its IDF is the split's).
+    cells = browser.find_elements("css selector", "#metrics tbody tr:first-child td[data-key]")
+    table = {c.get_attribute("data-key"): float(c.get_attribute("data-value")) for c in cells}
+    assert table == metrics
+    scores = dict(zip(card_ids(browser), card_scores(browser), strict=True))
+    assert np.mean([s["CIDEr"] for s in scores.values()]) == pytest.approx(metrics["CIDEr"], abs=1e-5)
+
+    # Worst CIDEr first; "input order" is by id; the button turns it around. The scores differ, so one of the two
+    # CIDEr orders is not the id order.
+    by_cider = sorted(ids, key=lambda i: scores[i]["CIDEr"])
+    assert len({s["CIDEr"] for s in scores.values()}) == len(ids)
+    assert card_ids(browser) == by_cider
+    sort = Select(browser.find_element("id", "sort"))
+    sort.select_by_value("")
+    assert card_ids(browser) == ids
+    sort.select_by_value("CIDEr")
+    assert card_ids(browser) == by_cider
+    browser.find_element("id", "direction").click()
+    assert card_ids(browser) == by_cider[::-1]
+
+    # Hovering a word lights its frames by the weights of the evaluation's attention, the top one outlined.
+    card = browser.find_element("css selector", f'.card[data-id="{by_cider[0]}"]')
+    words = card.find_elements("css selector", ".w")
+    assert [w.text for w in words] == predictions[by_cider[0]].split() + ["<eos>"]
+    browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", words[0])
+    ActionChains(browser).move_to_element(words[0]).perform()
+    attention = np.array([float(a) for a in words[0].get_attribute("data-a").split()])
+    cells = card.find_elements("css selector", ".cell")
+    shown = browser.execute_script("return arguments[0].map(c => +c.style.getPropertyValue('--w'))", cells)
+    np.testing.assert_allclose(shown, attention / attention.max(), atol=2e-3)
+    assert [i for i, c in enumerate(cells) if "top" in c.get_attribute("class").split()] == [attention.argmax()]
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_caption_report(browser, evaluated, tmp_path, capsys):
+    """`vidcap caption FILES --report DIR`: a card per captioned file (no references), the same attention on hover;
+    a file that cannot be captioned gets its skip line and no card."""
     from selenium.webdriver import ActionChains
 
-    cards = make_cards(k=16)[:3]
-    cards[2].sprite = frames_to_sprite(synthetic_frames("red", "blue", 16, seed=2))
-    cards[2].note = None
-    path = write_report(tmp_path, cards, title="vidcap evaluate: synthetic test split",
-                        table=[("+ Global (temporal attention)", PAPER)],
-                        info={"checkpoint": "demo_out/runs/global/best.ckpt", "split": "test (3 videos)",
-                              "decoding": {"beam_size": 5, "n_best": 2}, "date": "2026-12-02 16:00 UTC"})
-    browser.set_window_size(1280, 860)
-    browser.get(path.as_uri())
-    word = browser.find_elements("css selector", f'.card[data-id="{cards[2].video_id}"] .w')[2]  # worst: first
-    ActionChains(browser).move_to_element(word).perform()
+    from vidcap.cli import main
+
+    out = evaluated["out"]
+    videos = sorted(str(p) for p in (out / "data" / "videos").glob("*.mp4"))[:2]
+    report = tmp_path / "report"
+    code = main(["caption", *videos, str(tmp_path / "missing.mp4"), "--checkpoint",
+                 str(out / "run" / "checkpoints" / "last.ckpt"), "--beam-size", "2", "--n-best", "2",
+                 "--report", str(report)])
+    assert code == 1  # the missing file
+    captured = capsys.readouterr()
+    assert f"report: {report / 'index.html'}" in captured.err and "skipping" in captured.err
+    captions = dict(line.split("\t")[:2] for line in captured.out.splitlines())
+    browser.get((report / "index.html").as_uri())
+    assert [e for e in browser.get_log("browser") if e["level"] == "SEVERE"] == []
+    assert sorted(card_ids(browser)) == videos
+    assert browser.find_elements("css selector", ".refs") == []
+    for video in videos:
+        card = browser.find_element("css selector", f'.card[data-id="{video}"]')
+        words = card.find_elements("css selector", ".w")
+        assert [w.text for w in words] == captions[video].split() + ["<eos>"]
+        assert len(card.find_elements("css selector", ".strip img")) == 1
+    ActionChains(browser).move_to_element(words[0]).perform()
+    attention = np.array([float(a) for a in words[0].get_attribute("data-a").split()])
+    cells = card.find_elements("css selector", ".cell")
+    assert [i for i, c in enumerate(cells) if "top" in c.get_attribute("class").split()] == [attention.argmax()]
+
+
+def test_report_folder_that_cannot_be_created_is_exit_2(tmp_path, capsys):
+    """Refused before the checkpoint is even read."""
+    from vidcap.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    assert main(["caption", "clip.mp4", "--checkpoint", "none.ckpt", "--report", str(blocker / "report")]) == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"vidcap caption: error: {blocker / 'report'}: cannot create the report folder: Not a directory"]
+
+
+@pytest.mark.java
+@pytest.mark.slow
+def test_screenshot(browser, evaluated, tmp_path):
+    """The real report with a word of its worst caption hovered; saved for the README where
+    VIDCAP_REPORT_SCREENSHOT says."""
+    from selenium.webdriver import ActionChains
+
+    browser.set_window_size(1280, 900)
+    browser.get(evaluated["url"])
+    words = browser.find_elements("css selector", ".card .w")  # the worst card comes first
+    ActionChains(browser).move_to_element(words[min(3, len(words) - 1)]).perform()
     png = tmp_path / "report.png"
     assert browser.save_screenshot(str(png)) and png.stat().st_size > 10_000
     target = os.environ.get("VIDCAP_REPORT_SCREENSHOT")

@@ -1,16 +1,22 @@
 """Table 1's ablation: train and evaluate each variant over several seeds (`vidcap ablate`).
 
-Runs (`ABLATION_RUNS`, variant and frame encoder):
-    basic / none           Enc-Dec (Basic): the mean of the frame features at every step
-    global / none          + Global: the paper's temporal attention, blind to frame order
-    global / position      + Global with the time-position frame encoder (the demo's model)
-    local / none           + Local: Basic over [global; local] features
-    local_global / position  + Local + Global, with the position encoder
+Runs (`ABLATION_RUNS`, variant, frame encoder and training):
+    basic / none / xe           Enc-Dec (Basic): the mean of the frame features at every step
+    global / none / xe          + Global: the paper's temporal attention, blind to frame order
+    global / position / xe      + Global with the time-position frame encoder (the demo's model)
+    local / none / xe           + Local: Basic over [global; local] features
+    local_global / position / xe  + Local + Global, with the position encoder
+    global / position / scst    the demo's model fine-tuned by self-critical training (issue 12), from the
+                                global / position / xe run of the same seed
+    global / position / hard    the demo's model with hard attention (REINFORCE for the frame choices)
 
-Every run is `vidcap fit` with the demo's config (configs/experiment/demo.yaml) and its row's two values:
+Every cross-entropy run (`xe`, `hard`) is `vidcap fit` with the demo's config (configs/experiment/demo.yaml) and its
+row's values:
     --config configs/experiment/demo.yaml --model.architecture.variant V --model.architecture.encoder E
-    --seed_everything S
-and each run folder keeps its resolved config.yaml, so `vidcap fit --config RUN/config.yaml` trains it again.
+    [--model.architecture.attention hard] --seed_everything S
+an `scst` run is `vidcap fit --config configs/experiment/scst.yaml --model.init_from XE_RUN/checkpoints/last.ckpt
+--seed_everything S`, and each run folder keeps its resolved config.yaml, so `vidcap fit --config RUN/config.yaml`
+trains it again.
 
 On the synthetic dataset by default (prepared and extracted like the demo, plus local features), or on real data with
 `data_dir`/`features_dir` (variants that need local features are skipped when the store has none; the content metrics
@@ -18,8 +24,9 @@ exist only on synthetic data). The local features here are `frame_delta_efficien
 EfficientNet features across a short clip around each sampled frame. It is *not* a 3-D CNN (no 3-D weights can be
 had offline); it carries motion (direction), not appearance.
 
-Every run lives in OUT/runs/<variant>-<encoder>-seed<S>/ (checkpoints/, config.yaml, eval/); a rerun reuses finished
-runs. OUT/ablation.csv has one row per run: variant, encoder, seed and the metrics.json keys.
+Every run lives in OUT/runs/<variant>-<encoder>[-<training>]-seed<S>/ (checkpoints/, config.yaml, eval/); a rerun
+reuses finished runs. OUT/ablation.csv has one row per run: variant, encoder, training, seed, the metrics.json keys
+and `degenerate`, the share of test captions that end on a dangling word or repeat a word (`degenerate_share`).
 """
 
 from __future__ import annotations
@@ -34,25 +41,47 @@ from pathlib import Path
 from typing import Any
 
 from vidcap.atomic import atomic_path
-from vidcap.demo import DEMO_METRIC_KEYS, DemoSettings, _read_json, extract_features, prepare_synthetic, train
+from vidcap.demo import (
+    DEMO_METRIC_KEYS,
+    DemoSettings,
+    evaluate_run,
+    extract_features,
+    prepare_synthetic,
+    train,
+)
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
 
-ABLATION_RUNS: tuple[tuple[str, str], ...] = (
-    ("basic", "none"),
-    ("global", "none"),
-    ("global", "position"),
-    ("local", "none"),
-    ("local_global", "position"),
+# xe: cross-entropy; hard: cross-entropy with hard attention; scst: self-critical, from the xe run of the same seed
+TRAININGS = ("xe", "hard", "scst")
+ABLATION_RUNS: tuple[tuple[str, str, str], ...] = (
+    ("basic", "none", "xe"),
+    ("global", "none", "xe"),
+    ("global", "position", "xe"),
+    ("local", "none", "xe"),
+    ("local_global", "position", "xe"),
+    ("global", "position", "scst"),
+    ("global", "position", "hard"),
 )
-CSV_COLUMNS = ("variant", "encoder", "seed") + DEMO_METRIC_KEYS
+METRIC_KEYS = DEMO_METRIC_KEYS + ("degenerate",)
+CSV_COLUMNS = ("variant", "encoder", "training", "seed") + METRIC_KEYS
+TRAINING_LABELS = {"xe": "", "hard": " + hard attention", "scst": " + SCST"}
 CONTENT_COLUMNS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc",
                    "reversal_changed")
 # Issue 7's gates on the synthetic dataset (means over seeds): key -> threshold, for attention + position encoder.
 GATES = {"objects_order_acc": 0.80, "order_given_objects_acc": 0.90, "colour_acc": 0.90, "shape_acc": 0.90,
          "reversal_changed": 0.90}
 CIDER_MARGIN = 0.5  # attention + position must beat Basic's CIDEr by this much
+# Issue 12's gates. SCST: test CIDEr up by this much on the mean (and in every seed) over its own XE checkpoint, the
+# order metrics and the share of degenerate captions no worse. Hard attention: these thresholds, and CIDEr within
+# HARD_CIDER_GAP of soft attention's.
+SCST_CIDER_GAIN = 0.10
+SCST_KEPT = ("objects_order_acc", "order_given_objects_acc")
+HARD_GATES = {"order_given_objects_acc": 0.90, "reversal_changed": 0.90}
+HARD_CIDER_GAP = 0.3
+# Captions that end on one of these words are cut short (a known failure of SCST on n-gram rewards).
+DANGLING = ("a", "an", "the", "and", "then")
 
 
 @dataclass
@@ -63,21 +92,49 @@ class Gate:
     passed: bool
 
 
-def parse_runs(text: str) -> tuple[tuple[str, str], ...]:
-    """`basic:none,global:position` -> (("basic", "none"), ("global", "position"))."""
+def parse_runs(text: str) -> tuple[tuple[str, str, str], ...]:
+    """`basic:none,global:position:scst` -> (("basic", "none", "xe"), ("global", "position", "scst"))."""
     from vidcap.model import ENCODERS, VARIANTS
 
     runs = []
     for item in filter(None, (part.strip() for part in text.split(","))):
-        variant, _, encoder = item.partition(":")
-        encoder = encoder or "none"
-        if variant not in VARIANTS or encoder not in ENCODERS:
-            raise UsageError(f"--runs: {item!r} is not VARIANT:ENCODER with VARIANT in {', '.join(VARIANTS)} and "
-                             f"ENCODER in {', '.join(ENCODERS)}")
-        runs.append((variant, encoder))
+        variant, encoder, training, *rest = [*item.split(":"), "", ""]
+        encoder, training = encoder or "none", training or "xe"
+        if variant not in VARIANTS or encoder not in ENCODERS or training not in TRAININGS or any(rest):
+            raise UsageError(f"--runs: {item!r} is not VARIANT:ENCODER[:TRAINING] with VARIANT in "
+                             f"{', '.join(VARIANTS)}, ENCODER in {', '.join(ENCODERS)} and TRAINING in "
+                             f"{', '.join(TRAININGS)}")
+        runs.append((variant, encoder, training))
     if not runs:
         raise UsageError("--runs: no run given")
     return tuple(runs)
+
+
+def degenerate_share(captions: Sequence[str]) -> float:
+    """The share of captions that are empty, end on a dangling word (`DANGLING`) or say a word twice in a row."""
+    def degenerate(words: list[str]) -> bool:
+        return not words or words[-1] in DANGLING or any(a == b for a, b in zip(words, words[1:], strict=False))
+
+    return sum(degenerate(caption.split()) for caption in captions) / max(1, len(captions))
+
+
+def _run_dir(out: Path, variant: str, encoder: str, training: str, seed: int) -> Path:
+    kind = "" if training == "xe" else f"-{training}"  # xe runs keep the folder names of earlier ablations
+    return out / "runs" / f"{variant}-{encoder}{kind}-seed{seed}"
+
+
+def _train_run(out: Path, data_dir: Path, features_dir: Path, settings: DemoSettings, run: tuple[str, str, str],
+               seed: int, progress: bool) -> tuple[Path, bool]:
+    """Train one run (an scst run trains, or reuses, the xe run of its seed first): (last.ckpt, whether trained)."""
+    variant, encoder, training = run
+    if training == "scst":
+        xe_checkpoint, _ = _train_run(out, data_dir, features_dir, settings, (variant, encoder, "xe"), seed, progress)
+        args = settings.scst_args(xe_checkpoint, "--seed_everything", str(seed))
+    else:
+        hard = ("--model.architecture.attention", "hard") if training == "hard" else ()
+        args = settings.training_args("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
+                                      *hard, "--seed_everything", str(seed))
+    return train(data_dir, features_dir, _run_dir(out, *run, seed), args, progress)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -94,17 +151,17 @@ def run_ablation(
     data_dir: str | os.PathLike | None = None,
     features_dir: str | os.PathLike | None = None,
     settings: DemoSettings | None = None,
-    runs: Sequence[tuple[str, str]] = ABLATION_RUNS,
-    on_run: Callable[[int, int, str, str, int], None] | None = None,
+    runs: Sequence[tuple[str, str, str]] = ABLATION_RUNS,
+    on_run: Callable[[int, int, str, str, str, int], None] | None = None,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
     """Train and evaluate `runs` x `seeds` (seeds 0..N-1); return one dict per run (CSV_COLUMNS, and `local_features`:
     the store's local extractor, for the table's labels) and write
     OUT/ablation.csv (rewritten after every run, so an interrupted ablation keeps what it finished).
 
-    on_run(index, total, variant, encoder, seed) is called before each run, for a progress display.
+    on_run(index, total, variant, encoder, training, seed) is called before each run, for a progress display.
     """
-    from vidcap.evaluation import evaluate, local_feature_name, write_outputs
+    from vidcap.evaluation import local_feature_name
     from vidcap.model import LOCAL_VARIANTS
     from vidcap.store import read_meta
 
@@ -119,7 +176,7 @@ def run_ablation(
     except OSError as error:
         raise UsageError(f"{out}: cannot create the output folder: {error.strerror}") from None
     if data_dir is None:
-        needs_local = any(v in LOCAL_VARIANTS for v, _ in runs)
+        needs_local = any(v in LOCAL_VARIANTS for v, _, _ in runs)
         data_dir, features_dir = out / "data", out / "features"
         prepare_synthetic(data_dir, settings, progress)
         extract_features(data_dir, features_dir, settings.image_size, local=needs_local, progress=progress)
@@ -127,39 +184,39 @@ def run_ablation(
     local_name = local_feature_name(read_meta(features_dir))
     has_local = local_name is not None
     todo = []
-    for variant, encoder in runs:
+    for variant, encoder, training in runs:
         if variant in LOCAL_VARIANTS and not has_local:
             log.warning("%s: no local features in the store; skipping %s", features_dir, variant)
             continue
-        todo.extend((variant, encoder, seed) for seed in range(seeds))
+        todo.extend(((variant, encoder, training), seed) for seed in range(seeds))
     rows: list[dict[str, Any]] = []
-    for index, (variant, encoder, seed) in enumerate(todo):
+    for index, (run, seed) in enumerate(todo):
         if on_run:
-            on_run(index, len(todo), variant, encoder, seed)
-        run_dir = out / "runs" / f"{variant}-{encoder}-seed{seed}"
-        args = settings.training_args("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
-                                      "--seed_everything", str(seed))
-        checkpoint, trained = train(data_dir, features_dir, run_dir, args, progress)
-        metrics = _read_json(run_dir / "eval" / "metrics.json")
-        if trained or not isinstance(metrics, dict):
-            result = evaluate(checkpoint, data_dir, features_dir, split="test", reverse=True, progress=progress)
-            write_outputs(result, run_dir / "eval")
-            metrics = result.metrics
-        rows.append({"variant": variant, "encoder": encoder, "seed": seed,
-                     **{k: metrics.get(k) for k in DEMO_METRIC_KEYS}, "local_features": local_name})
+            on_run(index, len(todo), *run, seed)
+        run_dir = _run_dir(out, *run, seed)
+        checkpoint, trained = _train_run(out, data_dir, features_dir, settings, run, seed, progress)
+        metrics, predictions, _ = evaluate_run(checkpoint, data_dir, features_dir, run_dir / "eval", trained, progress)
+        rows.append({"variant": run[0], "encoder": run[1], "training": run[2], "seed": seed,
+                     **{k: metrics.get(k) for k in DEMO_METRIC_KEYS},
+                     "degenerate": degenerate_share(list(predictions.values())), "local_features": local_name})
         _write_csv(out / "ablation.csv", rows)
     return rows
 
 
-def mean_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str], dict[str, float], int]]:
-    """((variant, encoder), mean of every metric over seeds, number of seeds), in the order runs first appear."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+def _key(row: dict[str, Any]) -> tuple[str, str, str]:
+    return row["variant"], row["encoder"], row.get("training") or "xe"
+
+
+def mean_rows(rows: Sequence[dict[str, Any]]) -> list[tuple[tuple[str, str, str], dict[str, float], int]]:
+    """((variant, encoder, training), mean of every metric over seeds, number of seeds), in the order runs first
+    appear; a row without `training` is a cross-entropy run ("xe")."""
+    groups: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
     for row in rows:
-        groups.setdefault((row["variant"], row["encoder"]), []).append(row)
+        groups.setdefault(_key(row), []).append(row)
     out = []
     for key, group in groups.items():
         means = {}
-        for metric in DEMO_METRIC_KEYS:
+        for metric in METRIC_KEYS:
             values = [float(r[metric]) for r in group if r.get(metric) not in (None, "")]
             if values:
                 means[metric] = statistics.fmean(values)
@@ -174,20 +231,22 @@ def format_ablation(rows: Sequence[dict[str, Any]]) -> str:
     from vidcap.table import format_table
 
     means = mean_rows(rows)
-    extra = [k for k in ("ROUGE_L",) + CONTENT_COLUMNS if any(k in m for _, m, _ in means)]
-    local: dict[tuple[str, str], str] = {}
+    extra = [k for k in ("ROUGE_L",) + CONTENT_COLUMNS + ("degenerate",) if any(k in m for _, m, _ in means)]
+    local: dict[tuple[str, str, str], str] = {}
     for row in rows:
         if row.get("local_features"):
-            local.setdefault((row["variant"], row["encoder"]), row["local_features"])
-    table_rows = [(model_label({"variant": v, "encoder": e}, local.get((v, e))), m) for (v, e), m, _ in means]
+            local.setdefault(_key(row), row["local_features"])
+    table_rows = [(model_label({"variant": v, "encoder": e}, local.get((v, e, t))) + TRAINING_LABELS[t], m)
+                  for (v, e, t), m, _ in means]
     return format_table(table_rows, extra=extra)
 
 
 def check_gates(rows: Sequence[dict[str, Any]], attention: tuple[str, str] = ("global", "position"),
                 basic: tuple[str, str] = ("basic", "none")) -> list[Gate]:
-    """Issue 7's gates on the means over seeds (synthetic data; empty when the runs or metrics are missing)."""
+    """Issues 7 and 12's gates on the means over seeds (synthetic data; a gate whose runs or metrics are missing is
+    left out)."""
     means = {key: m for key, m, _ in mean_rows(rows)}
-    att, base = means.get(attention), means.get(basic)
+    att, base = means.get((*attention, "xe")), means.get((*basic, "xe"))
     gates = []
     if att is not None:
         for key, threshold in GATES.items():
@@ -200,4 +259,37 @@ def check_gates(rows: Sequence[dict[str, Any]], attention: tuple[str, str] = ("g
     if base is not None and "reversal_changed" in base:
         gates.append(Gate("basic reversal_changed", base["reversal_changed"], "== 0",
                           base["reversal_changed"] == 0))
+    if att is not None:
+        gates += _reward_gates(rows, means, attention, att)
+    return gates
+
+
+def _reward_gates(rows: Sequence[dict[str, Any]], means: dict[tuple[str, str, str], dict[str, float]],
+                  attention: tuple[str, str], xe: dict[str, float]) -> list[Gate]:
+    """Issue 12: SCST against its own XE checkpoints (seed by seed), hard attention against soft."""
+    name = f"{attention[0]}+{attention[1]}"
+    scst, hard, gates = means.get((*attention, "scst")), means.get((*attention, "hard")), []
+    if scst is not None and "CIDEr" in scst and "CIDEr" in xe:
+        cider = {(_key(r)[2], r["seed"]): float(r["CIDEr"]) for r in rows
+                 if _key(r)[:2] == attention and r.get("CIDEr") not in (None, "")}
+        seeds = [seed for training, seed in cider if training == "scst" and ("xe", seed) in cider]
+        raised = sum(cider[("scst", seed)] > cider[("xe", seed)] for seed in seeds)
+        gates.append(Gate(f"{name} SCST raises CIDEr in every seed", raised, f"== {len(seeds)} seeds",
+                          bool(seeds) and raised == len(seeds)))
+        gain = scst["CIDEr"] - xe["CIDEr"]
+        gates.append(Gate(f"{name} SCST CIDEr - XE CIDEr", gain, f">= {SCST_CIDER_GAIN:.2f}", gain >= SCST_CIDER_GAIN))
+        for key in SCST_KEPT + ("degenerate",):
+            if key in scst and key in xe:
+                change = scst[key] - xe[key]
+                rising = key == "degenerate"
+                gates.append(Gate(f"{name} SCST {key} - XE {key}", change, "<= 0" if rising else ">= 0",
+                                  change <= 0 if rising else change >= 0))
+    if hard is not None:
+        for key, threshold in HARD_GATES.items():
+            if key in hard:
+                gates.append(Gate(f"{name} hard {key}", hard[key], f">= {threshold:.2f}", hard[key] >= threshold))
+        if "CIDEr" in hard and "CIDEr" in xe:
+            gap = abs(hard["CIDEr"] - xe["CIDEr"])
+            gates.append(Gate(f"{name} |hard CIDEr - soft CIDEr|", gap, f"<= {HARD_CIDER_GAP:.2f}",
+                              gap <= HARD_CIDER_GAP))
     return gates

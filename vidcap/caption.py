@@ -27,6 +27,7 @@ from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.extractors import RANDOM_SEED, Extractor, build_extractors_from_meta, sampled_features
 from vidcap.model import LOCAL_VARIANTS, CaptionModel
+from vidcap.precision import autocast, check_precision
 from vidcap.store import sampling_of
 from vidcap.video import SAMPLING_RULE, FrameRequest, SampledFrames, read_sampled_frames
 from vidcap.vocab import Vocabulary
@@ -44,7 +45,8 @@ class Captioner:
 
     extractors: {"global": Extractor, "local": Extractor} (the kinds the checkpoint's features have);
     num_frames: K, frames sampled per video; feature_dtype: the feature store's dtype (features are rounded
-    through it, as training saw them); feature_meta: the store's meta.json as recorded in the checkpoint.
+    through it, as training saw them); feature_meta: the store's meta.json as recorded in the checkpoint;
+    precision: the captioning model's, "32-true" or "bf16-mixed" (the extractors run as the store recorded).
     """
 
     model: CaptionModel
@@ -55,6 +57,7 @@ class Captioner:
     feature_meta: dict[str, Any]
     checkpoint: Path
     device: torch.device
+    precision: str = "32-true"
 
 
 @dataclass
@@ -66,7 +69,9 @@ class CaptionResult:
     words: the L tokens the attention rows belong to: the caption's tokens, then "<eos>";
     frame_times: (K,) float32 seconds of the sampled frames (padding of videos shorter than K frames dropped);
     attention: (L, K) float32, row l = the attention weights over the frames when words[l] was emitted;
-    frames: (K, h, w, 3) uint8 sampled frames at most FRAME_HEIGHT high (only with `with_frames=True`).
+    frames: (K, h, w, 3) uint8 sampled frames at most FRAME_HEIGHT high (only with `with_frames=True`);
+    taken: hard attention only (None with soft): the frame each word took (index into frame_times), the argmax of
+    its attention row (vidcap.hard_attention).
     """
 
     path: str
@@ -77,6 +82,7 @@ class CaptionResult:
     frame_times: np.ndarray
     attention: np.ndarray
     frames: np.ndarray | None = field(default=None, repr=False)
+    taken: list[int] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """Plain types for `json.dumps` (what `vidcap caption --json` prints)."""
@@ -88,6 +94,7 @@ class CaptionResult:
             "frame_times": [round(float(t), 4) for t in self.frame_times],
             "words": list(self.words),
             "attention": [[round(float(a), 6) for a in row] for row in self.attention],
+            **({"taken": list(self.taken)} if self.taken is not None else {}),
         }
 
 
@@ -101,8 +108,10 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu") -> Captioner:
+def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
+                   precision: str = "32-true") -> Captioner:
     """Rebuild the captioner a checkpoint describes: model (eval mode), vocabulary, feature extractors, K.
+    precision: the model's (vidcap.precision.PRECISIONS).
 
     Raises CheckpointError (naming the file and the reason) for a missing, corrupt or non-vidcap checkpoint, one of
     another format version, one whose pickle would need to run code, or one whose feature extractors cannot be
@@ -110,6 +119,7 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
     """
     path = Path(checkpoint)
     dev = _device(device)
+    check_precision(precision)
     model, vocab, meta = load_checkpoint(path, map_location="cpu")  # weights_only: no pickled code runs
     if not isinstance(meta, dict) or not (meta.get("global") or meta.get("local")):
         raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
@@ -149,7 +159,8 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
     logger.info("loaded %s: %s/%s, V=%d, extractors %s, K=%d", path, config.variant, config.encoder, len(vocab),
                 ", ".join(f"{k}={e.name}({e.weights})" for k, e in extractors.items()), num_frames)
     return Captioner(model=model.to(dev).eval(), vocab=vocab, extractors=extractors, num_frames=num_frames,
-                     feature_dtype=dtype, feature_meta=meta, checkpoint=path, device=dev)
+                     feature_dtype=dtype, feature_meta=meta, checkpoint=path, device=dev,
+                     precision=precision)
 
 
 def _read(path: str | os.PathLike, captioner: Captioner, backend: str, with_frames: bool) -> SampledFrames:
@@ -198,7 +209,7 @@ def caption_video(
     global_feats = torch.from_numpy(feats["global"]).unsqueeze(0).to(dev)
     local_feats = torch.from_numpy(feats["local"]).unsqueeze(0).to(dev) if "local" in feats else None
     mask = torch.from_numpy(feats["mask"]).unsqueeze(0).to(dev)
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast(dev, captioner.precision):
         inputs = model.combine_features(global_feats, local_feats)
         hypotheses = decode(model, inputs, mask, options, bos_id=captioner.vocab.BOS, eos_id=captioner.vocab.EOS)[0]
     valid = feats["mask"]
@@ -213,6 +224,8 @@ def caption_video(
         frame_times=feats["times"][valid].astype(np.float32),
         attention=np.asarray(best.attention, dtype=np.float32)[:, valid],
     )
+    if model.config.attention == "hard":
+        result.taken = result.attention.argmax(1).tolist()
     if with_frames:
         result.frames = sampled.frames[valid]
     return result
@@ -228,7 +241,7 @@ def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str 
         k = len(result.frame_times)
         subtitle = f"{Path(result.path).name}  \u00b7  log-prob {result.score:.2f}  \u00b7  {k} frame{'s' * (k != 1)}"
     return render_explanation(png, result.frames, result.frame_times, result.words, result.attention,
-                              result.caption, subtitle=subtitle)
+                              result.caption, subtitle=subtitle, taken=result.taken)
 
 
 __all__ = ["Captioner", "CaptionResult", "caption_video", "explain_result", "load_captioner", "video_features"]

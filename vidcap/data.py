@@ -95,7 +95,7 @@ def collate(samples: list[dict[str, Any]], bos_id: int = Vocabulary.BOS, pad_id:
         mask[i, : s["mask"].shape[0]] = torch.from_numpy(np.asarray(s["mask"], dtype=bool))
     has_local = samples[0]["local"] is not None
     captions = [(i, ids) for i, s in enumerate(samples) for ids in s["tokens"]]
-    L = max(len(ids) for _, ids in captions)
+    L = max((len(ids) for _, ids in captions), default=1)  # none: an evaluation batch of long captions only
     targets = torch.full((len(captions), L), pad_id, dtype=torch.long)
     inputs = torch.full((len(captions), L), pad_id, dtype=torch.long)
     for n, (_, ids) in enumerate(captions):
@@ -115,25 +115,38 @@ def collate(samples: list[dict[str, Any]], bos_id: int = Vocabulary.BOS, pad_id:
 
 
 def read_split(
-    captions: pd.DataFrame, split: str, vocab: Vocabulary, max_caption_len: int, available: set[str]
+    captions: pd.DataFrame, split: str, vocab: Vocabulary, max_caption_len: int, available: set[str],
+    drop_long_captions: bool = False,
 ) -> tuple[list[VideoCaptions], int]:
     """The videos of `split` that have features, sorted by id, and how many were skipped for lack of them.
 
     captions: `read_captions`'s table; the ids come from its `tokens` column, the references are the raw captions.
+    A caption longer than `max_caption_len` tokens (EOS included) is cut, or with `drop_long_captions` left out of
+    the token lists (the NLL) while it stays a reference for the metrics; a train video left without a caption
+    is left out.
     """
     rows = captions[captions["split"] == split]
     # One pass over plain columns: a pandas group per video costs ~0.3 ms, half a minute at LSMDC's 118k clips.
     grouped: dict[str, list[tuple[str, str]]] = {}
     for video_id, caption, tokens in zip(rows["video_id"], rows["caption"], rows["tokens"], strict=True):
         grouped.setdefault(str(video_id), []).append((str(caption), str(tokens)))
-    videos, skipped = [], 0
+    videos, skipped, dropped = [], 0, 0
     for video_id in sorted(grouped):
         if video_id not in available:
             skipped += 1
             continue
         references = tuple(caption for caption, _ in grouped[video_id])
-        tokens = tuple(tuple(vocab.encode(t.split(), max_len=max_caption_len)) for _, t in grouped[video_id])
+        words = [t.split() for _, t in grouped[video_id]]
+        if drop_long_captions:
+            kept = [w for w in words if len(w) < max_caption_len]  # room for EOS
+            dropped += len(words) - len(kept)
+            words = kept
+            if split == "train" and not words:
+                continue
+        tokens = tuple(tuple(vocab.encode(w, max_len=max_caption_len)) for w in words)
         videos.append(VideoCaptions(video_id, references, tokens))
+    if dropped:
+        log.info("%s: %d captions of %d or more words dropped", split, dropped, max_caption_len)
     return videos, skipped
 
 
@@ -147,6 +160,9 @@ class CaptionDataModule(LightningDataModule):
         eval_batch_size: videos per validation/test batch (each with all its references); default batch_size.
         num_workers: DataLoader worker processes.
         max_caption_len: captions are cut to this many tokens, EOS included (the paper: 30).
+        drop_long_captions: instead of cutting them, leave captions of max_caption_len or more words out of
+            training and out of every split's NLL and perplexity (the original's data_engine.prepare_data); the
+            metrics still score against every reference.
         val_split, test_split: split names of captions.csv used by validate and test.
     """
 
@@ -158,6 +174,7 @@ class CaptionDataModule(LightningDataModule):
         eval_batch_size: int | None = None,
         num_workers: int = 4,
         max_caption_len: int = 30,
+        drop_long_captions: bool = False,
         val_split: str = "val",
         test_split: str = "test",
     ):
@@ -211,7 +228,8 @@ class CaptionDataModule(LightningDataModule):
         for split in splits:
             if split in self.datasets:
                 continue
-            videos, skipped = read_split(captions, split, self.vocab, self.hparams.max_caption_len, available)
+            videos, skipped = read_split(captions, split, self.vocab, self.hparams.max_caption_len, available,
+                                         self.hparams.drop_long_captions)
             if skipped:
                 log.warning("%s: %d of %d videos have no features in %s (failed extraction?): skipped",
                             split, skipped, skipped + len(videos), self.features_dir)

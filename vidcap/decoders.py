@@ -44,8 +44,9 @@ def _to_uint8_batch(batch: Any) -> np.ndarray:
 class DecordBackend:
     name = "decord"
 
-    def __init__(self, path: str, expected_size: tuple[int, int] | None = None):
-        """`expected_size` (height, width) from the container header; decord's frames must have it."""
+    def __init__(self, path: str, expected_size: tuple[int, int] | None = None, threads: int = 0):
+        """`expected_size` (height, width) from the container header; decord's frames must have it. threads: decoding
+        threads (0: decord's default, every core)."""
         try:
             import decord
         except ImportError as exc:  # decord has no wheel for this platform (macOS, ARM)
@@ -59,7 +60,7 @@ class DecordBackend:
         )
         self.frames_decoded = 0
         try:
-            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=0)
+            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps() or 0.0)
             if self.num_frames <= 0:

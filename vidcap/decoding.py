@@ -10,8 +10,10 @@ K beams of a batch advance together, one `model.step` call per time step on B*K 
 `repeat_interleave` and reordered with `index_select` over dim 0); videos whose best hypotheses are settled leave
 the batch. State tensors that `step` returns unchanged (the very object it was given, such as the encoded frames)
 are the same for every beam of a video, so they are only re-indexed when videos leave the batch: copying the
-(B*K, T, D) frame context at every step would cost as much as the model step itself. Scores are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless
-`length_penalty` is set.
+(B*K, T, D) frame context at every step would cost as much as the model step itself. `shrinking_beam` runs the
+original code's beam search instead (`shrinking_beam_search`), whose beam narrows as hypotheses finish. Scores
+are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless `length_penalty`
+is set.
 """
 
 from __future__ import annotations
@@ -32,11 +34,14 @@ NEG_INF = float("-inf")
 
 @dataclass(frozen=True)
 class DecodingOptions:
-    """How to decode. The defaults are the original code's beam search (Yao et al. 2015)."""
+    """How to decode. The defaults keep the original code's beam width (5) and its ranking by the plain sum of
+    log-probabilities, but not its length limit (50) nor its shrinking beam: `max_len: 50, shrinking_beam: true`
+    is the original's search exactly (configs/experiment/paper.yaml; docs/paper_vs_original.md)."""
 
     # K, hypotheses kept per video at every step; 1 is greedy search.
     beam_size: int = 5
     # Most words in a caption, EOS not counted: after max_len words EOS is forced (its log-prob is still added).
+    # With shrinking_beam, max_len steps (the original: 50), and a caption still open then ends without EOS.
     max_len: int = 30
     # alpha. 0: rank by the plain sum of log-probs (the original, which favours short captions). Otherwise a
     # finished hypothesis of L tokens (EOS included) is ranked by log_prob / ((5 + L) / 6) ** alpha, GNMT's
@@ -46,6 +51,9 @@ class DecodingOptions:
     no_repeat_ngram_size: int = 0
     # Finished hypotheses returned per video, best first; at most beam_size.
     n_best: int = 1
+    # The original code's beam search: K - F live beams once F hypotheses have finished, a video stops at K
+    # finished ones or after max_len steps (open ones then count, without EOS). False: K live beams throughout.
+    shrinking_beam: bool = False
 
     def __post_init__(self) -> None:
         for name in ("beam_size", "max_len", "no_repeat_ngram_size", "n_best"):
@@ -104,6 +112,8 @@ def decode(
     if feats.shape[0] == 0:
         return []
     with torch.no_grad():
+        if options.shrinking_beam:
+            return shrinking_beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
         if options.beam_size == 1:
             return greedy_search(model, feats, mask.bool(), options, bos_id, eos_id)
         return beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
@@ -114,6 +124,10 @@ def _to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
     tensor (issue 17). They travel as float64, exact for float32/float64 values and integers below 2**53."""
     if all(t.device.type == "cpu" for t in tensors):
         return list(tensors)
+    return _in_one_copy(tensors)
+
+
+def _in_one_copy(tensors: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
     flat = torch.cat([t.reshape(-1).double() for t in tensors]).cpu()
     parts = flat.split([t.numel() for t in tensors])
     return [part.to(t.dtype).view(t.shape) for part, t in zip(parts, tensors, strict=True)]
@@ -307,4 +321,81 @@ def beam_search(
         active = next_active
 
     # sorted() is stable: among equal scores the hypothesis found first (the shorter one) wins.
+    return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]
+
+
+@torch.no_grad()
+def shrinking_beam_search(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
+) -> list[list[Hypothesis]]:
+    """The original code's beam search (arctic-capgen-vid's `gen_sample`), batched over videos. feats (B, T, D),
+    mask (B, T) bool -> B lists of n_best hypotheses, best first.
+
+    A video starts from one hypothesis. Each step extends its live hypotheses by every word and keeps the best
+    K - F extensions (F: its finished hypotheses): those ending in EOS finish, the others stay live. A video
+    stops when F reaches K or nothing is live; after max_len steps its live hypotheses count as they are, without
+    EOS's log-prob (the last row of their attention is that of the step that would have ended them). Ranked by the
+    summed log-probabilities, divided by the length normaliser when `length_penalty` is set (the original has none).
+    """
+    K, alpha_lp = options.beam_size, options.length_penalty
+    device = feats.device
+    state = model.init_state(feats, mask)
+    video = list(range(feats.shape[0]))  # the video of each state row; a video's rows are consecutive
+    histories: list[list[int]] = [[] for _ in video]
+    attention: list[list[torch.Tensor]] = [[] for _ in video]
+    scores = [0.0 for _ in video]
+    prev = torch.full((len(video),), bos_id, dtype=torch.long, device=device)
+    finished: list[list[Hypothesis]] = [[] for _ in video]
+
+    for _ in range(options.max_len):
+        log_probs, alpha, state = model.step(prev, state)
+        log_probs = log_probs.double()
+        if options.no_repeat_ngram_size:
+            _block(log_probs, histories, options.no_repeat_ngram_size)
+        candidates = torch.tensor(scores, dtype=torch.float64, device=device).unsqueeze(1) + log_probs
+        # A video's best K extensions are among the best K of each of its rows: one top-k and one copy per step.
+        top_log_prob, top_index = candidates.topk(min(K, candidates.shape[1]), dim=1)
+        top_log_prob, top_index = top_log_prob.tolist(), top_index.tolist()
+        alpha = alpha.float().cpu()
+        rows, words, next_scores, next_video = [], [], [], []
+        start = 0
+        while start < len(video):
+            v, end = video[start], start
+            while end < len(video) and video[end] == v:
+                end += 1
+            extensions = sorted(
+                ((lp, row, word) for row in range(start, end)
+                 for lp, word in zip(top_log_prob[row], top_index[row], strict=True)),
+                key=lambda e: -e[0])[: K - len(finished[v])]
+            for log_prob, row, word in extensions:
+                if log_prob == NEG_INF:
+                    break
+                if word == eos_id:
+                    length = len(histories[row]) + 1
+                    finished[v].append(Hypothesis(
+                        tokens=list(histories[row]), log_prob=log_prob,
+                        score=log_prob / length_normaliser(length, alpha_lp),
+                        attention=torch.stack(attention[row] + [alpha[row]]).numpy()))
+                else:
+                    rows.append(row)
+                    words.append(word)
+                    next_scores.append(log_prob)
+                    next_video.append(v)
+            start = end
+        histories = [histories[row] + [word] for row, word in zip(rows, words, strict=True)]
+        attention = [attention[row] + [alpha[row]] for row in rows]
+        scores, video = next_scores, next_video
+        if not rows:
+            break
+        state = _select(state, torch.tensor(rows, device=device))
+        prev = torch.tensor(words, dtype=torch.long, device=device)
+
+    if video:  # hypotheses still open after max_len steps
+        _, alpha, _ = model.step(prev, state)
+        alpha = alpha.float().cpu()
+    for row, v in enumerate(video):
+        finished[v].append(Hypothesis(
+            tokens=histories[row], log_prob=scores[row],
+            score=scores[row] / length_normaliser(len(histories[row]), alpha_lp),
+            attention=torch.stack(attention[row] + [alpha[row]]).numpy()))
     return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]

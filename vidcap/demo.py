@@ -8,7 +8,9 @@ Stages (each reuses what a previous run of the same settings finished, so an int
     fit       `vidcap fit --config configs/experiment/demo.yaml` (the attention model with the time-position frame
               encoder), through the same LightningCLI as every other training run
     evaluate  the test split: BLEU-4, METEOR, CIDEr, ROUGE-L, perplexity, the content metrics, the reversal test
-              (vidcap.evaluation)
+              (vidcap.evaluation), and its HTML report, report/index.html (vidcap.report_cards)
+    scst      (`--scst` only) self-critical training of the fitted model on CIDEr-D (configs/experiment/scst.yaml,
+              vidcap.scst) and the same evaluation of it, in OUT/scst/
     caption   one held-out test video with vidcap.caption, as a user would, and its attention explanation PNG
 
 `train`, `prepare_synthetic` and `extract_features` are shared with `vidcap ablate` (vidcap.ablate).
@@ -45,6 +47,7 @@ GLOBAL_EXTRACTOR = "efficientnet_lite0"
 LOCAL_EXTRACTOR = "frame_delta_efficientnet_lite0"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS / "experiment" / "demo.yaml"
+SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"  # `vidcap demo --scst`, the ablation's SCST row
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,11 @@ class DemoSettings:
                              "checkout installed with `pip install -e .`)")
         return ["--config", str(self.config), *self.overrides, *extra]
 
+    def scst_args(self, init_from: str | os.PathLike, *extra: str) -> list[str]:
+        """The `vidcap fit` options of self-critical training from checkpoint `init_from` (configs/experiment/
+        scst.yaml, then these settings' overrides), then `extra`."""
+        return ["--config", str(SCST_CONFIG), *self.overrides, "--model.init_from", str(init_from), *extra]
+
 
 @dataclass
 class DemoResult:
@@ -78,6 +86,7 @@ class DemoResult:
     caption: dict[str, Any]  # video_id, path, caption, references, explanation (PNG path)
     files: dict[str, Path]
     model: dict[str, Any]  # the checkpoint's ModelConfig (variant, encoder, sizes)
+    scst: dict[str, Any] | None = None  # with --scst: metrics, checkpoint, samples [(video, XE caption, SCST caption)]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -111,6 +120,25 @@ def extract_features(data_dir: str | os.PathLike, store: str | os.PathLike, imag
         raise UsageError(f"{first.path}: feature extraction failed ({first.reason}); "
                          f"{len(summary.failed)} video(s) have no features")
     return summary.extracted
+
+
+def demo_stages(scst: bool = False) -> tuple[str, ...]:
+    """The stages of `run_demo`, in order: STAGES, with "scst" after "evaluate" when asked for."""
+    return STAGES[:4] + ("scst",) + STAGES[4:] if scst else STAGES
+
+
+def evaluate_run(checkpoint: Path, data_dir: Path, store: Path, eval_dir: Path, trained: bool,
+                 progress: bool = True) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """The test split's metrics and predictions of `checkpoint` (vidcap.evaluation, with the reversal test), written to
+    EVAL_DIR, or read back from it when the checkpoint was not retrained: (metrics, predictions, whether reused)."""
+    from vidcap.evaluation import evaluate, write_outputs
+
+    metrics, predictions = (_read_json(eval_dir / f"{name}.json") for name in ("metrics", "predictions"))
+    if not trained and isinstance(metrics, dict) and isinstance(predictions, dict):
+        return metrics, predictions, True
+    result = evaluate(checkpoint, data_dir, store, split="test", reverse=True, progress=progress)
+    write_outputs(result, eval_dir)
+    return result.metrics, result.predictions, False
 
 
 def _read_json(path: Path) -> Any:
@@ -230,14 +258,17 @@ def _caption_one(data_dir: Path, checkpoint: Path, out: Path, predictions: dict[
 
 
 def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None = None,
-             on_stage: Callable[[str, str, dict[str, Any]], None] | None = None, progress: bool = True) -> DemoResult:
-    """Run every stage into OUT (data/, features/, run/, eval/, explain/, metrics.json, timings.json).
+             on_stage: Callable[[str, str, dict[str, Any]], None] | None = None, progress: bool = True,
+             scst: bool = False) -> DemoResult:
+    """Run every stage into OUT (data/, features/, run/, eval/, report/, explain/, metrics.json, timings.json).
 
     on_stage(stage, event, info) is called with event "start" and "end" (info: {"seconds", "reused"}) for each
-    stage of STAGES, for a progress display.
+    stage of `demo_stages(scst)`, for a progress display. `scst`: fine-tune the model by self-critical training
+    (configs/experiment/scst.yaml) into OUT/scst/ (run/, eval/) and evaluate it, after the evaluate stage.
     """
     from vidcap.evaluation import evaluate, write_outputs
     from vidcap.model import LOCAL_VARIANTS
+    from vidcap.report_cards import write_evaluation_report
 
     settings = settings or DemoSettings()
     args = settings.training_args()
@@ -277,20 +308,34 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
         st.reused = not trained
     with stage("evaluate") as st:
         cached = [_read_json(eval_dir / f"{name}.json") for name in ("metrics", "predictions", "evaluation")]
-        if trained or not all(isinstance(part, dict) for part in cached):
+        report = out / "report" / "index.html"
+        if trained or not all(isinstance(part, dict) for part in cached) or not report.is_file():
             result = evaluate(checkpoint, data_dir, store, split="test", reverse=True, progress=progress)
             write_outputs(result, eval_dir)
+            write_evaluation_report(result, data_dir, report.parent)
             cached = [result.metrics, result.predictions, {"model": result.model, "options": result.options}]
         else:
             st.reused = True
         found, predictions, evaluation = cached
         metrics = {key: found[key] for key in DEMO_METRIC_KEYS if key in found}
+    scst_result = None
+    if scst:
+        with stage("scst") as st:
+            scst_dir = out / "scst"
+            scst_checkpoint, scst_trained = train(data_dir, store, scst_dir / "run", settings.scst_args(checkpoint),
+                                                  progress)
+            scst_metrics, scst_predictions, st.reused = evaluate_run(scst_checkpoint, data_dir, store,
+                                                                     scst_dir / "eval", scst_trained, progress)
+            scst_result = {"metrics": {k: scst_metrics[k] for k in DEMO_METRIC_KEYS if k in scst_metrics},
+                           "checkpoint": scst_checkpoint,
+                           "samples": [(v, predictions.get(v), c) for v, c in sorted(scst_predictions.items())[:3]]}
     with stage("caption"):
         caption = _caption_one(data_dir, checkpoint, out, predictions, evaluation["options"])
     files = {"metrics": out / "metrics.json", "timings": out / "timings.json", "checkpoint": checkpoint,
-             "predictions": eval_dir / "predictions.json", "explanation": Path(caption["explanation"]),
-             "config": run_dir / "config.yaml", "data": data_dir, "features": store}
+             "predictions": eval_dir / "predictions.json", "report": report,
+             "explanation": Path(caption["explanation"]), "config": run_dir / "config.yaml",
+             "tensorboard": run_dir / "lightning_logs", "data": data_dir, "features": store}
     atomic.write_json(files["metrics"], metrics)
     atomic.write_json(files["timings"], timings)
     return DemoResult(out=out, metrics=metrics, timings=timings, checkpoint=checkpoint, caption=caption, files=files,
-                      model=evaluation["model"])
+                      model=evaluation["model"], scst=scst_result)

@@ -26,15 +26,17 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from pytorch_lightning import Callback
 
-from vidcap import atomic
+from vidcap import atomic, launcher
 from vidcap.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.lit_module import CaptionModule
 from vidcap.model import LOCAL_VARIANTS, ModelConfig
+from vidcap.precision import check_precision
 from vidcap.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -52,6 +54,9 @@ class EvaluationResult:
     predictions: video id -> best caption (sorted by id).
     nbest: video id -> [{"caption", "log_prob", "score"}, ...] best first, when n_best > 1 (else None).
     reversed_predictions: video id -> caption of the reversed frames, when reverse=True (else None).
+    attention: video id -> (words, weights) of the best caption, for the models with attention (else None): words
+      are its tokens then "<eos>", weights (L, K) float32 the attention over the video's K valid frames when each
+      word was emitted, one-hot on the frame taken for hard attention (what the report's cards show).
     model: the checkpoint's ModelConfig as a dict (variant, encoder, sizes).
     features: the feature-store meta.json the model was trained on (extractor names and sizes).
     dataset: the dataset name from DIR/prepare.json (`msvd`, `lsmdc`, `synthetic`, ...), or None.
@@ -66,6 +71,7 @@ class EvaluationResult:
     dataset: str | None = None
     nbest: dict[str, list[dict[str, Any]]] | None = None
     reversed_predictions: dict[str, str] | None = None
+    attention: dict[str, tuple[list[str], np.ndarray]] | None = None
     rank: int = 0
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -87,21 +93,24 @@ def reversal_changed(predictions: Mapping[str, str], reversed_predictions: Mappi
 
 
 class EvaluationModule(CaptionModule):
-    """CaptionModule whose test loop also keeps the n-best lists (`decoding.n_best > 1`) and, with `reverse`, the
-    captions of the reversed frames. After `Trainer.test`, every rank holds the whole split's `last_predictions`
-    (from CaptionModule), `last_nbest` and `last_reversed`."""
+    """CaptionModule whose test loop also keeps the n-best lists (`decoding.n_best > 1`), the attention of the best
+    caption (models with attention) and, with `reverse`, the captions of the reversed frames. After `Trainer.test`,
+    every rank holds the whole split's `last_predictions` (from CaptionModule), `last_nbest`, `last_attention` and
+    `last_reversed`."""
 
     def __init__(self, *args: Any, reverse: bool = False, **kwargs: Any):
         super().__init__(*args, **kwargs)
         self.reverse = reverse
         self._nbest: dict[str, list[dict[str, Any]]] = {}
         self._reversed: dict[str, str] = {}
+        self._attention: dict[str, tuple[list[str], np.ndarray]] = {}
         self.last_nbest: dict[str, list[dict[str, Any]]] = {}
         self.last_reversed: dict[str, str] = {}
+        self.last_attention: dict[str, tuple[list[str], np.ndarray]] = {}
 
     def on_test_epoch_start(self) -> None:
         super().on_test_epoch_start()
-        self._nbest, self._reversed = {}, {}
+        self._nbest, self._reversed, self._attention = {}, {}, {}
 
     def _decoded(self, video_ids: list[str], feats: torch.Tensor, mask: torch.Tensor,
                  hypotheses: list[list[Hypothesis]]) -> None:
@@ -113,6 +122,15 @@ class EvaluationModule(CaptionModule):
                     {"caption": vocab.decode(h.tokens), "log_prob": float(h.log_prob), "score": float(h.score)}
                     for h in nbest
                 ]
+        if self.config.attends:
+            valid = mask.cpu().numpy()
+            for i, (video_id, nbest) in enumerate(zip(video_ids, hypotheses, strict=True)):
+                best = nbest[0]
+                words = [vocab.id_to_token(t) for t in best.tokens] + ["<eos>"]
+                weights = np.asarray(best.attention, dtype=np.float32)[:, valid[i]]
+                if self.config.attention == "hard":  # at test time hard attention takes the most likely frame
+                    weights = np.eye(weights.shape[1], dtype=np.float32)[weights.argmax(1)]
+                self._attention[video_id] = (words, weights)
         if self.reverse:
             best_only = replace(self.decoding, n_best=1)
             reversed_ = decode(self.model, reverse_frames(feats, mask), mask, best_only, Vocabulary.BOS,
@@ -121,15 +139,13 @@ class EvaluationModule(CaptionModule):
                 self._reversed[video_id] = vocab.decode(nbest[0].tokens)
 
     def on_test_epoch_end(self) -> None:
-        nbest, reversed_ = self._nbest, self._reversed
+        parts = (self._nbest, self._reversed, self._attention)
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (nbest, reversed_))
+            dist.all_gather_object(gathered, parts)
             # Merging dicts drops the videos DistributedSampler repeated (same id, same caption).
-            nbest = {k: v for part, _ in gathered for k, v in part.items()}
-            reversed_ = {k: v for _, part in gathered for k, v in part.items()}
-        self.last_nbest = dict(sorted(nbest.items()))
-        self.last_reversed = dict(sorted(reversed_.items()))
+            parts = tuple({k: v for rank in gathered for k, v in rank[n].items()} for n in range(len(parts)))
+        self.last_nbest, self.last_reversed, self.last_attention = (dict(sorted(part.items())) for part in parts)
         super().on_test_epoch_end()
 
 
@@ -208,6 +224,7 @@ def evaluate(
     batch_size: int = 32,
     num_workers: int = 0,
     progress: bool = True,
+    precision: str = "32-true",
 ) -> EvaluationResult:
     """Decode `split` with a checkpoint and score it (see the module docstring).
 
@@ -216,8 +233,12 @@ def evaluate(
     n_best: hypotheses kept per video in `result.nbest` (<= beam_size). reverse: also decode the reversed frames
     (the reversal test). devices > 1 runs DDP with Lightning's launcher, which starts the current command again in
     devices - 1 more processes: call it from `vidcap evaluate` (or a script that does nothing else before this
-    call); every rank returns, and only `result.rank == 0` should write files.
+    call); every rank returns, and only `result.rank == 0` should write files. Under torchrun or srun (any number of
+    nodes; vidcap/launcher.py) the processes the launcher started are the ranks, and `devices` may only repeat their
+    number per node.
     batch_size: videos per test batch, each with all its references.
+    precision: "32-true" or "bf16-mixed" (vidcap.precision.PRECISIONS), Lightning's precision for the test loop; use
+    the training run's `trainer.precision` to reproduce its val/ numbers.
     Raises UsageError / CheckpointError naming the file and the reason.
     """
     import pytorch_lightning as pl
@@ -230,6 +251,13 @@ def evaluate(
     checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
     if devices < 1:
         raise UsageError(f"--devices must be >= 1, got {devices}")
+    # Lightning's Trainer runs on the launcher's group as it is (the backend it would pick itself).
+    on_cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
+    launched = launcher.join("nccl" if on_cuda else "gloo")
+    if launched is not None:
+        devices = launcher.devices_per_node(launched, devices)
+    num_nodes = launched.num_nodes if launched is not None else 1
+    check_precision(precision)
     ckpt = read_checkpoint(checkpoint)
     meta = read_vidcap_section(ckpt, str(checkpoint))
     if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt:
@@ -259,7 +287,8 @@ def evaluate(
         data.datasets[split] = CaptionDataset(features_dir, data.datasets[split].videos, per_reference=False)
 
     trainer = pl.Trainer(
-        accelerator=accelerator, devices=devices, strategy="ddp" if devices > 1 else "auto",
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes,
+        strategy="ddp" if devices * num_nodes > 1 else "auto", precision=precision,
         logger=False, enable_checkpointing=False, enable_model_summary=False, enable_progress_bar=False,
         callbacks=[_Progress(f"evaluate {split}")] if progress else [],
     )
@@ -277,8 +306,10 @@ def evaluate(
     result = EvaluationResult(
         split=split, checkpoint=str(checkpoint), metrics=metrics, predictions=predictions, model=meta["model"],
         features=meta.get("features") or {}, dataset=dataset.NAME if dataset else None,
-        nbest=module.last_nbest or None, reversed_predictions=reversed_predictions, rank=trainer.global_rank,
-        options={**asdict(decoding), "max_caption_len": max_caption_len, "devices": devices},
+        nbest=module.last_nbest or None, reversed_predictions=reversed_predictions,
+        attention=module.last_attention or None, rank=trainer.global_rank,
+        options={**asdict(decoding), "max_caption_len": max_caption_len, "devices": devices, "num_nodes": num_nodes,
+                 "precision": precision},
     )
     log.info("%s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))
     return result

@@ -59,6 +59,7 @@ def render_explanation(
     *,
     mask: Sequence[bool] | np.ndarray | None = None,
     subtitle: str | None = None,
+    taken: Sequence[int] | None = None,
     dpi: int = 100,
 ) -> Path:
     """Write the explanation PNG of one caption to `path` and return it.
@@ -66,7 +67,9 @@ def render_explanation(
     frames: (K, H, W, 3) uint8, the sampled frames; times: (K,) seconds; words: the L decoded tokens (those the
     attention rows belong to, e.g. the caption's words and "<eos>"); attention: (L, K) float, row l = the attention
     weights used to emit words[l]; mask: (K,) bool, False on padded frames (dropped from the plot: they repeat a
-    real frame and get no attention). Empty captions (L = 0) still get the strip.
+    real frame and get no attention); taken: (L,) with hard attention, the frame (index into `frames`) each word
+    took, outlined whatever its weight (soft attention: each word's most-attended frame is outlined when it stands
+    out). Empty captions (L = 0) still get the strip.
     """
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
@@ -126,9 +129,12 @@ def render_explanation(
             spine.set_visible(False)
         # Outline the frame each word attended to most, the answer to "where did this word come from?", where the
         # answer means something: that frame got at least twice its uniform share (a flat row has no such frame).
-        for row, col in enumerate(attention.argmax(axis=1)):
-            if attention[row, col] < 2.0 / k:
-                continue
+        if taken is not None:  # hard attention: the one frame each word read
+            column = np.cumsum(keep) - 1
+            marks = [(row, int(column[frame])) for row, frame in enumerate(taken) if keep[frame]]
+        else:
+            marks = [(row, col) for row, col in enumerate(attention.argmax(axis=1)) if attention[row, col] >= 2.0 / k]
+        for row, col in marks:
             heat.add_patch(Rectangle((col - 0.5, row - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT, linewidth=2))
         cax = fig.add_axes(((left + col_w * k + 0.25) / fig_w, bottom / fig_h, 0.15 / fig_w, heat_h / fig_h))
         bar = fig.colorbar(image, cax=cax)

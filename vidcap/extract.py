@@ -8,13 +8,16 @@ How a run goes:
   `failed/<video_id>.txt`; `manifest.csv` is rebuilt from `features/` and `failed/` at the end of each run. No file
   is ever appended to by two processes.
 - Resume: a video whose .npz exists is skipped. Failed videos are tried again on the next run.
-- Scale-out: `devices > 1` starts that many processes (one per GPU, or CPU processes) with
-  torch.multiprocessing.spawn; rank r takes the videos whose index in videos.csv satisfies index % N == r. Shards
-  share nothing but the output folder, so no process group is needed; the parent waits for all of them and writes
-  the manifest. For the same reason several machines can share one output folder (a network file system): run the
-  same command on each, with the same extractor settings (meta.json must match); skip-if-done plus atomic renames
-  keep the store consistent; at worst two machines extract the same video and the second rename wins. Giving each
-  machine its own videos.csv (or `--split`) avoids that duplicate work.
+- Scale-out: the videos still to extract form one list, in videos.csv order; of N processes, rank r takes those at
+  positions p with p % N == r, so no video is extracted twice. `devices > 1` starts N processes on this machine
+  (one per GPU, or CPU processes) with torch.multiprocessing.spawn; the parent lists the videos, waits for all of
+  them and writes the manifest. Under a launcher (`torchrun`, any --nnodes, or SLURM's `srun`; vidcap/launcher.py)
+  the processes it started are the N, over any number of machines sharing the output folder: rank 0 writes (or
+  checks) meta.json and lists the videos, every other process checks that its settings give the same meta.json and
+  that its videos.csv has those videos, all of them stop with the first error before any work, and after a barrier
+  rank 0 writes the manifest. manifest.csv's `writer` column names the process ("host:rank") that wrote each video.
+  A process or node that dies leaves complete files only; a rerun, with any number of processes, lists what is
+  left and completes the store.
 """
 
 from __future__ import annotations
@@ -24,22 +27,28 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vidcap import launcher
 from vidcap import store as fs
 from vidcap.datasets import read_videos
-from vidcap.errors import UsageError
+from vidcap.errors import UsageError, VidcapError
 from vidcap.extract_shard import Shard, run_shard, spawned_shard
 from vidcap.extractors import EXTRACTORS, Extractor, build_extractor
+from vidcap.precision import compute_record
 from vidcap.video import SAMPLING_RULE
 
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
+# Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
+# have hours of videos left); a node that dies is the launcher's to stop (torchrun's agents, srun --kill-on-bad-exit).
+BARRIER_TIMEOUT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -51,7 +60,10 @@ class ExtractOptions:
     workers per process (None: default_num_workers). devices: processes (GPUs with device="cuda"). *_weights:
     "pretrained", "random" or a state_dict file. splits: only these splits of videos.csv (None: all). dtype: stored
     feature type. backend: video decoder. image_sizes: {"global": px, "local": px} input-size overrides (None: the
-    extractor's own). threads: torch threads per process (None: default_threads).
+    extractor's own). threads: torch threads per process (None: default_threads). amp: run the extractors in bf16
+    autocast with TensorFloat-32 on CUDA (faster; features differ by ~1e-2 relative, so meta.json records it and a
+    store never mixes it with float32 features; vidcap.precision). decoder_threads: threads of each video decoder
+    (None: default_decoder_threads).
     """
 
     global_name: str | None = None
@@ -68,6 +80,12 @@ class ExtractOptions:
     backend: str = "auto"
     image_sizes: dict[str, int | None] = field(default_factory=dict)
     threads: int | None = None
+    amp: bool = False
+    decoder_threads: int | None = None
+
+    @property
+    def precision(self) -> str:
+        return "bf16-mixed" if self.amp else "32-true"
 
     @property
     def names(self) -> dict[str, str]:
@@ -76,7 +94,8 @@ class ExtractOptions:
 
     def build(self, kind: str, device: str | torch.device = "cpu") -> Extractor:
         weights = self.global_weights if kind == "global" else self.local_weights
-        return build_extractor(self.names[kind], weights=weights, device=device, image_size=self.image_sizes.get(kind))
+        return build_extractor(self.names[kind], weights=weights, device=device, image_size=self.image_sizes.get(kind),
+                               precision=self.precision)
 
     def checked(self) -> ExtractOptions:
         """These options with the defaults that depend on the machine filled in; UsageError for bad values."""
@@ -98,8 +117,9 @@ class ExtractOptions:
             available = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if available < self.devices:
                 raise UsageError(f"--device cuda --devices {self.devices}: only {available} CUDA device(s) available")
-        if self.threads is not None and self.threads < 1:
-            raise UsageError(f"--threads must be >= 1, got {self.threads}")
+        for flag, value in (("--threads", self.threads), ("--decoder-threads", self.decoder_threads)):
+            if value is not None and value < 1:
+                raise UsageError(f"{flag} must be >= 1, got {value}")
         if self.num_workers is not None and self.num_workers < 0:
             raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
         sizes = {kind: size for kind, size in self.image_sizes.items() if size is not None}
@@ -107,7 +127,8 @@ class ExtractOptions:
             raise UsageError("--global-size and --local-size must be at least 8 pixels")
         workers = default_num_workers(self.device, self.devices) if self.num_workers is None else self.num_workers
         threads = self.threads or default_threads(self.device, self.devices, workers)
-        return replace(self, image_sizes=sizes, num_workers=workers, threads=threads)
+        decoders = self.decoder_threads or default_decoder_threads(self.devices, workers)
+        return replace(self, image_sizes=sizes, num_workers=workers, threads=threads, decoder_threads=decoders)
 
 
 def default_num_workers(device: str, devices: int) -> int:
@@ -118,14 +139,18 @@ def default_num_workers(device: str, devices: int) -> int:
     return max(1, min(8, (os.cpu_count() or 1) // devices - 1))
 
 
-def default_threads(device: str, devices: int, num_workers: int) -> int | None:
-    """torch threads per process on CPU: the cores of this process's share minus one per decoding worker (None on GPU:
-    leave torch's default). An OpenMP thread that loses its core to a decoder stalls the whole forward pass; on the
-    2-core reference machine 1 thread + 1 worker reached 85% of the model-alone speed, 2 threads + 1 worker 72%
-    (benchmarks/bench_extract.py)."""
-    if device != "cpu":
-        return None
+def default_threads(device: str, devices: int, num_workers: int) -> int:
+    """torch threads per process: the cores of this process's share minus one per decoding worker. An OpenMP thread
+    that loses its core to a decoder stalls the whole forward pass; on the 2-core reference machine 1 thread + 1 worker
+    reached 85% of the model-alone speed, 2 threads + 1 worker 72% (benchmarks/bench_extract.py). On GPU the same
+    share: torch's default (every core, in each of N processes) oversubscribes the CPU that the decoders need."""
     return max(1, (os.cpu_count() or 1) // devices - num_workers)
+
+
+def default_decoder_threads(devices: int, num_workers: int) -> int:
+    """Threads of each video decoder (decord, PyAV): the process's share of the cores split among its decoding
+    workers. Left to themselves both decoders take every core, in each of workers x devices processes."""
+    return max(1, (os.cpu_count() or 1) // (devices * max(1, num_workers)))
 
 
 @dataclass
@@ -137,8 +162,9 @@ class Failure:
 
 @dataclass
 class ExtractSummary:
-    """What a run did. total: videos selected; skipped: already in the store; extracted: written by this run;
-    failed: videos that have no features after this run (with the reason)."""
+    """What a run did. total: videos selected; skipped: already in the store; extracted: written by this run (by
+    every process); failed: videos that have no features after this run (with the reason). rank: this process's
+    under a launcher (every process gets the same summary; only rank 0 should report it)."""
 
     store: Path
     total: int
@@ -146,6 +172,7 @@ class ExtractSummary:
     extracted: int
     failed: list[Failure]
     seconds: float
+    rank: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -189,7 +216,9 @@ def library_versions() -> dict[str, str | None]:
     return versions
 
 
-def make_meta(extractors: dict[str, Extractor], num_frames: int, dtype: str) -> dict[str, Any]:
+def make_meta(extractors: dict[str, Extractor], num_frames: int, dtype: str,
+              compute: dict[str, Any] | None = None) -> dict[str, Any]:
+    """meta.json of a store; compute: vidcap.precision.compute_record of the run (default: float32 on the CPU)."""
     return {
         "format": fs.FORMAT,
         "num_frames": num_frames,
@@ -197,6 +226,7 @@ def make_meta(extractors: dict[str, Extractor], num_frames: int, dtype: str) -> 
         "dtype": dtype,
         "global": extractors["global"].describe() if "global" in extractors else None,
         "local": extractors["local"].describe() if "local" in extractors else None,
+        "compute": compute or compute_record("cpu", "32-true"),
         "versions": library_versions(),
     }
 
@@ -216,30 +246,80 @@ def run_extract(
     """Extract features for the videos in DIR/videos.csv into the store `out_dir` (see the module docstring).
 
     on_failure(video_id, path, reason) is called for each video that cannot be decoded (in the process that met it).
-    Raises UsageError for bad settings.
+    Under a launcher every process calls it (module docstring) and gets the same summary. Raises UsageError for bad
+    settings (on every process, before any work, when one of them has them).
     """
     started = time.perf_counter()
-    options = options.checked()
     store = Path(out_dir)
-    rows = read_video_table(data_dir, options.splits)
-    # Build in this process first: bad weights fail before anything is written, and meta.json gets the descriptions.
-    extractors = {kind: options.build(kind) for kind in options.names}
-    fs.prepare_store(store, make_meta(extractors, options.num_frames, options.dtype))
-    fs.clean_temp_files(store)
+    process = launcher.join("gloo")  # gloo, on GPUs too: only a few Python objects are exchanged
+    lead = process is None or process.rank == 0
 
-    todo = [(i, vid, path) for i, (vid, path) in enumerate(rows) if not fs.feature_path(store, vid).exists()]
-    skipped = len(rows) - len(todo)
-    if skipped:
+    def setup() -> tuple[ExtractOptions, list[tuple[str, str]], dict[str, Extractor], dict[str, Any]]:
+        checked = options if process is None else replace(
+            options, devices=launcher.devices_per_node(process, options.devices))
+        checked = checked.checked()
+        rows = read_video_table(data_dir, checked.splits)
+        # Build here first: bad weights fail before anything is written, and meta.json gets the descriptions.
+        extractors = {kind: checked.build(kind) for kind in checked.names}
+        meta = make_meta(extractors, checked.num_frames, checked.dtype,
+                         compute_record(checked.device, checked.precision))
+        if lead:
+            fs.prepare_store(store, meta)
+        return checked, rows, extractors, meta
+
+    options, rows, extractors, meta = launcher.agree(process, setup)
+    if lead:
+        fs.clean_temp_files(store)
+    pending = launcher.from_rank_zero(
+        process, [vid for vid, _ in rows if not fs.feature_path(store, vid).exists()] if lead else None)
+    paths = dict(rows)
+    if process is not None:
+        launcher.agree(process, lambda: lead or _check_same_run(store, meta, data_dir, paths, pending))
+        if process.local_rank == 0 and not lead:
+            fs.clean_temp_files(store)  # this host's, which only a process here can tell from a live writer's
+    skipped = len(rows) - len(pending)
+    if skipped and lead:
         logger.info("%s: %d of %d videos already extracted; skipping them", store, skipped, len(rows))
     # Spawned processes rebuild the extractors from the resolved weights (a file path made absolute).
     weights = {f"{kind}_weights": ext.weights for kind, ext in extractors.items()}
-    shard = Shard(store, todo, replace(options, **weights), progress, on_failure)
-    if todo:
-        if options.devices == 1:
-            run_shard(0, replace(shard, extractors=extractors))
-        else:
-            del extractors  # each process builds its own, on its own device
-            torch.multiprocessing.spawn(spawned_shard, args=(shard,), nprocs=options.devices, join=True)
+    shard = Shard(store, [(vid, paths[vid]) for vid in pending], replace(options, **weights), progress, on_failure)
+    if process is not None:
+        if pending:
+            run_shard(replace(shard, extractors=extractors, rank=process.rank, world_size=process.world_size,
+                              local_rank=process.local_rank))
+        try:
+            torch.distributed.monitored_barrier(timeout=BARRIER_TIMEOUT)
+        except RuntimeError as error:  # torch.distributed.DistError: a process that died (its node, a kill)
+            raise VidcapError(f"{store}: another process stopped before finishing its share "
+                              f"({' '.join(str(error).split())[:200]}); the files written are complete: rerun to "
+                              "extract the rest") from None
+    elif pending and options.devices == 1:
+        run_shard(replace(shard, extractors=extractors))
+    elif pending:
+        del extractors  # each process builds its own, on its own device
+        torch.multiprocessing.spawn(spawned_shard, args=(replace(shard, world_size=options.devices),),
+                                    nprocs=options.devices, join=True)
+    summary = _summarise(store, rows, pending, started) if lead else None
+    summary = launcher.from_rank_zero(process, summary)
+    return summary if process is None else replace(summary, rank=process.rank)
+
+
+def _check_same_run(store: Path, meta: dict[str, Any], data_dir: str | os.PathLike, paths: dict[str, str],
+                    pending: list[str]) -> None:
+    """What every process but rank 0 checks before any work: it sees the store rank 0 prepared, its settings make
+    the same meta.json, and its videos.csv lists the videos rank 0 listed (paths may differ: mounts can)."""
+    if not (store / "meta.json").is_file():
+        raise UsageError(f"{store}: no meta.json here, though rank 0 wrote one: every node must see --out on a "
+                         "shared file system")
+    fs.check_meta(store, meta)
+    missing = [vid for vid in pending if vid not in paths]
+    if missing:
+        raise UsageError(f"{Path(data_dir) / 'videos.csv'}: lacks {len(missing)} of the videos rank 0 lists (e.g. "
+                         f"{missing[0]}); every node must read the same videos.csv")
+
+
+def _summarise(store: Path, rows: list[tuple[str, str]], pending: list[str], started: float) -> ExtractSummary:
+    """Rebuild manifest.csv once every process is done, and say what the run did."""
     fs.write_manifest(store)
     failures = fs.read_failures(store)
     failed = [
@@ -247,7 +327,8 @@ def run_extract(
         for vid, path in rows
         if vid in failures and not fs.feature_path(store, vid).exists()
     ]
-    extracted = sum(1 for _, vid, _ in todo if fs.feature_path(store, vid).exists())
+    extracted = sum(1 for vid in pending if fs.feature_path(store, vid).exists())
+    skipped = len(rows) - len(pending)
     return ExtractSummary(store, len(rows), skipped, extracted, failed, time.perf_counter() - started)
 
 
@@ -255,6 +336,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractSummary",
     "Failure",
+    "default_decoder_threads",
     "default_num_workers",
     "default_threads",
     "make_meta",

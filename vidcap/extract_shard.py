@@ -10,9 +10,12 @@ finished video's features through vidcap.store.
 from __future__ import annotations
 
 import logging
+import shutil
+import socket
 from collections import deque
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 
 from vidcap import store as fs
-from vidcap.errors import VidcapError
+from vidcap.errors import UsageError, VidcapError
 from vidcap.extractors import Extractor, assemble_features
 from vidcap.video import SampledFrames, read_sampled_frames
 
@@ -63,6 +66,7 @@ class _VideoDataset(torch.utils.data.Dataset):
         self.requests = {kind: ext.request for kind, ext in extractors.items()}
         self.num_frames = options.num_frames
         self.backend = options.backend
+        self.decoder_threads = options.decoder_threads
 
     def __len__(self) -> int:
         return len(self.items)
@@ -70,7 +74,7 @@ class _VideoDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> _Item:
         video_id, path = self.items[index]
         try:
-            video = read_sampled_frames(path, self.num_frames, self.backend, self.requests)
+            video = read_sampled_frames(path, self.num_frames, self.backend, self.requests, self.decoder_threads)
         except Exception as exc:  # noqa: BLE001 - any decoder failure on one file is that file's status, not the run's
             return _Item(video_id, path, error=_reason(exc, path))
         # Only the valid steps go to the networks (padded steps get zero features).
@@ -80,6 +84,42 @@ class _VideoDataset(torch.utils.data.Dataset):
 
 def _keep(item: _Item) -> _Item:
     return item
+
+
+# Decoded uint8 inputs in flight per process at most (workers x prefetch videos, each in /dev/shm on its way from a
+# worker and then in pinned memory): 32 slowfast videos per GPU were ~5 GB (issue 17).
+PREFETCH_BYTES = 1 << 30
+
+
+def video_bytes(extractors: dict[str, Extractor], num_frames: int) -> int:
+    """Bytes of one video's decoded inputs: K steps x frames per step x 3 x S x S uint8, summed over the extractors
+    (x3d_m 82 MB, slowfast_r50 164 MB, efficientnet_lite0 4 MB at K = 26)."""
+    return num_frames * sum(e.request.frames_per_step * 3 * e.image_size**2 for e in extractors.values())
+
+
+def prefetch_factor(video_size: int, num_workers: int) -> int:
+    """Videos each decoding worker prepares ahead: 4 for small inputs, fewer for big clips so that no more than
+    PREFETCH_BYTES are in flight, and at least 1."""
+    return max(1, min(4, PREFETCH_BYTES // max(1, video_size * max(1, num_workers))))
+
+
+@contextmanager
+def _shared_memory_hint(in_flight: int) -> Iterator[None]:
+    """Turn a decoding worker killed by SIGBUS, which is what a full /dev/shm does (Docker gives a container 64 MB),
+    into one line that says what to do; warn first when /dev/shm is smaller than the decoded videos in flight."""
+    shm = Path("/dev/shm")
+    total = shutil.disk_usage(shm).total if in_flight and shm.is_dir() else 0
+    if total and total < in_flight:
+        logger.warning("/dev/shm holds %d MB, less than the ~%d MB of decoded videos in flight; raise the container's "
+                       "--shm-size or lower --num-workers", total >> 20, in_flight >> 20)
+    try:
+        yield
+    except RuntimeError as error:
+        if "Bus error" not in str(error) and "out of shared memory" not in str(error):
+            raise
+        raise UsageError(f"decoding workers ran out of shared memory (/dev/shm: {total >> 20} MB, ~{in_flight >> 20} "
+                         "MB of decoded videos in flight): give the container more (docker run --shm-size=8g ...) or "
+                         "lower --num-workers") from None
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -108,15 +148,24 @@ def _take_rows(queue: deque, n: int, concat):
 
 class _Batcher:
     """FIFO of decoded videos. Each extractor runs on exactly `batch_size` steps per forward pass (the last one may
-    be short), cutting across video boundaries; a video is done once every extractor has covered its steps."""
+    be short), cutting across video boundaries; a video is done once every extractor has covered its steps.
 
-    def __init__(self, extractors: dict[str, Extractor], batch_size: int):
+    On CUDA the host never waits for the GPU in the loop (issue 17): a video's inputs go to the device when it arrives
+    (a non-blocking copy from the pinned memory the DataLoader put them in), batches are joined there, and features
+    come back through non-blocking copies into pinned memory; `finished` hands over the videos whose copies are done
+    (`wait=True`: waits for them). Decoding, copies and compute overlap. On the CPU the same steps make no copies.
+    """
+
+    def __init__(self, extractors: dict[str, Extractor], batch_size: int, device: torch.device | None = None):
         self.extractors = extractors
         self.batch_size = batch_size
+        self.device = device or torch.device("cpu")
         self.videos: deque[_Item] = deque()
         self.pending: dict[str, deque[torch.Tensor]] = {k: deque() for k in extractors}
         self.pending_rows = dict.fromkeys(extractors, 0)
-        self.outputs: dict[str, deque[np.ndarray]] = {k: deque() for k in extractors}
+        # Features on their way to the host: (tensor, the event of its copy or None), in batch order.
+        self.copying: dict[str, deque[tuple[torch.Tensor, torch.cuda.Event | None]]] = {k: deque() for k in extractors}
+        self.outputs: dict[str, deque[torch.Tensor]] = {k: deque() for k in extractors}
         self.output_rows = dict.fromkeys(extractors, 0)
 
     def __len__(self) -> int:
@@ -125,25 +174,41 @@ class _Batcher:
     def add(self, item: _Item) -> None:
         self.videos.append(item)
         for key in self.extractors:
-            x = item.video.inputs[key]
+            x = item.video.inputs[key].to(self.device, non_blocking=True)
             self.pending[key].append(x)
             self.pending_rows[key] += len(x)
+        item.video.inputs = {}  # the host copy (pinned on CUDA) is no longer needed
 
     def run(self, flush: bool = False) -> None:
         for key, extractor in self.extractors.items():
             while self.pending_rows[key] >= self.batch_size or (flush and self.pending_rows[key] > 0):
                 take = min(self.batch_size, self.pending_rows[key])
                 x = _take_rows(self.pending[key], take, torch.cat)
-                out = extractor.extract(x, batch_size=take)
                 self.pending_rows[key] -= take
-                self.outputs[key].append(out)
-                self.output_rows[key] += len(out)
+                self.copying[key].append(start_copy_to_host(extractor(x)))
+
+    def _collect(self, key: str, wait: bool) -> None:
+        """Move the features whose copy has ended (all of them with `wait`) from `copying` to `outputs`."""
+        queue = self.copying[key]
+        while queue:
+            features, copied = queue[0]
+            if copied is not None:
+                if wait:
+                    copied.synchronize()
+                elif not copied.query():
+                    break
+            queue.popleft()
+            self.outputs[key].append(features)
+            self.output_rows[key] += len(features)
 
     def _pop_rows(self, key: str, n: int) -> np.ndarray:
         self.output_rows[key] -= n
-        return _take_rows(self.outputs[key], n, np.concatenate)
+        return _take_rows(self.outputs[key], n, torch.cat).numpy()
 
-    def finished(self) -> list[tuple[_Item, dict[str, np.ndarray]]]:
+    def finished(self, wait: bool = False) -> list[tuple[_Item, dict[str, np.ndarray]]]:
+        """The videos whose features are all on the host, in order: [(item, {kind: (Kv, D) float32})]."""
+        for key in self.extractors:
+            self._collect(key, wait)
         done = []
         while self.videos:
             n = int(self.videos[0].video.mask.sum())
@@ -154,47 +219,68 @@ class _Batcher:
         return done
 
 
+def start_copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda.Event | None]:
+    """Start copying features to the host without blocking: (the host tensor, pinned, and the event that marks the
+    end of the copy; read the tensor only after it). CPU tensors come back as they are, with no event."""
+    if features.device.type != "cuda":
+        return features, None
+    host = torch.empty(features.shape, dtype=features.dtype, pin_memory=True)
+    host.copy_(features, non_blocking=True)
+    copied = torch.cuda.Event()
+    copied.record()
+    return host, copied
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # One process (a shard)
 
 
 @dataclass
 class Shard:
-    """What a shard process needs (picklable: sent to spawned processes). items: (index in the selected table,
-    video_id, path) not yet extracted; extractors: prebuilt ones (single process only)."""
+    """What a shard process needs (picklable: sent to spawned processes). items: (video_id, path) of every video
+    not yet extracted, the same list in every process; the process of rank r (of world_size) takes items[r::world_size]
+    and runs on GPU local_rank (its index on its node); extractors: prebuilt ones (in-process runs only)."""
 
     store: Path
-    items: list[tuple[int, str, str]]
+    items: list[tuple[str, str]]
     options: ExtractOptions
     progress: bool
     on_failure: Callable[[str, str, str], None] | None = None
     extractors: dict[str, Extractor] | None = field(default=None, repr=False)
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
 
 
-def run_shard(rank: int, shard: Shard) -> int:
-    """Extract this rank's share of shard.items; returns the number of videos written."""
+def run_shard(shard: Shard) -> int:
+    """Extract this process's share of shard.items; returns the number of videos written."""
     threads = torch.get_num_threads()
     if shard.options.threads:
         torch.set_num_threads(shard.options.threads)
     try:
-        return _extract_shard(rank, shard)
+        return _extract_shard(shard)
     finally:
         torch.set_num_threads(threads)  # in-process runs leave the caller's setting as it was
 
 
-def _extract_shard(rank: int, shard: Shard) -> int:
+def _extract_shard(shard: Shard) -> int:
     from tqdm import tqdm
 
     options = shard.options
-    device = torch.device(options.device if options.device == "cpu" else f"cuda:{rank}")
+    device = torch.device(options.device if options.device == "cpu" else f"cuda:{shard.local_rank}")
+    if device.type == "cuda":
+        # Before anything touches CUDA: otherwise every process also makes a context on GPU 0.
+        torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True
     if shard.extractors is None:
         extractors = {kind: options.build(kind, device) for kind in options.names}
     else:
         extractors = {kind: ext.to(device) for kind, ext in shard.extractors.items()}
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-        torch.backends.cudnn.benchmark = True
-    items = [(vid, path) for index, vid, path in shard.items if index % options.devices == rank]
+    items = shard.items[shard.rank :: shard.world_size]
+    size = video_bytes(extractors, options.num_frames)
+    prefetch = prefetch_factor(size, options.num_workers)
+    in_flight = size * options.num_workers * prefetch
+    writer = f"{socket.gethostname()}:{shard.rank}"  # manifest.csv's writer column
     loader = torch.utils.data.DataLoader(
         _VideoDataset(items, extractors, options),
         batch_size=None,  # one video per item; batching across videos happens in _Batcher
@@ -203,27 +289,27 @@ def _extract_shard(rank: int, shard: Shard) -> int:
         collate_fn=_keep,
         pin_memory=device.type == "cuda",
         worker_init_fn=_worker_init if options.num_workers else None,
-        prefetch_factor=4 if options.num_workers else None,
+        prefetch_factor=prefetch if options.num_workers else None,
     )
-    batcher = _Batcher(extractors, options.batch_size)
+    batcher = _Batcher(extractors, options.batch_size, device)
     written = 0
-    desc = "extract" if options.devices == 1 else f"extract [{rank}]"
-    bar = tqdm(total=len(items), unit="video", desc=desc, disable=not shard.progress, position=rank,
+    desc = "extract" if shard.world_size == 1 else f"extract [{shard.rank}]"
+    bar = tqdm(total=len(items), unit="video", desc=desc, disable=not shard.progress, position=shard.local_rank,
                dynamic_ncols=True)
 
     def write(done: list[tuple[_Item, dict[str, np.ndarray]]]) -> None:
         nonlocal written
         for item, feats in done:
             arrays = assemble_features(feats, item.video.mask, item.video.times)
-            fs.save_features(shard.store, item.video_id, arrays, dtype=options.dtype)
+            fs.save_features(shard.store, item.video_id, arrays, dtype=options.dtype, writer=writer)
             fs.failed_path(shard.store, item.video_id).unlink(missing_ok=True)
             written += 1
             bar.update(1)
 
-    with torch.inference_mode():
+    with torch.inference_mode(), _shared_memory_hint(in_flight):
         for item in loader:
             if item.error is not None:
-                fs.record_failure(shard.store, item.video_id, item.path, item.error)
+                fs.record_failure(shard.store, item.video_id, item.path, item.error, writer)
                 logger.debug("%s: %s", item.path, item.error)
                 if shard.on_failure is not None:
                     shard.on_failure(item.video_id, item.path, item.error)
@@ -233,11 +319,12 @@ def _extract_shard(rank: int, shard: Shard) -> int:
             batcher.run()
             write(batcher.finished())
         batcher.run(flush=True)
-        write(batcher.finished())
+        write(batcher.finished(wait=True))
     bar.close()
     return written
 
 
 def spawned_shard(rank: int, shard: Shard) -> None:
+    """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_shard(rank, shard)
+    run_shard(replace(shard, rank=rank, local_rank=rank))

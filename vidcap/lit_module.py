@@ -9,8 +9,11 @@ The data-derived sizes of ModelConfig (`DATA_SIZES`), the vocabulary and the fea
 module (vidcap/cli/train.py), never written by hand.
 
 Logged values (slashes in keys; all computed once over the whole split, never averaged per batch):
-    train/loss   sum of word NLL per caption (EOS included) + attention_penalty * doubly-stochastic term
+    train/loss   sum of word NLL per caption (EOS included) + the regularisers (`CaptionModule.regularisers`)
     train/ppl    exp(NLL per target token) of the batch
+    train/frame_baseline  hard attention: the moving-average log-likelihood REINFORCE compares with
+    train/reward, train/baseline, train/entropy, train/length  self-critical training (`scst`, vidcap.scst): mean
+                 reward and baseline of the samples, word entropy per sampled token, words per sampled caption
     val/loss     sum of word NLL per reference caption, over every reference of every video of the split
     val/ppl      exp(total NLL / total reference tokens incl. EOS), the paper's perplexity (docs/metrics.md)
     val/BLEU4, val/METEOR, val/ROUGE_L, val/CIDEr   coco-caption scores of the decoded split (beam search)
@@ -42,8 +45,10 @@ from pytorch_lightning import LightningModule
 from vidcap.checkpoint import CHECKPOINT_FORMAT, read_vidcap_section
 from vidcap.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.errors import CheckpointError, UsageError
+from vidcap.hard_attention import HardAttentionObjective, HardAttentionOptions
 from vidcap.metrics import perplexity
 from vidcap.model import CaptionModel, ModelConfig
+from vidcap.scst import CaptionReward, SCSTOptions, SelfCritical, load_initial_weights, train_references
 from vidcap.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -65,14 +70,24 @@ class CaptionModule(LightningModule):
     Args:
         architecture: the model (vidcap.model.ModelConfig; docs/model.md has the paper's sizes).
         decoding: beam search of val/test for the caption metrics (the original: beam 5, at most 50 words).
-        attention_penalty: weight of the doubly-stochastic term sum_i (1 - sum_t alpha_ti)^2 (original 0.706,
-            on the same per-caption scale of the NLL as here); attention variants only.
+        attention_penalty: weight of the doubly-stochastic term (1 - sum_t alpha_ti)^2; attention variants only.
+            The original's 0.706 weighs its own scale of the term (`attention_penalty_scale: paper`), not this one.
+        attention_penalty_scale: `vidcap`: summed over each video's real frames and real steps, averaged over the
+            captions like the NLL. `paper`, the original's: mean over all frames, summed over the batch, padded
+            steps included (vidcap.model.CaptionModel.attention_penalty; docs/paper_vs_original.md). `paper` also
+            counts the padded steps in the entropy term.
+        attention_entropy: weight of the original's optional attention-entropy term (0: off, as in its config).
         optimizer: `adam` (modern reimplementations) or `adadelta` (the original: rho 0.95, eps 1e-6).
         lr: learning rate; None = 1e-3 for Adam, 1.0 for Adadelta.
-        weight_decay: L2 on all parameters, added to the gradient (the original's 1e-4 on the summed loss is
-            2e-4 here).
+        weight_decay: L2 on all parameters: `weight_decay * w` added to the gradient by the optimizer, after
+            gradient clipping; with `weight_decay_in_loss`, `weight_decay * sum(w^2)` added to the loss, before
+            clipping, as the original did (its 1e-4; the same pull as 2e-4 in the optimizer, clipping aside).
+        weight_decay_in_loss: see weight_decay.
         caption_metrics: decode val/test and compute BLEU/METEOR/ROUGE/CIDEr (needs Java). False: only loss/ppl.
         vocab, feature_meta: linked from the data module (or restored from a checkpoint).
+        init_from: a checkpoint to take the starting weights from (its architecture: vidcap/cli/train.py).
+        scst: train with the self-critical loss instead of cross-entropy (vidcap.scst; configs/experiment/scst.yaml).
+        hard_attention: REINFORCE for `attention: hard` models (vidcap.hard_attention).
     """
 
     def __init__(
@@ -80,12 +95,19 @@ class CaptionModule(LightningModule):
         architecture: ModelConfig,
         decoding: DecodingOptions = DecodingOptions(),  # noqa: B008 (frozen)
         attention_penalty: float = 0.706,
+        attention_penalty_scale: Literal["vidcap", "paper"] = "vidcap",
+        attention_entropy: float = 0.0,
         optimizer: Literal["adam", "adadelta"] = "adam",
         lr: float | None = None,
         weight_decay: float = 0.0,
+        weight_decay_in_loss: bool = False,
         caption_metrics: bool = True,
         vocab: dict | None = None,
         feature_meta: dict | None = None,
+        # -- learning from rewards (issue 12) --
+        init_from: str | None = None,
+        scst: SCSTOptions | None = None,
+        hard_attention: HardAttentionOptions = HardAttentionOptions(),  # noqa: B008 (frozen)
     ):
         super().__init__()
         # Only the architecture: LightningCLI puts these back into the config for `--ckpt_path FILE`, and the
@@ -95,10 +117,19 @@ class CaptionModule(LightningModule):
         self.model = CaptionModel(architecture)
         self.decoding = decoding
         self.attention_penalty = attention_penalty
+        self.attention_penalty_scale, self.attention_entropy = attention_penalty_scale, attention_entropy
         self.optimizer_name, self.lr, self.weight_decay = optimizer, lr, weight_decay
+        self.weight_decay_in_loss = weight_decay_in_loss
         self.caption_metrics = caption_metrics
         self.vocab = Vocabulary.from_dict(vocab) if vocab is not None else None
         self.feature_meta = feature_meta
+        if init_from is not None:
+            load_initial_weights(self.model, init_from, self.vocab, feature_meta)
+        if scst is not None:
+            scst.check()
+        self.scst, self.hard_attention_options = scst, hard_attention
+        self.self_critical: SelfCritical | None = None  # built at the start of fit, from the train split
+        self.hard_attention = HardAttentionObjective(hard_attention) if architecture.attention == "hard" else None
         self._records: list[tuple[str, float, int, int, list[str]]] = []
         self._predictions: dict[str, str] = {}
         self.last_predictions: dict[str, str] = {}  # video id -> caption of the last val/test epoch
@@ -108,6 +139,8 @@ class CaptionModule(LightningModule):
         return self.model.combine_features(batch["global"], batch["local"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        if self.self_critical is not None:
+            return self._self_critical_step(batch)
         feats, mask = self._features(batch), batch["mask"]
         index = batch["caption_video"]
         # Training batches hold one caption per video, in order (vidcap.data.collate: every item has at least one
@@ -116,23 +149,62 @@ class CaptionModule(LightningModule):
         if len(index) != feats.shape[0]:
             feats, mask = feats[index], mask[index]
         targets = batch["targets"]
-        logits, alpha = self.model(feats, mask, batch["inputs"])
+        logits, alpha, frames = self.model.teacher_forcing(feats, mask, batch["inputs"])
         B = targets.shape[0]
         token_mask = targets != Vocabulary.PAD
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=Vocabulary.PAD,
-                              reduction="sum")
-        loss = nll / B
-        if self.config.attention and self.attention_penalty:
-            loss = loss + self.attention_penalty * self.model.attention_penalty(alpha, token_mask, mask)
+        word_nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=Vocabulary.PAD,
+                                   reduction="none").view(targets.shape)
+        nll = word_nll.sum()
+        loss = nll / B + self.regularisers(alpha, token_mask, mask)
+        if frames is not None:  # hard attention: REINFORCE for the frames taken (vidcap.hard_attention)
+            entropy = self.model.attention_entropy(alpha, token_mask)
+            term, baseline = self.hard_attention(-word_nll.sum(1), alpha, frames, token_mask, entropy)
+            loss = loss + term
+            self.log("train/frame_baseline", baseline, batch_size=B)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         self.log("train/ppl", torch.exp(nll.detach() / token_mask.sum()), batch_size=B)
         return loss
 
+    def on_fit_start(self) -> None:
+        if self.scst is None or self.self_critical is not None:
+            return
+        data_dir = getattr(self.trainer.datamodule, "data_dir", None)
+        if data_dir is None:
+            raise UsageError("scst needs the data module's data_dir (the train split's references)")
+        reward = CaptionReward(train_references(data_dir), self.scst.cider_weight, self.scst.bleu_weight)
+        self.self_critical = SelfCritical(self.scst, reward, self._vocab(), self.decoding.max_len,
+                                          self.hard_attention_options)
+
+    def _self_critical_step(self, batch: dict) -> torch.Tensor:
+        """The self-critical loss on the batch's videos (vidcap.scst); logs train/reward, train/baseline,
+        train/entropy (of the sampled words, per token) and train/length (words per sampled caption)."""
+        loss, values = self.self_critical(self.model, self._features(batch), batch["mask"], batch["video_ids"])
+        B = len(batch["video_ids"])
+        self.log("train/loss", loss, prog_bar=True, batch_size=B)
+        for name, value in values.items():
+            self.log(f"train/{name}", value, prog_bar=name == "reward", batch_size=B)
+        return loss
+
+    def regularisers(self, alpha: torch.Tensor, token_mask: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """What the training loss adds to the NLL per caption: the attention penalty and entropy terms, and the
+        L2 term with `weight_decay_in_loss`. alpha (N, L, T), token_mask (N, L), frame_mask (N, T) -> scalar."""
+        total = alpha.new_zeros(())
+        if self.config.attends and self.attention_penalty:
+            total = total + self.attention_penalty * self.model.attention_penalty(
+                alpha, token_mask, frame_mask, self.attention_penalty_scale)
+        if self.config.attends and self.attention_entropy:
+            total = total + self.attention_entropy * self.model.attention_entropy(
+                alpha, token_mask, self.attention_penalty_scale)
+        if self.weight_decay_in_loss and self.weight_decay:
+            total = total + self.weight_decay * sum(p.float().square().sum() for p in self.model.parameters())
+        return total
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
+        weight_decay = 0.0 if self.weight_decay_in_loss else self.weight_decay
         if self.optimizer_name == "adadelta":
             return torch.optim.Adadelta(self.parameters(), lr=self.lr or 1.0, rho=0.95, eps=1e-6,
-                                        weight_decay=self.weight_decay)
-        return torch.optim.Adam(self.parameters(), lr=self.lr or 1e-3, weight_decay=self.weight_decay)
+                                        weight_decay=weight_decay)
+        return torch.optim.Adam(self.parameters(), lr=self.lr or 1e-3, weight_decay=weight_decay)
 
     # -- evaluation -----------------------------------------------------------------------------------------------
     def validation_step(self, batch: dict, batch_idx: int) -> None:

@@ -90,11 +90,13 @@ class PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, threads: int = 0):
+        """threads: decoding threads (0: FFmpeg's default, every core)."""
         import av
 
         self._av = av
         self._path = path
+        self._threads = threads
         self._container = None
         self._frames_iter = None
         self._next_index = 0  # index of the next frame the open decoder will output (sequential mode)
@@ -137,6 +139,7 @@ class PyAVBackend:
             raise DecodeFailed("no video stream")
         # Frame and slice threads: the decode loop is the bottleneck of this backend.
         videos[0].thread_type = "AUTO"
+        videos[0].codec_context.thread_count = self._threads
         self._stream_index = videos[0].index
         self._container = container
         self._frames_iter = None

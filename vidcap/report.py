@@ -312,6 +312,17 @@ def render_report(cards: Sequence[Card], *, title: str = "vidcap report",
     ])
 
 
+def report_folder(out_dir: str | os.PathLike) -> Path:
+    """Create the report folder (and its parents): the CLIs call it before decoding anything, so that a folder that
+    cannot be made fails at once. UsageError naming it."""
+    out = Path(out_dir)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"{out}: cannot create the report folder: {error.strerror}") from None
+    return out
+
+
 def write_report(out_dir: str | os.PathLike, cards: Sequence[Card], *, title: str = "vidcap report",
                  table: Sequence[tuple[str, Mapping[str, float | None]]] = (), info: Mapping[str, Any] | None = None,
                  sort_by: str | None = None) -> Path:
@@ -323,11 +334,7 @@ def write_report(out_dir: str | os.PathLike, cards: Sequence[Card], *, title: st
       "date" is added when missing. sort_by: the per-video score the cards are sorted by at first (worst first;
       default CIDEr when the cards have it). ValueError for a card whose attention, times and sprite disagree on K.
     """
-    out = Path(out_dir)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"{out}: cannot create the report folder: {error.strerror}") from None
+    out = report_folder(out_dir)
     page = render_report(cards, title=title, table=table, info=info, sort_by=sort_by)
     path = write_text(out / "index.html", page)
     log.info("wrote %s (%d videos, %.1f MB)", path, len(cards), len(page) / 1e6)

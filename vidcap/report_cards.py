@@ -1,7 +1,7 @@
 """The report's cards from what vidcap computes: an evaluation of a split, or `vidcap caption` results.
 
     write_evaluation_report(result, data_dir, "runs/eval/report", paper=paper_row("msvd", "global"))
-    write_caption_report(results, "captions/report", info={"checkpoint": ..., "decoding": ...})
+    write_report("captions/report", [caption_card(result) for result in results], title="vidcap caption")
 
 An evaluation's thumbnails are decoded from the video files named in DIR/videos.csv (the K frames the features
 were sampled at, vidcap.video.read_sampled_frames); a feature-only store gets cards without pictures and a note, and
@@ -94,10 +94,10 @@ def evaluation_cards(
 
 
 def write_evaluation_report(result: Any, data_dir: str | os.PathLike, out_dir: str | os.PathLike, *,
-                            paper: Mapping[str, float] | None = None,
-                            attention: Mapping[str, tuple[Sequence[str], np.ndarray]] | None = None) -> Path:
+                            paper: Mapping[str, float] | None = None) -> Path:
     """OUT_DIR/index.html for a vidcap.evaluation.EvaluationResult of DIR's split: per-video scores (needs Java),
-    thumbnails from DIR/videos.csv, synthetic events from DIR/events.csv; `paper`: the paper's row to compare with."""
+    the attention of each best caption (result.attention), thumbnails from DIR/videos.csv, synthetic events from
+    DIR/events.csv; `paper`: the paper's row to compare with."""
     from vidcap.datasets import read_captions, read_videos
     from vidcap.evaluation import local_feature_name, model_label
 
@@ -110,13 +110,13 @@ def write_evaluation_report(result: Any, data_dir: str | os.PathLike, out_dir: s
         from vidcap.datasets.synthetic import read_events
 
         events = read_events(data_dir)
-    videos = None
+    videos = {}  # a feature-only data directory: every card says why it has no pictures
     if (data_dir / "videos.csv").is_file():
         table = read_videos(data_dir)
         videos = dict(zip(table["video_id"], table["path"], strict=True))
     cards = evaluation_cards(
         result.predictions, references, scores=per_video_scores(references, result.predictions),
-        nbest=result.nbest, reversed_predictions=result.reversed_predictions, attention=attention, events=events,
+        nbest=result.nbest, reversed_predictions=result.reversed_predictions, attention=result.attention, events=events,
         videos=videos, num_frames=int(result.features.get("num_frames") or 0),
     )
     table = [(model_label(result.model, local_feature_name(result.features)), result.metrics)]
@@ -135,9 +135,3 @@ def caption_card(result: Any) -> Card:
         frame_times=result.frame_times, sprite=None if result.frames is None else frames_to_sprite(result.frames),
         nbest=list(result.alternatives), scores={"log_prob": result.score},
     )
-
-
-def write_caption_report(results: Sequence[Any], out_dir: str | os.PathLike, *,
-                         info: Mapping[str, Any] | None = None) -> Path:
-    """OUT_DIR/index.html with one card per vidcap.caption.CaptionResult (no references, so no metrics)."""
-    return write_report(out_dir, [caption_card(r) for r in results], title="vidcap caption", info=info)

@@ -82,7 +82,8 @@ def clip_indices(centers: np.ndarray, num_frames: int, length: int, stride: int 
 # Random access
 
 
-def _open_backend(path: str, backend: str) -> tuple[DecordBackend | PyAVBackend, PyAVBackend | None]:
+def _open_backend(path: str, backend: str,
+                  threads: int = 0) -> tuple[DecordBackend | PyAVBackend, PyAVBackend | None]:
     """The backend that decodes `path`, and in auto mode the PyAV backend that takes over if decord fails later.
 
     auto reads the header with PyAV, then uses decord where its random access was checked to return the right frames
@@ -90,7 +91,7 @@ def _open_backend(path: str, backend: str) -> tuple[DecordBackend | PyAVBackend,
     (MSVD's Xvid AVIs, H.264 in AVI, open-GOP HEVC: decord returned wrong frames for those).
     """
     if backend == "pyav":
-        return PyAVBackend(path), None
+        return PyAVBackend(path, threads), None
     if backend == "decord":
         try:
             header = PyAVBackend(path)
@@ -98,10 +99,10 @@ def _open_backend(path: str, backend: str) -> tuple[DecordBackend | PyAVBackend,
             expected = (header.height, header.width)
         except DecodeFailed:
             expected = None  # let decord try files FFmpeg's header parser rejects
-        return DecordBackend(path, expected), None
+        return DecordBackend(path, expected, threads), None
     # PyAV reads the header first (cheap): it names the container and codec, which decide whether decord's random
     # access can be trusted, and it gives the frame size decord's frames must have.
-    pyav = PyAVBackend(path)
+    pyav = PyAVBackend(path, threads)
     why_not = None
     if not decord_safe(pyav.format_name, pyav.codec_name):
         why_not = f"{pyav.codec_name} in {pyav.format_name}"
@@ -111,7 +112,7 @@ def _open_backend(path: str, backend: str) -> tuple[DecordBackend | PyAVBackend,
         logger.debug("%s: %s: using PyAV", path, why_not)
         return pyav, None
     try:
-        decord = DecordBackend(path, (pyav.height, pyav.width))
+        decord = DecordBackend(path, (pyav.height, pyav.width), threads)
     except DecodeFailed as exc:
         logger.debug("%s: %s; using PyAV", path, exc)
         return pyav, None
@@ -126,7 +127,7 @@ class VideoReader:
     `width`, `duration` (seconds), `frames_decoded` (for checking decode-only-what-is-needed).
     """
 
-    def __init__(self, path: str | os.PathLike, backend: str = "auto"):
+    def __init__(self, path: str | os.PathLike, backend: str = "auto", threads: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
@@ -134,7 +135,7 @@ class VideoReader:
         self._impl: DecordBackend | PyAVBackend
         self._fallback: PyAVBackend | None  # auto mode: PyAV takes over if decord fails later
         try:
-            self._impl, self._fallback = _open_backend(self.path, backend)
+            self._impl, self._fallback = _open_backend(self.path, backend, threads)
         except DecodeFailed as exc:
             raise VideoError(f"{self.path}: {exc}") from exc
         # Indices are validated against the count reported at open, which callers used to sample.
@@ -212,12 +213,13 @@ def _check_file(path: str) -> None:
         raise VideoError(f"{path}: empty file (0 bytes)")
 
 
-def open_video(path: str | os.PathLike, backend: str = "auto") -> VideoReader:
-    """Open a video for random frame access. `backend`: "auto" (decord, else PyAV), "decord" or "pyav".
+def open_video(path: str | os.PathLike, backend: str = "auto", threads: int = 0) -> VideoReader:
+    """Open a video for random frame access. `backend`: "auto" (decord, else PyAV), "decord" or "pyav"; `threads`:
+    the decoder's threads (0: its default, every core).
 
     Raises VideoError("PATH: reason") for a missing/empty/unreadable file, a file without a video stream or frames.
     """
-    return VideoReader(path, backend)
+    return VideoReader(path, backend, threads)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -304,13 +306,15 @@ def read_sampled_frames(
     num_frames: int = 26,
     backend: str = "auto",
     requests: Mapping[str, FrameRequest] | None = None,
+    threads: int = 0,
 ) -> SampledFrames:
     """Open `path`, sample `num_frames` (K) frames the paper's way and decode only what `requests` need (default:
     {"frames": the K sampled frames as decoded}). A file shorter than its header said (truncated) is sampled again
-    over the frames that really decode. See `SampledFrames`. Raises VideoError.
+    over the frames that really decode. `threads`: the decoder's (0: its default, every core). See `SampledFrames`.
+    Raises VideoError.
     """
     requests = dict(requests or {"frames": FrameRequest()})
-    with open_video(path, backend) as reader:
+    with open_video(path, backend, threads) as reader:
         for _attempt in range(3):
             count = reader.num_frames
             indices, mask, inputs = _decode(reader, num_frames, requests)

@@ -6,15 +6,18 @@ import argparse
 import json
 import logging
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from vidcap.errors import UsageError, VidcapError
+from vidcap.precision import PRECISIONS
 
 HELP = "caption video files with a trained checkpoint; --explain draws which frames each word came from"
 EXAMPLE = """
   vidcap caption clip.mp4 other.avi --checkpoint runs/global/checkpoints/best.ckpt
   vidcap caption videos/*.mp4 --checkpoint best.ckpt --beam-size 5 --n-best 3 --json > captions.jsonl
   vidcap caption clip.mp4 --checkpoint best.ckpt --explain explain/     # writes explain/clip.png
+  vidcap caption videos/*.mp4 --checkpoint best.ckpt --report report/   # report/index.html: a card per video
 """
 
 logger = logging.getLogger(__name__)
@@ -38,7 +41,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--explain", metavar="DIR", type=Path,
                         help="write DIR/<video name>.png per video: the sampled frames, the attention of each word "
                              "over them, and the caption")
+    parser.add_argument("--report", metavar="DIR", type=Path,
+                        help="write DIR/index.html, an offline page with one card per video: its sampled frames, "
+                             "caption, n-best, and the frames each word attended to (hover a word)")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
+    parser.add_argument("--precision", default="32-true", choices=PRECISIONS,
+                        help="numeric precision of the captioning model (default 32-true); the feature extractors "
+                             "run as the feature store recorded")
 
 
 def explain_names(videos: list[str]) -> list[str]:
@@ -68,18 +77,24 @@ def run(args: argparse.Namespace) -> int:
 
     from vidcap.caption import caption_video, explain_result, load_captioner
     from vidcap.decoding import DecodingOptions
+    from vidcap.report import report_folder, write_report
+    from vidcap.report_cards import caption_card
 
     options = DecodingOptions(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         raise UsageError(f"--explain {args.explain}: exists and is not a folder")
-    captioner = load_captioner(args.checkpoint, device=args.device)
+    if args.report is not None:
+        report_folder(args.report)  # now, not after captioning every video
+    captioner = load_captioner(args.checkpoint, device=args.device, precision=args.precision)
+    cards = []  # of the report: thumbnails as JPEG, the frames themselves are not kept
     names = explain_names(args.videos) if args.explain is not None else []
     failed = 0
     # The bar only helps for several videos; it writes to stderr so stdout stays one line per video.
     bar = tqdm(args.videos, desc="captioning", unit="video", disable=len(args.videos) < 2 or None, file=sys.stderr)
     for i, video in enumerate(bar):
         try:
-            result = caption_video(video, captioner, options, with_frames=args.explain is not None)
+            result = caption_video(video, captioner, options,
+                                   with_frames=args.explain is not None or args.report is not None)
         except VidcapError as error:
             failed += 1
             bar.write(f"skipping {video}: {_reason(error, video)}", file=sys.stderr)
@@ -101,6 +116,8 @@ def run(args: argparse.Namespace) -> int:
         else:
             line = "\t".join([video, *(text for text, _ in result.alternatives)])
         print(line, flush=True)
+        if args.report is not None:
+            cards.append(caption_card(result))
         if png is not None:
             try:
                 explain_result(result, png)
@@ -109,6 +126,10 @@ def run(args: argparse.Namespace) -> int:
                 bar.write(f"{video}: explanation not written: {error}", file=sys.stderr)
                 continue
             logger.debug("%s: explanation in %s", video, png)
+    if args.report is not None:
+        page = write_report(args.report, cards, title="vidcap caption",
+                            info={"checkpoint": args.checkpoint, "decoding": asdict(options)})
+        print(f"report: {page}", file=sys.stderr)
     if failed:
         logger.info("%d of %d videos failed", failed, len(args.videos))
     return 1 if failed else 0

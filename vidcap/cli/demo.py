@@ -37,13 +37,17 @@ _STAGE_TEXT = {
     "prepare": "prepare the synthetic dataset (videos, captions, vocabulary)",
     "extract": "extract EfficientNet-Lite0 frame features",
     "fit": "fit the attention model (time-position encoder)",
-    "evaluate": "evaluate on the test split (+ reversal test)",
+    "evaluate": "evaluate on the test split (+ reversal test) and write the report",
     "caption": "caption a held-out test video and explain it",
+    "scst": "fine-tune by self-critical training (CIDEr-D reward) and evaluate",
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
+    parser.add_argument("--scst", action="store_true",
+                        help="then fine-tune the model by self-critical training on CIDEr-D (configs/experiment/"
+                             "scst.yaml) and evaluate it too")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     for flag, (dest, kind) in _HIDDEN.items():
         parser.add_argument(flag, dest=dest, type=kind, default=None, help=argparse.SUPPRESS)
@@ -87,22 +91,29 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_lightning()
-    from vidcap.demo import STAGES, run_demo
+    from vidcap.demo import demo_stages, run_demo
 
     settings = settings_from_args(args)
-    total = len(STAGES)
+    stages = demo_stages(args.scst)
+    total = len(stages)
 
     def on_stage(stage: str, event: str, info: dict) -> None:
-        number = STAGES.index(stage) + 1
+        number = stages.index(stage) + 1
         if event == "start":
             print(f"[{number}/{total}] {_STAGE_TEXT[stage]} ...", file=sys.stderr, flush=True)
         else:
             how = "reused from an earlier run" if info.get("reused") else f"done in {info['seconds']:.1f} s"
             print(f"[{number}/{total}] {stage}: {how}", file=sys.stderr, flush=True)
 
-    result = run_demo(args.out, settings, on_stage=on_stage, progress=not args.quiet)
+    result = run_demo(args.out, settings, on_stage=on_stage, progress=not args.quiet, scst=args.scst)
     print(f"Test split metrics ({result.model['variant']} variant, {result.model['encoder']} encoder):")
     print_metrics(result.metrics)
+    if result.scst is not None:
+        print("\nAfter self-critical training (SCST):")
+        print_metrics(result.scst["metrics"])
+        print("Test captions before -> after SCST:")
+        for video_id, before, after in result.scst["samples"]:
+            print(f"  {video_id}: {before}\n  {'':<{len(video_id)}}  -> {after}")
     caption = result.caption
     print(f"\nHeld-out video {caption['video_id']} ({caption['path']}):")
     print(f"  caption:   {caption['caption']}")
@@ -110,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"  reference: {caption['references'][0]}")
     print("\nStage times: " + ", ".join(f"{k} {v:.1f} s" for k, v in result.timings.items()))
     print("Files:")
-    for name in ("metrics", "predictions", "explanation", "checkpoint", "config", "data", "features"):
+    for name in ("report", "metrics", "predictions", "explanation", "checkpoint", "config", "data", "features"):
         print(f"  {name:<12} {result.files[name]}")
+    print(f"\nOpen {result.files['report']} in a browser: one card per test video, worst first; hover a word to see "
+          "the frames it came from.")
+    print(f"Training curves: tensorboard --logdir {result.files['tensorboard']}")
     return 0

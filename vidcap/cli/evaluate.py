@@ -1,10 +1,13 @@
-"""`vidcap evaluate`: decode a split with a checkpoint, write predictions.json + metrics.json, print a Table 1 row."""
+"""`vidcap evaluate`: decode a split with a checkpoint, write predictions.json + metrics.json, print a Table 1 row;
+with --report, the HTML report of the split (vidcap.report_cards)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
+
+from vidcap.precision import PRECISIONS
 
 HELP = ("decode a split with a checkpoint: predictions.json, metrics.json (BLEU-4, METEOR, CIDEr, ROUGE-L, "
         "perplexity) and a row in the paper's Table 1 layout")
@@ -14,6 +17,7 @@ EXAMPLE = """\
   vidcap evaluate --checkpoint demo_out/run/checkpoints/last.ckpt --data demo_out/data \\
       --features demo_out/features --reverse          # + the reversal test (frames fed in reverse order)
   vidcap evaluate ... --devices 2                       # 2 processes (DDP); same numbers as 1
+  vidcap evaluate ... --compare --report eval/msvd/report   # + eval/msvd/report/index.html: one card per video
 """
 
 
@@ -42,26 +46,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output folder (default: eval-<checkpoint name>-<split> beside the checkpoint)")
     parser.add_argument("--compare", action="store_true",
                         help="print the paper's row for the same variant and dataset beside ours")
+    parser.add_argument("--report", metavar="DIR", default=None,
+                        help="also write DIR/index.html, an offline page with one card per video (frames, caption, "
+                             "references, per-video BLEU-4/METEOR/CIDEr-D, attention on hover), worst first")
     parser.add_argument("--devices", type=_positive, default=1,
                         help="processes (DDP); with --accelerator gpu, GPUs (default: 1)")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"], help="(default: cpu)")
     parser.add_argument("--batch-size", type=_positive, default=32, help="videos per batch (default: 32)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    parser.add_argument("--precision", default="32-true", choices=PRECISIONS,
+                        help="numeric precision of the model (default: 32-true); bf16-mixed reproduces the val/ "
+                             "numbers of a run trained with trainer.precision bf16-mixed")
+
+
+def paper_metrics(result) -> tuple[str | None, dict | None]:
+    """The paper's Table 1 dataset name and row for the evaluated model's variant and dataset (None, None: no row)."""
+    from vidcap.datasets import registry
+    from vidcap.table import paper_row
+
+    module = registry().get(result.dataset) if result.dataset else None
+    paper_dataset = module.PAPER_DATASET if module else None
+    return paper_dataset, paper_row(paper_dataset, result.model.get("variant")) if paper_dataset else None
 
 
 def table_rows(result, compare: bool) -> tuple[list, list[str]]:
     """Rows for vidcap.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
-    from vidcap.datasets import registry
     from vidcap.evaluation import local_feature_name, model_label
-    from vidcap.table import VARIANT_LABELS, paper_row
+    from vidcap.table import VARIANT_LABELS
 
     rows = [(f"ours: {model_label(result.model, local_feature_name(result.features))}", result.metrics)]
     notes = []
     if compare:
         variant = result.model.get("variant")
-        module = registry().get(result.dataset) if result.dataset else None
-        paper_dataset = module.PAPER_DATASET if module else None
-        paper = paper_row(paper_dataset, variant) if paper_dataset else None
+        paper_dataset, paper = paper_metrics(result)
         if paper is None:
             notes.append(f"the paper has no {variant} row for dataset {result.dataset or '(unknown: no prepare.json)'}")
         else:
@@ -73,10 +90,14 @@ def run(args: argparse.Namespace) -> int:
     from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
     from vidcap.table import format_table
 
+    if args.report:
+        from vidcap.report import report_folder
+
+        report_folder(args.report)  # now, not after minutes of decoding
     result = evaluate(
         args.checkpoint, args.data, args.features, split=args.split, beam_size=args.beam_size, max_len=args.max_len,
         n_best=args.n_best, reverse=args.reverse, devices=args.devices, accelerator=args.accelerator,
-        batch_size=args.batch_size, num_workers=args.num_workers,
+        batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
     )
     if result.rank != 0:  # DDP: the other ranks' results are the same; rank 0 reports them
         return 0
@@ -94,4 +115,10 @@ def run(args: argparse.Namespace) -> int:
     if content:
         print(", ".join(f"{k} {v:.3f}" for k, v in content.items()))
     print("wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
+    if args.report:
+        from vidcap.report_cards import write_evaluation_report
+
+        paper = paper_metrics(result)[1] if args.compare else None
+        page = write_evaluation_report(result, args.data, args.report, paper=paper)
+        print(f"report: {page}", file=sys.stderr)
     return 0

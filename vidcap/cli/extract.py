@@ -13,8 +13,13 @@ EXAMPLE = """
   vidcap extract --data data/synth --out feats/synth --global efficientnet_lite0 \\
       --local frame_delta_efficientnet_lite0 --frames 26
 
+  torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr HOST0 --master-port 29500 \
+      -m vidcap extract --data data/msvd --out /shared/feats/msvd --global googlenet --device cuda
+  srun --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 vidcap extract ... --device cuda
+
 A rerun skips finished videos (resume after a crash or kill); videos that fail are listed in FEATS/manifest.csv and
-tried again next time. Several machines may share one --out folder: run the same command on each.
+tried again next time. Under torchrun or srun every process extracts its own share of the videos into the shared
+--out folder (one GPU each; leave --devices out); manifest.csv's writer column names the process of each video.
 """
 
 
@@ -49,9 +54,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None, metavar="N",
                         help="torch threads per process (default on CPU: its share of the cores minus one per\n"
                         "decoding worker)")
+    parser.add_argument("--decoder-threads", type=int, default=None, metavar="N",
+                        help="threads of each video decoder (default: the process's share of the cores divided\n"
+                        "among its decoding workers)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
-                        help="processes: one per GPU with --device cuda, or N CPU processes (default 1)")
+                        help="processes: one per GPU with --device cuda, or N CPU processes (default 1;\n"
+                        "under torchrun or srun, the processes the launcher started)")
     weights_help = "pretrained (default), random, or PATH to a state_dict saved with torch.save"
     parser.add_argument("--global-weights", default="pretrained", metavar="W", help=weights_help)
     parser.add_argument("--local-weights", default="pretrained", metavar="W", help=weights_help)
@@ -65,6 +74,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stored feature type (default float16)")
     parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto",
                         help="video decoder (default: decord, PyAV when it fails)")
+    parser.add_argument("--amp", action="store_true",
+                        help="bf16 autocast and TF32 on CUDA: faster, features ~1e-2 relative off float32's;\n"
+                        "recorded in meta.json, and a store never mixes the two (default: float32, TF32 off)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -81,6 +93,8 @@ def run(args: argparse.Namespace) -> int:
     values = {f.name: getattr(args, f.name) for f in fields(ExtractOptions) if f.name != "image_sizes"}
     options = ExtractOptions(**values, image_sizes={"global": args.global_size, "local": args.local_size})
     summary = run_extract(args.data, args.out, options, progress=not args.no_progress, on_failure=_report_failure)
+    if summary.rank != 0:  # under a launcher: rank 0 reports the whole run, every process exits with its code
+        return 1 if summary.failed else 0
     rate = summary.extracted / summary.seconds if summary.seconds > 0 else 0.0
     print(
         f"{summary.store}: {summary.extracted} extracted, {summary.skipped} already done, "

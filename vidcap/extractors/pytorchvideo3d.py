@@ -71,12 +71,17 @@ class Clip(nn.Module):
 
 
 class SlowFast(Clip):
+    def __init__(self, net: nn.Module, clip_length: int):
+        super().__init__(net)
+        # Slow pathway: clip_length / alpha frames spread over the clip (pytorchvideo's PackPathway). Computed once,
+        # on the CPU, and moved with the module: built on the CPU in every forward it cost a copy and a sync on GPU.
+        slow = torch.linspace(0, clip_length - 1, clip_length // SLOWFAST_ALPHA).long()
+        self.register_buffer("slow_index", slow, persistent=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clip = x.permute(0, 2, 1, 3, 4).contiguous()  # (N, 3, L, S, S), the fast pathway
-        # Slow pathway: clip_length / alpha frames spread over the clip (pytorchvideo's PackPathway). A fresh list
-        # each call: SlowFast's forward overwrites the list it is given.
-        slow_idx = torch.linspace(0, clip.shape[2] - 1, clip.shape[2] // SLOWFAST_ALPHA).long().to(clip.device)
-        return self.net([clip.index_select(2, slow_idx), clip])
+        # A fresh list each call: SlowFast's forward overwrites the list it is given.
+        return self.net([clip.index_select(2, self.slow_index), clip])
 
 
 def build_clip(*, spec: ExtractorSpec, weights: Weights) -> nn.Module:
@@ -87,7 +92,7 @@ def build_slowfast(*, spec: ExtractorSpec, weights: Weights) -> nn.Module:
     net = _loaded(spec, weights)
     pathway_pool = net.blocks[-2]
     pathway_pool.pool = nn.ModuleList([nn.AdaptiveAvgPool3d(1) for _ in pathway_pool.pool])
-    return SlowFast(net)
+    return SlowFast(net, spec.clip_length)
 
 
 CLIP_FEATURES = "3-D CNN on a clip centred on the sampled frame; adaptive average pool before the classifier"

@@ -1,0 +1,188 @@
+"""`vidcap extract` under torchrun and srun (vidcap/launcher.py): two "nodes" on this machine, one process each, share
+one store; a mismatched node is refused before any work; a node killed mid-run leaves a store the rerun completes.
+(`vidcap evaluate` under torchrun: tests/test_evaluate.py.)"""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.test_extract import KILL_DURING_WRITE, _make_dataset
+from vidcap.cli import main
+from vidcap.errors import UsageError
+from vidcap.extract import read_video_table
+from vidcap.launcher import Process, devices_per_node
+from vidcap.store import list_features, load_features, record_failure, save_features, write_manifest
+
+REPO = Path(__file__).resolve().parents[1]
+HOST = socket.gethostname()
+EXTRACT = ["extract", "--global", "efficientnet_lite0", "--global-weights", "random", "--global-size", "64",
+           "--batch-size", "4", "--num-workers", "0", "--threads", "1", "--no-progress"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_nodes(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]], logs: Path,
+               enough: str | None = None, timeout: float = 240) -> list[tuple[int | None, str, str]]:
+    """Start one command per "node" at once; [(returncode, stdout, stderr)] once every node has ended, or printed
+    `enough` on stderr (then it is killed: returncode None; torchrun waits minutes for a dead node's launcher)."""
+    logs.mkdir(exist_ok=True)
+    files = [(logs / f"node{rank}.out", logs / f"node{rank}.err") for rank in range(len(commands))]
+    procs = []
+    for command, env, (out, err) in zip(commands, envs, files, strict=True):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            procs.append(subprocess.Popen(
+                list(command), cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}))
+    deadline = time.monotonic() + timeout
+    try:
+        while not all(p.poll() is not None or (enough and enough in err.read_text())
+                      for p, (_, err) in zip(procs, files, strict=True)):
+            assert time.monotonic() < deadline, f"nodes still running after {timeout} s"
+            time.sleep(0.5)
+    finally:
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # a launcher still waiting, and its workers
+            except ProcessLookupError:
+                pass
+            p.wait()
+    return [(code, out.read_text(), err.read_text()) for code, (out, err) in zip(codes, files, strict=True)]
+
+
+def torchrun_nodes(node_args: Sequence[Sequence[str]], logs: Path, module: bool = True,
+                   enough: str | None = None) -> list[tuple[int | None, str, str]]:
+    """`torchrun --nnodes N --node-rank r --nproc-per-node 1` against a static rendezvous on 127.0.0.1, one per
+    entry of node_args: `-m ARGS` (module) or a script and its arguments."""
+    port = free_port()
+    commands = [
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(node_args)), "--node-rank", str(rank),
+         "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+         *(["-m"] if module else []), *args]
+        for rank, args in enumerate(node_args)
+    ]
+    return _run_nodes(commands, [{}] * len(commands), logs, enough)
+
+
+def _manifest(store: Path) -> dict[str, dict[str, str]]:
+    with open(store / "manifest.csv", newline="") as f:
+        return {row["video_id"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_torchrun_nodes_share_the_work_and_write_every_video_once(tmp_path):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 4, broken=True)  # 4 good videos, then 5 broken ones: 9 in all
+    args = ["vidcap", *EXTRACT, "--data", str(data), "--out", str(store), "--frames", "3"]
+    (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
+    # The broken videos: every worker exits 1 (torchrun prints the code and exits 1 itself).
+    assert (code0, code1) == (1, 1) and "exitcode  : 1" in err0 + err1, err0[-3000:] + err1[-3000:]
+    assert "4 extracted, 0 already done, 5 failed, of 9 videos" in out0 and "extracted" not in out1  # rank 0 reports
+    manifest = _manifest(store)
+    assert len(manifest) == 9
+    # Videos.csv order, dealt round-robin: rank 0 has positions 0, 2, 4, ..., rank 1 the others; each written once.
+    order = [f"good{i}" for i in range(4)] + [f"bad_{n}" for n in ["empty", "text", "truncated", "audio", "missing"]]
+    assert {vid: row["writer"] for vid, row in manifest.items()} == {
+        vid: f"{HOST}:{position % 2}" for position, vid in enumerate(order)
+    }
+    assert [manifest[f"good{i}"]["status"] for i in range(4)] == ["ok"] * 4
+    paths = {vid: path for vid, path in read_video_table(data)}
+    for rank, err in enumerate([err0, err1]):  # each node met only its own broken videos
+        skipped = {line.split(": ")[0] for line in err.splitlines() if line.startswith("skipping ")}
+        assert skipped == {f"skipping {paths[vid]}" for vid in order[rank::2] if vid.startswith("bad_")}
+    assert load_features(store, "good1")["global"].shape == (3, 1280)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_node_with_other_settings_is_refused_before_any_work(tmp_path):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 2, broken=False)
+    args = ["vidcap", *EXTRACT, "--data", str(data), "--out", str(store)]
+    results = torchrun_nodes([[*args, "--frames", "3"], [*args, "--frames", "4"]], tmp_path / "logs")
+    expected = (f"vidcap extract: error: process {HOST}:1: {store / 'meta.json'}: this store holds other features "
+                "(num_frames 3 != 4; sampling.num_frames 3 != 4); use another --out folder or the same settings")
+    for code, _, err in results:  # every worker exits 2; torchrun itself says 1 (a worker failed)
+        assert code == 1 and "exitcode  : 2" in err
+        assert [line for line in err.splitlines() if line.startswith("vidcap extract")] == [f"{expected} (features must not "
+                                                                                   "be mixed)"]
+    assert list_features(store) == [] and not (store / "manifest.csv").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_a_node_killed_mid_run_leaves_complete_files_and_the_rerun_completes_the_store(tmp_path):
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 6, broken=False)
+    args = [*EXTRACT, "--data", str(data), "--out", str(store), "--frames", "3"]
+    killer = tmp_path / "kill_during_write.py"  # SIGKILLs its process while writing its LIMIT + 1-th video
+    killer.write_text(KILL_DURING_WRITE)
+    (_, _, err0), (code1, _, err1) = torchrun_nodes([[str(killer), "99", *args], [str(killer), "1", *args]],
+                                                    tmp_path / "logs", module=False, enough="vidcap extract: error")
+    # Node 1 died writing its second video; node 0 finished its share and stopped at the barrier with one line.
+    assert code1 == 1 and "exitcode  : -9" in err1, err1[-3000:]
+    assert "another process stopped before finishing its share" in err0
+    assert list_features(store) == ["good0", "good1", "good2", "good4"]
+    assert not (store / "manifest.csv").exists()
+
+    assert main(args) == 0  # the rerun: one process, the rest of the videos
+    manifest = _manifest(store)
+    assert {vid: row["writer"] for vid, row in manifest.items()} == {
+        "good0": f"{HOST}:0", "good2": f"{HOST}:0", "good4": f"{HOST}:0", "good1": f"{HOST}:1",
+        "good3": f"{HOST}:0", "good5": f"{HOST}:0",
+    }
+    assert sorted(p.name for p in (store / "features").iterdir()) == [f"good{i}.npz" for i in range(6)]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_two_srun_tasks_share_the_work(tmp_path):
+    """srun's variables as SLURM sets them for 2 nodes x 1 task (Lightning's SLURMEnvironment reads them)."""
+    data, store = tmp_path / "data", tmp_path / "feats"
+    _make_dataset(data, 3, broken=False)
+    port = str(free_port())
+    command = [sys.executable, "-m", "vidcap", *EXTRACT, "--data", str(data), "--out", str(store), "--frames", "2"]
+    envs = [{"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_PROCID": str(rank),
+             "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank), "SLURM_JOB_NAME": "extract", "SLURM_JOB_ID": "1",
+             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for rank in (0, 1)]
+    results = _run_nodes([command, command], envs, tmp_path / "logs")
+    assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
+    assert {vid: row["writer"] for vid, row in _manifest(store).items()} == {
+        "good0": f"{HOST}:0", "good1": f"{HOST}:1", "good2": f"{HOST}:0"}
+
+
+def test_devices_may_only_repeat_the_launchers_count():
+    process = Process("torchrun", rank=1, world_size=4, local_rank=1, local_world_size=2, num_nodes=2)
+    assert devices_per_node(process, 1) == devices_per_node(process, 2) == 2
+    with pytest.raises(UsageError, match=r"--devices 4, but torchrun started 2 process\(es\) on this node"):
+        devices_per_node(process, 4)
+
+
+def test_manifest_writer_column_and_stores_written_before_it(tmp_path):
+    for folder in ("features", "writers", "failed"):
+        (tmp_path / folder).mkdir()
+    arrays = {"global": [[1.0]], "mask": [True], "times": [0.0]}
+    save_features(tmp_path, "new", arrays, writer="h:3")
+    save_features(tmp_path, "old", arrays)  # no record: an older store, or features a dataset ships
+    record_failure(tmp_path, "broken", "/v/broken.mp4", "no video stream", writer="h:1")
+    (tmp_path / "failed" / "older.txt").write_text("empty file\n/v/older.mp4\n")  # the two-line format
+    assert write_manifest(tmp_path) == (2, 2)
+    assert {vid: (row["status"], row["error"], row["writer"]) for vid, row in _manifest(tmp_path).items()} == {
+        "new": ("ok", "", "h:3"), "old": ("ok", "", ""), "broken": ("failed", "no video stream", "h:1"),
+        "older": ("failed", "empty file", ""),
+    }
