@@ -285,33 +285,15 @@ def check_step(device: str, sizes: Sizes) -> list[Row]:
 def check_syncs(device: str) -> list[Row]:
     if device != "cuda":
         return [Row("syncs", "SKIP", "CUDA only (torch.cuda.set_sync_debug_mode)")]
-    from tests.test_gpu import _inputs, _model, _Syncs
-    from vidcap.decoding import DecodingOptions, decode
-    from vidcap.lit_module import CaptionModule
-    from vidcap.model import ModelConfig
+    from tests.test_gpu import beam_search_syncs, training_step_syncs
+    from vidcap.decoding import DecodingOptions
 
-    module = CaptionModule(ModelConfig(vocab_size=29, global_dim=12, local_dim=6, embed_dim=16, hidden_dim=32,
-                                       attention_dim=16, max_frames=8)).cuda()
-    B, L = 8, 6
-    batch = {"global": torch.randn(B, 8, 12), "local": torch.randn(B, 8, 6), "mask": torch.ones(B, 8, dtype=torch.bool),
-             "inputs": torch.randint(4, 29, (B, L)), "targets": torch.randint(4, 29, (B, L)),
-             "caption_video": torch.arange(B)}
-    batch = {k: v.cuda() for k, v in batch.items()}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        module.training_step(batch, 0).backward()
-        with _Syncs() as train, torch.autocast("cuda", dtype=torch.bfloat16):
-            module.training_step(batch, 0).backward()
-    model = _model().cuda()
-    feats, mask = _inputs(model)
+    train = training_step_syncs()
     options = DecodingOptions(beam_size=5, max_len=20)
-    decode(model, feats, mask, options)
-    with _Syncs() as beams:
-        hypotheses = decode(model, feats, mask, options)
-    steps = max(len(h[0].tokens) + 1 for h in hypotheses)
-    ok = train.count == 0 and beams.count <= options.max_len + 1
-    return [Row("syncs", "PASS" if ok else "FAIL", f"training step {train.count}; beam search {beams.count} for "
-                f"{steps}+ steps (one copy of the step's top-k each)")]
+    beams, steps = beam_search_syncs(options)
+    ok = train == 0 and beams <= options.max_len + 1
+    return [Row("syncs", "PASS" if ok else "FAIL", f"bf16-mixed training step: {train}; beam search (K 5): {beams} "
+                f"over up to {steps} steps (one copy of each step's top-k)")]
 
 
 def check_ddp(data: Path, store: Path, root: Path, device: str) -> list[Row]:

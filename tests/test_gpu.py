@@ -92,7 +92,9 @@ def test_padded_output_projection_on_cuda_gives_the_cpu_logits():
     torch.testing.assert_close(gpu.cpu(), cpu, rtol=1e-4, atol=1e-4)
 
 
-def test_training_step_does_not_synchronise():
+def training_step_syncs() -> int:
+    """Host-device syncs in a bf16-mixed training step (forward, loss, backward) of a small CaptionModule on CUDA,
+    after a warm-up step (lazy CUDA initialisation may synchronise). Also run by benchmarks/gpu_check.py."""
     from vidcap.lit_module import CaptionModule
 
     module = CaptionModule(ModelConfig(vocab_size=29, global_dim=12, local_dim=6, embed_dim=16, hidden_dim=32,
@@ -102,23 +104,32 @@ def test_training_step_does_not_synchronise():
              "inputs": torch.randint(4, 29, (B, L)), "targets": torch.randint(4, 29, (B, L)),
              "caption_video": torch.arange(B)}
     batch = {k: v.cuda() for k, v in batch.items()}
-    module.training_step(batch, 0)  # warm-up: lazy CUDA initialisation may synchronise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # self.log without a Trainer
-        with _Syncs() as syncs:
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                module.training_step(batch, 0).backward()
-    assert syncs.count == 0
+        module.training_step(batch, 0).backward()
+        with _Syncs() as syncs, torch.autocast("cuda", dtype=torch.bfloat16):
+            module.training_step(batch, 0).backward()
+    return syncs.count
+
+
+def beam_search_syncs(options: DecodingOptions) -> tuple[int, int]:
+    """(host-device syncs, steps) of a beam search on CUDA, after a warm-up one. Also run by gpu_check.py."""
+    model = _model().cuda()
+    feats, mask = _inputs(model)
+    decode(model, feats, mask, options)
+    with _Syncs() as syncs:
+        hypotheses = decode(model, feats, mask, options)
+    return syncs.count, max(len(h.tokens) + 1 for nbest in hypotheses for h in nbest)
+
+
+def test_training_step_does_not_synchronise():
+    assert training_step_syncs() == 0
 
 
 def test_beam_search_synchronises_once_per_step():
-    model = _model().cuda()
-    feats, mask = _inputs(model)
     options = DecodingOptions(beam_size=3, max_len=10)
-    decode(model, feats, mask, options)
-    with _Syncs() as syncs:
-        decode(model, feats, mask, options)
-    assert 0 < syncs.count <= options.max_len + 1
+    syncs, steps = beam_search_syncs(options)
+    assert 0 < syncs <= options.max_len + 1 and steps <= options.max_len + 1
 
 
 def test_extraction_on_cuda_overlaps_and_matches_the_cpu():

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -149,21 +150,41 @@ def test_a_node_killed_mid_run_leaves_complete_files_and_the_rerun_completes_the
     assert sorted(p.name for p in (store / "features").iterdir()) == [f"good{i}.npz" for i in range(6)]
 
 
+def _srun_env(rank: int, port: int) -> dict[str, str]:
+    """What srun sets for task `rank` of 2 nodes x 1 task (MASTER_*: a rendezvous on this machine)."""
+    return {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank), "SLURM_JOB_NAME": "extract", "SLURM_JOB_ID": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_srun_tasks_share_the_work(tmp_path):
     """srun's variables as SLURM sets them for 2 nodes x 1 task (Lightning's SLURMEnvironment reads them)."""
     data, store = tmp_path / "data", tmp_path / "feats"
     _make_dataset(data, 3, broken=False)
-    port = str(free_port())
+    port = free_port()
     command = [sys.executable, "-m", "vidcap", *EXTRACT, "--data", str(data), "--out", str(store), "--frames", "2"]
-    envs = [{"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_PROCID": str(rank),
-             "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank), "SLURM_JOB_NAME": "extract", "SLURM_JOB_ID": "1",
-             "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port} for rank in (0, 1)]
-    results = _run_nodes([command, command], envs, tmp_path / "logs")
+    results = _run_nodes([command, command], [_srun_env(rank, port) for rank in (0, 1)], tmp_path / "logs")
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
     assert {vid: row["writer"] for vid, row in _manifest(store).items()} == {
         "good0": f"{HOST}:0", "good1": f"{HOST}:1", "good2": f"{HOST}:0"}
+
+
+def test_a_world_the_launcher_did_not_start_is_refused_with_one_line(tmp_path, monkeypatch, capsys):
+    """A SLURM job script that runs vidcap without srun: SLURM says 2 tasks, and only this process runs."""
+    import vidcap.launcher
+
+    for key, value in _srun_env(0, free_port()).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setattr(vidcap.launcher, "TIMEOUT", timedelta(seconds=2))
+    data = tmp_path / "data"
+    _make_dataset(data, 1, broken=False)
+    assert main([*EXTRACT, "--data", str(data), "--out", str(tmp_path / "feats")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("vidcap extract: error: srun process 0 of 2: the others did not join within 0:00:02 (")
+    assert err[-1].endswith("start every process with the launcher (torchrun on each node, srun in the job script)")
+    assert not (tmp_path / "feats").exists()
 
 
 def test_devices_may_only_repeat_the_launchers_count():

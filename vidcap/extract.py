@@ -47,7 +47,7 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
 # Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
-# have hours of videos left); a node that dies is the launcher's to stop (torchrun's agents, srun --kill-on-bad-exit).
+# have hours of videos left). A process that dies is noticed at once (its connection closes).
 BARRIER_TIMEOUT = timedelta(days=7)
 
 

@@ -66,7 +66,7 @@ class _VideoDataset(torch.utils.data.Dataset):
         self.requests = {kind: ext.request for kind, ext in extractors.items()}
         self.num_frames = options.num_frames
         self.backend = options.backend
-        self.decoder_threads = options.decoder_threads
+        self.decoder_threads = options.decoder_threads or 0  # 0: the decoder's default
 
     def __len__(self) -> int:
         return len(self.items)

@@ -55,6 +55,9 @@ class Process:
 
 def _environment() -> tuple[str, Any] | None:
     """(launcher, Lightning cluster environment) when a launcher started this process among others, else None."""
+    # Importing lightning_fabric costs seconds: a plain command (no torchrun, no SLURM job) does not pay for it.
+    if not (dist.is_torchelastic_launched() or "SLURM_NTASKS" in os.environ):
+        return None
     from lightning_fabric.plugins.environments import SLURMEnvironment, TorchElasticEnvironment
 
     # torchrun first, as Lightning does: it can run inside a SLURM allocation.

@@ -89,5 +89,6 @@ def sample(
         if bool(done.all()):
             break
         prev = token
-    stack = lambda parts: torch.stack(parts, 1) if parts else None  # noqa: E731
-    return Samples(stack(tokens), stack(log_probs), stack(masks), stack(entropies), stack(alphas), stack(frames))
+    alpha, frame = (torch.stack(alphas, 1), torch.stack(frames, 1)) if frames else (None, None)
+    return Samples(torch.stack(tokens, 1), torch.stack(log_probs, 1), torch.stack(masks, 1),
+                   torch.stack(entropies, 1), alpha, frame)

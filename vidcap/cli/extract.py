@@ -52,7 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=int, default=None, metavar="N",
                         help="decoding workers per process (default: 1 on CPU, up to 8 per GPU)")
     parser.add_argument("--threads", type=int, default=None, metavar="N",
-                        help="torch threads per process (default on CPU: its share of the cores minus one per\n"
+                        help="torch threads per process (default: its share of the cores minus one per\n"
                         "decoding worker)")
     parser.add_argument("--decoder-threads", type=int, default=None, metavar="N",
                         help="threads of each video decoder (default: the process's share of the cores divided\n"

@@ -154,17 +154,22 @@ def _architecture_from_init(config: Any) -> None:
     """With `--model.init_from FILE` (SCST from a cross-entropy checkpoint), the architecture is the checkpoint's, as
     `vidcap caption` rebuilds it; each value that differs from the config's is logged. The data-derived sizes stay
     linked from the data, and vidcap.scst checks that they fit the checkpoint."""
+    from dataclasses import fields
+
     from vidcap.lit_module import ARCHITECTURE
+    from vidcap.model import ModelConfig
     from vidcap.scst import checkpoint_model
 
     path = config.model.get("init_from")
     if not path:
         return
     saved, architecture = checkpoint_model(path), config.model.architecture
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
     for key in ARCHITECTURE:
         if key in saved and architecture[key] != saved[key]:
-            if not (key == "encoder" and architecture[key] == "auto"):
-                log.warning("model.architecture.%s: %r from %s, not %r", key, saved[key], path, architecture[key])
+            # A value the config set (not ModelConfig's default) that the checkpoint overrides deserves a warning.
+            level = logging.INFO if architecture[key] == defaults.get(key) else logging.WARNING
+            log.log(level, "model.architecture.%s: %r from %s, not %r", key, saved[key], path, architecture[key])
             architecture[key] = saved[key]
 
 
@@ -191,7 +196,8 @@ def _resolve_monitors(config: Any) -> None:
 
 def run_lightning(name: str, argv: Sequence[str], callbacks: Sequence[Any] = ()) -> int:
     """Run `vidcap NAME ARGV...` (NAME in fit/validate/test) through LightningCLI; returns the exit code.
-    `callbacks`: extra Trainer callbacks that are not part of the config (progress displays)."""
+    `callbacks`: extra Trainer callbacks that are not part of the config (progress displays). `fit` prints the
+    `tensorboard --logdir` line on stderr as training starts."""
     if name not in SUBCOMMANDS:
         raise UsageError(f"unknown Lightning subcommand {name!r}")
     try:
