@@ -26,6 +26,8 @@ demo: $(STAMP) java
 	$(PY) -m vidcap demo --out $(DEMO_OUT)
 
 test: $(STAMP) java
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || echo "note: the report's browser test will skip:" \
+	  "install Debian's chromium and chromium-driver (sudo apt-get install -y chromium chromium-driver) to run it" >&2
 	$(PY) -m pytest
 
 lint: $(STAMP)

@@ -22,8 +22,7 @@ every 0.2 s.
 - store: list the store, read meta.json, check it against videos.csv, rebuild manifest.csv.
 - setup: `CaptionDataModule(...).setup("fit")` with configs/data/lsmdc.yaml's data options.
 - loader: samples/s of the train loader (lsmdc.yaml's batch size and workers) after a warm-up, with the store first
-  evicted from the page cache (posix_fadvise DONTNEED on every feature file: a cold first epoch), and the workers'
-  private memory (what they do not share with the parent); then
+  evicted from the page cache (posix_fadvise DONTNEED on every feature file: a cold first epoch); then
 - model: samples/s of `CaptionModule.training_step` + backward + clipping + Adam on batches of that loader, default
   model sizes (E 256, H 512, A 256, local_global + position encoder), `--threads` CPU threads.
 - evaluate: `vidcap.evaluation.evaluate` on the test split, beam 5, with a tiny random-init checkpoint (E 32, H 64,
@@ -262,12 +261,6 @@ def _proc_kb(pid: str, file: str, keys: tuple[str, ...]) -> int:
     return sum(int(line.split()[1]) for line in lines if line.startswith(keys))
 
 
-def children_private_mb() -> float:
-    """Private memory (Private_Clean + Private_Dirty) of this process's children, the loader's workers, summed:
-    what they hold beyond the pages they share with the parent they were forked from."""
-    return sum(_proc_kb(pid, "smaps_rollup", ("Private_Clean:", "Private_Dirty:")) for pid in _children()) / 1024
-
-
 class JavaMemory:
     """The largest total RSS of this process's java children (the JVMs), sampled every 0.2 s while in the block.
     (getrusage's RUSAGE_CHILDREN would also count a forked child's copy of this process before it execs.)"""
@@ -317,7 +310,6 @@ def stage_setup(root: Path, args: argparse.Namespace) -> dict:
         if len(kept) < args.warmup + args.model_batches:
             kept.append(batch)
     out["loader_sps"] = sum(batches[warmup:]) / (time.perf_counter() - start)
-    out["workers_mb"] = children_private_mb()
     del loader  # stops the workers before the model is timed
 
     torch.set_num_threads(args.threads)
@@ -418,7 +410,6 @@ def print_table(sizes: list[int], results: dict[int, dict], setting: str) -> Non
         ("setup('fit')", "s", lambda r: r["setup"]["time"], "ms", "all"),
         ("  memory", "MB", lambda r: r["setup"]["setup_mb"], "KB", "all"),
         ("loader, cold page cache", "samples/s", lambda r: r["setup"]["loader_sps"], None, "rate"),
-        ("  workers' private memory", "MB", lambda r: r["setup"]["workers_mb"], "KB", "all"),
         ("model training step", "samples/s", lambda r: r["setup"]["model_sps"], None, "rate"),
         ("loader / model", "x", lambda r: r["setup"]["loader_sps"] / r["setup"]["model_sps"], None, "rate"),
         ("evaluate: test clips", "clips", lambda r: r["evaluate"]["clips"], None, "test"),

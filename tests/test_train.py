@@ -92,6 +92,7 @@ def cli_args(dataset, root: Path, *extra: str, model: str = "global") -> list[st
             "--config", str(REPO / f"configs/model/{model}.yaml"),
             "--config", str(REPO / "configs/trainer/cpu.yaml"),
             "--config", str(REPO / "configs/debug.yaml"),
+            "--config", str(REPO / "configs/trainer/csv_logger.yaml"),  # metrics_rows reads its metrics.csv
             "--data.data_dir", str(data), "--data.features_dir", str(feats),
             "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
             "--trainer.enable_model_summary", "false", *extra]
