@@ -401,6 +401,7 @@ def _fmt(value: float) -> str:
 def print_table(sizes: list[int], results: dict[int, dict], setting: str) -> None:
     """Rows: label, unit, value of one size's results, per-clip unit (None: a rate), which clips it scales with."""
     rows = [
+        ("vocabulary (min count 2)", "words", lambda r: r["prepare"]["vocab"], None, "all"),
         ("prepare", "s", lambda r: r["prepare"]["time"], "ms", "all"),
         ("  memory, Python", "MB", lambda r: r["prepare"]["memory_mb"], "KB", "all"),
         ("  PTB tokenizer JVM (RSS)", "MB", lambda r: r["prepare"]["java_mb"], "KB", "all"),

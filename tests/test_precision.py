@@ -10,7 +10,8 @@ import torch
 
 from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import UsageError
-from vidcap.model import CaptionModel, ModelConfig, padded_linear
+from vidcap.layers import padded_linear
+from vidcap.model import CaptionModel, ModelConfig
 from vidcap.precision import PRECISIONS, autocast, check_precision, compute_record, use_tf32
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -64,7 +65,7 @@ def test_bf16_autocast_decodes_the_float32_captions():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("out_features, bias", [(13, True), (16, True), (21, False)])
 def test_padded_linear_gives_the_layer_values_and_gradients(out_features, bias, dtype):
-    """The output projection's padding on CUDA (vidcap.model.VOCAB_MULTIPLE), checked here on the CPU."""
+    """The output projection's padding on CUDA (vidcap.model.VOCAB_MULTIPLE; vidcap.layers.padded_linear), checked here on the CPU."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(7, out_features, bias=bias).to(dtype)
     x = torch.randn(3, 4, 7, dtype=dtype, requires_grad=True)

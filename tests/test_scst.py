@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import CAPTIONS, REPO, WORDS, cli_args, metrics_rows, write_data, write_store
+from test_train import CAPTIONS, REPO, WORDS, cli_args, count_score, metrics_rows, write_data, write_store
 
 from vidcap.cli import main
 from vidcap.decoding import DecodingOptions, decode
@@ -234,7 +234,6 @@ def test_xe_fit_with_either_attention(dataset, tmp_path, attention):
 
 def test_scst_fit_logs_rewards_and_resumes(dataset, xe_checkpoint, tmp_path, monkeypatch):
     import vidcap.metrics
-    from test_train import count_score
 
     monkeypatch.setattr(vidcap.metrics, "score_captions", count_score)  # val/CIDEr without Java
     root = tmp_path / "scst"
