@@ -338,7 +338,8 @@ def test_malicious_pickle_is_refused_without_running_it(trained, tmp_path, capsy
 
 
 @pytest.mark.parametrize("case", ["random bytes", "truncated", "empty", "plain dict", "format 2", "no features",
-                                  "missing", "folder", "random seed", "weights file gone", "unknown sampling"])
+                                  "missing", "folder", "random seed", "weights file gone", "unknown sampling",
+                                  "shipped features"])
 def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
     good = trained["checkpoint"]
     if case == "random bytes":
@@ -367,6 +368,9 @@ def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
     elif case == "unknown sampling":
         path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"].update(
             sampling={"rule": "uniform_random", "num_frames": NUM_FRAMES}))
+    elif case == "shipped features":  # youtube2text-arctic: the authors' GoogLeNet features, no extractor
+        path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"]["global"].update(
+            name="googlenet_arctic", weights="external", source="youtube2text_iccv15"))
     else:
         path = _variant(trained, tmp_path, lambda c: c["vidcap"]["features"]["global"].update(
             weights=str(tmp_path / "gone.pt"), weights_sha256="0" * 64))
@@ -379,7 +383,8 @@ def test_bad_checkpoints_raise_checkpoint_error(case, trained, tmp_path):
                 "no features": "does not describe its feature extractors", "missing": ": checkpoint not found",
                 "folder": ": is a folder", "random seed": "seed 7",
                 "weights file gone": ": cannot rebuild the feature extractors it was trained with",
-                "unknown sampling": "sampled with rule 'uniform_random'"}
+                "unknown sampling": "sampled with rule 'uniform_random'",
+                "shipped features": "trained on features shipped with a dataset (youtube2text_iccv15)"}
     assert expected[case] in message
 
 

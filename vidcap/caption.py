@@ -135,6 +135,11 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
                               f"samples frames with {SAMPLING_RULE!r} only")
     for kind in ("global", "local"):
         desc = meta.get(kind)
+        if desc and desc.get("weights") == "external":
+            raise CheckpointError(
+                f"{path}: trained on features shipped with a dataset ({desc.get('source') or desc.get('name')}); "
+                "no extractor can compute them from a video file: evaluate it on its feature store instead"
+            )
         if desc and desc.get("weights") == "random" and desc.get("seed", RANDOM_SEED) != RANDOM_SEED:
             raise CheckpointError(
                 f"{path}: its {kind} extractor {desc.get('name')} had random weights with seed {desc.get('seed')}; "
