@@ -38,6 +38,8 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench_train.py
 	$(PY) benchmarks/bench_decode.py
 	$(PY) benchmarks/bench_caption.py
+	$(PY) benchmarks/bench_tokenize.py
+	$(PY) benchmarks/bench_rewards.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache
