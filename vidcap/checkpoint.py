@@ -78,6 +78,11 @@ def read_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return checkpoint
 
 
+def model_state(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The CaptionModel's state dict inside a Lightning checkpoint (CaptionModule keeps it under "model.")."""
+    return {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+
+
 def load_checkpoint(
     path: str | os.PathLike, map_location: str | torch.device = "cpu"
 ) -> tuple[CaptionModel, Vocabulary, dict[str, Any]]:
@@ -87,8 +92,7 @@ def load_checkpoint(
     meta = read_vidcap_section(checkpoint, str(path))
     try:
         model = CaptionModel(ModelConfig(**meta["model"]))
-        state = {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
-        model.load_state_dict(state)
+        model.load_state_dict(model_state(checkpoint))
         vocab = Vocabulary.from_dict(meta["vocab"])
     except (KeyError, TypeError, ValueError, RuntimeError, UsageError) as error:
         raise CheckpointError(f"{path}: inconsistent checkpoint: {error}") from None

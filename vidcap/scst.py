@@ -33,7 +33,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from vidcap.checkpoint import read_checkpoint, read_vidcap_section
+from vidcap.checkpoint import model_state, read_checkpoint, read_vidcap_section
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.hard_attention import HardAttentionOptions, frame_log_probs
 from vidcap.model import LOCAL_VARIANTS, CaptionModel, ModelConfig
@@ -218,7 +218,7 @@ def initial_weights(path: str | os.PathLike, config: ModelConfig, vocab: Vocabul
         problems.append(f"{saved.get('max_frames')} frames per video, the feature store has {config.max_frames}")
     if problems:
         raise UsageError(f"{path}: cannot start from this checkpoint: {'; '.join(problems)}")
-    return {k[len("model."):]: v for k, v in checkpoint["state_dict"].items() if k.startswith("model.")}
+    return model_state(checkpoint)
 
 
 def load_initial_weights(model: CaptionModel, path: str | os.PathLike, vocab: Vocabulary | None,

@@ -7,6 +7,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from vidcap.datasets import positive_int
 from vidcap.precision import PRECISIONS
 
 HELP = ("decode a split with a checkpoint: predictions.json, metrics.json (BLEU-4, METEOR, CIDEr, ROUGE-L, "
@@ -21,23 +22,16 @@ EXAMPLE = """\
 """
 
 
-def _positive(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by `vidcap fit` (.ckpt)")
     parser.add_argument("--data", required=True, help="the data directory (`vidcap prepare`)")
     parser.add_argument("--features", required=True, help="the feature store (`vidcap extract`)")
     parser.add_argument("--split", default="test", help="split of captions.csv to evaluate (default: test)")
-    parser.add_argument("--beam-size", type=_positive, default=None,
+    parser.add_argument("--beam-size", type=positive_int, default=None,
                         help="beam size K; 1 = greedy (default: the model's model.decoding.beam_size, usually 5)")
-    parser.add_argument("--max-len", type=_positive, default=None,
+    parser.add_argument("--max-len", type=positive_int, default=None,
                         help="most words per caption (default: the model's model.decoding.max_len)")
-    parser.add_argument("--n-best", type=_positive, default=1,
+    parser.add_argument("--n-best", type=positive_int, default=1,
                         help="also write nbest.json with this many captions per video (<= beam size)")
     parser.add_argument("--reverse", action="store_true",
                         help="reversal test: decode again with each video's frames in reverse order "
@@ -49,10 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="DIR", default=None,
                         help="also write DIR/index.html, an offline page with one card per video (frames, caption, "
                              "references, per-video BLEU-4/METEOR/CIDEr-D, attention on hover), worst first")
-    parser.add_argument("--devices", type=_positive, default=1,
+    parser.add_argument("--devices", type=positive_int, default=1,
                         help="processes (DDP); with --accelerator gpu, GPUs (default: 1)")
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"], help="(default: cpu)")
-    parser.add_argument("--batch-size", type=_positive, default=32, help="videos per batch (default: 32)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="videos per batch (default: 32)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
     parser.add_argument("--precision", default="32-true", choices=PRECISIONS,
                         help="numeric precision of the model (default: 32-true); bf16-mixed reproduces the val/ "
