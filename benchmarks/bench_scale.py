@@ -1,6 +1,7 @@
 """Benchmark of issue 15 (LSMDC-size on one machine): does every stage's cost grow about linearly with the clips?
 
-    python benchmarks/bench_scale.py [--sizes 10000,40000,118000 | --quick] [--root /tmp] [--keep]
+    python benchmarks/bench_scale.py [--sizes 10000,40000,118000 | --quick] [--stages prepare,store,setup]
+                                     [--root /tmp] [--keep]
 
 Generates an LSMDC-size dataset in a temporary folder under --root (deleted at the end unless --keep):
 - LSMDC16_annos_{training,val,test,blindtest}.csv in the real format (tab-separated, no header, six columns, five
@@ -28,7 +29,8 @@ every 0.2 s.
 - evaluate: `vidcap.evaluation.evaluate` on the test split, beam 5, with a tiny random-init checkpoint (E 32, H 64,
   A 32; random weights seldom pick EOS, so every caption has the decoder's 30 words: a worst case for METEOR),
   coco-caption metrics through vidcap.metrics.score_captions (also timed on its own).
-Prints one table: each stage's time, memory or rate at each size; the cost per extra clip (the slope from the
+--stages runs only some of them (with the ones they need: prepare before every other, setup before loader, loader
+before model). Prints one table: each stage's time, memory or rate at each size; the cost per extra clip (the slope from the
 smallest to the largest size, so that fixed costs such as a JVM's start stay out); and the growth from the smallest
 to the largest size next to the growth of the clips it works on ("linear"). Not a test: nothing is asserted.
 """
@@ -70,6 +72,8 @@ from vidcap.video import SAMPLING_RULE
 from vidcap.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
+STAGES = ("prepare", "store", "setup", "loader", "model", "evaluate")
+NEEDS = {"store": "prepare", "setup": "prepare", "loader": "setup", "model": "loader", "evaluate": "prepare"}
 DATA_CONFIG = REPO / "configs" / "data" / "lsmdc.yaml"
 SEED = 15
 FRAMES = 26
@@ -289,7 +293,8 @@ def _proc_name(pid: str) -> str:
 
 
 def stage_setup(root: Path, args: argparse.Namespace) -> dict:
-    """setup time and memory, then the train loader's throughput, then the model's training step on its batches."""
+    """setup time and memory, then (--stages) the train loader's throughput, then the model's training step on its
+    batches."""
     options = {**data_options(), "num_workers": args.workers if args.workers is not None else data_options()["num_workers"]}
     dm = CaptionDataModule(str(root / "data"), str(root / "feats"), **options)
     base = reset_peak()
@@ -297,6 +302,8 @@ def stage_setup(root: Path, args: argparse.Namespace) -> dict:
     dm.setup("fit")
     out = {"time": time.perf_counter() - start, "setup_mb": peak_mb() - base,
            "train_items": len(dm.datasets["train"]), "workers": options["num_workers"]}
+    if "loader" not in args.stages:
+        return out
 
     evict(root / "feats")
     # The workers start together and deliver their first batches in a burst: time from after the burst.
@@ -311,6 +318,8 @@ def stage_setup(root: Path, args: argparse.Namespace) -> dict:
             kept.append(batch)
     out["loader_sps"] = sum(batches[warmup:]) / (time.perf_counter() - start)
     del loader  # stops the workers before the model is timed
+    if "model" not in args.stages:
+        return out
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -369,7 +378,8 @@ def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
 def run_child(stage: str, root: Path, args: argparse.Namespace) -> dict:
     """Run `stage` in a fresh interpreter; its result plus the peak memory of it and of its largest child."""
     cmd = [sys.executable, __file__, "--child", stage, "--root", str(root), "--threads", str(args.threads),
-           "--batches", str(args.batches), "--warmup", str(args.warmup), "--model-batches", str(args.model_batches)]
+           "--batches", str(args.batches), "--warmup", str(args.warmup), "--model-batches", str(args.model_batches),
+           "--stages", ",".join(args.stages)]
     if args.workers is not None:
         cmd += ["--workers", str(args.workers)]
     log = root / f"{stage}.log"
@@ -398,32 +408,38 @@ def _fmt(value: float) -> str:
     return f"{value:,.0f}" if abs(value) >= 100 else f"{value:.3g}"
 
 
-def print_table(sizes: list[int], results: dict[int, dict], setting: str) -> None:
-    """Rows: label, unit, value of one size's results, per-clip unit (None: a rate), which clips it scales with."""
+def print_table(sizes: list[int], results: dict[int, dict], stages: list[str], setting: str) -> None:
+    """Rows of the stages run: stage, label, unit, value of one size's results, per-clip unit (None: a rate), which
+    clips it scales with."""
     rows = [
-        ("vocabulary (min count 2)", "words", lambda r: r["prepare"]["vocab"], None, "all"),
-        ("prepare", "s", lambda r: r["prepare"]["time"], "ms", "all"),
-        ("  memory, Python", "MB", lambda r: r["prepare"]["memory_mb"], "KB", "all"),
-        ("  PTB tokenizer JVM (RSS)", "MB", lambda r: r["prepare"]["java_mb"], "KB", "all"),
-        ("store write (setting up)", "s", lambda r: r["write_time"], "ms", "all"),
-        ("store list+check+manifest", "s", lambda r: r["store"]["time"], "ms", "all"),
-        ("  memory", "MB", lambda r: r["store"]["memory_mb"], "KB", "all"),
-        ("setup('fit')", "s", lambda r: r["setup"]["time"], "ms", "all"),
-        ("  memory", "MB", lambda r: r["setup"]["setup_mb"], "KB", "all"),
-        ("loader, cold page cache", "samples/s", lambda r: r["setup"]["loader_sps"], None, "rate"),
-        ("model training step", "samples/s", lambda r: r["setup"]["model_sps"], None, "rate"),
-        ("loader / model", "x", lambda r: r["setup"]["loader_sps"] / r["setup"]["model_sps"], None, "rate"),
-        ("evaluate: test clips", "clips", lambda r: r["evaluate"]["clips"], None, "test"),
-        ("  decode + score", "s", lambda r: r["evaluate"]["time"], "ms", "test"),
-        ("  of which score_captions", "s", lambda r: r["evaluate"]["score_time"], "ms", "test"),
-        ("  memory, Python", "MB", lambda r: r["evaluate"]["memory_mb"], "KB", "test"),
-        ("  METEOR / PTB JVM (RSS)", "MB", lambda r: r["evaluate"]["java_mb"], "KB", "test"),
+        ("prepare", "vocabulary (min count 2)", "words", lambda r: r["prepare"]["vocab"], None, "all"),
+        ("prepare", "prepare", "s", lambda r: r["prepare"]["time"], "ms", "all"),
+        ("prepare", "  memory, Python", "MB", lambda r: r["prepare"]["memory_mb"], "KB", "all"),
+        ("prepare", "  PTB tokenizer JVM (RSS)", "MB", lambda r: r["prepare"]["java_mb"], "KB", "all"),
+        ("write", "store write (setting up)", "s", lambda r: r["write_time"], "ms", "all"),
+        ("store", "store list+check+manifest", "s", lambda r: r["store"]["time"], "ms", "all"),
+        ("store", "  memory", "MB", lambda r: r["store"]["memory_mb"], "KB", "all"),
+        ("setup", "setup('fit')", "s", lambda r: r["setup"]["time"], "ms", "all"),
+        ("setup", "  memory", "MB", lambda r: r["setup"]["setup_mb"], "KB", "all"),
+        ("loader", "loader, cold page cache", "samples/s", lambda r: r["setup"]["loader_sps"], None, "rate"),
+        ("model", "model training step", "samples/s", lambda r: r["setup"]["model_sps"], None, "rate"),
+        ("model", "loader / model", "x", lambda r: r["setup"]["loader_sps"] / r["setup"]["model_sps"], None, "rate"),
+        ("evaluate", "evaluate: test clips", "clips", lambda r: r["evaluate"]["clips"], None, "test"),
+        ("evaluate", "  decode + score", "s", lambda r: r["evaluate"]["time"], "ms", "test"),
+        ("evaluate", "  of which score_captions", "s", lambda r: r["evaluate"]["score_time"], "ms", "test"),
+        ("evaluate", "  memory, Python", "MB", lambda r: r["evaluate"]["memory_mb"], "KB", "test"),
+        ("evaluate", "  METEOR / PTB JVM (RSS)", "MB", lambda r: r["evaluate"]["java_mb"], "KB", "test"),
     ]
-    clips = {"all": sizes, "test": [results[s]["evaluate"]["clips"] for s in sizes], "rate": [1] * len(sizes)}
+    ran = {*stages, "write"} if "write_time" in results[sizes[0]] else set(stages)
+    clips = {"all": sizes, "rate": [1] * len(sizes)}
+    if "evaluate" in ran:
+        clips["test"] = [results[s]["evaluate"]["clips"] for s in sizes]
     print(f"\n{setting}")
     print(f"{'stage':<28}{'unit':>10}" + "".join(f"{s:>10,}" for s in sizes)
           + f"{'per clip':>12}{'growth':>9}{'linear':>9}")
-    for label, unit, value, per, scale in rows:
+    for stage, label, unit, value, per, scale in rows:
+        if stage not in ran:
+            continue
         values = [value(results[s]) for s in sizes]
         n = clips[scale]
         # the slope from the smallest to the largest size: fixed costs (JVM start, imports) left out
@@ -433,8 +449,9 @@ def print_table(sizes: list[int], results: dict[int, dict], setting: str) -> Non
         flag = "  <- not linear" if (growth > 1.25 * n[-1] / n[0] if per else growth < 0.75 and scale == "rate") else ""
         print(f"{label:<28}{unit:>10}" + "".join(f"{_fmt(v):>10}" for v in values)
               + f"{per_clip:>12}{growth:>8.2f}x{n[-1] / n[0]:>8.2f}x{flag}")
-    ratio = min(results[s]["setup"]["loader_sps"] / results[s]["setup"]["model_sps"] for s in sizes)
-    print(f"loader / model at least {ratio:.1f}x at every size (target: 3x)")
+    if "model" in ran:
+        ratio = min(results[s]["setup"]["loader_sps"] / results[s]["setup"]["model_sps"] for s in sizes)
+        print(f"loader / model at least {ratio:.1f}x at every size (target: 3x)")
 
 
 def main() -> None:
@@ -442,6 +459,9 @@ def main() -> None:
     parser.add_argument("--sizes", default="10000,40000,118000", help="clip counts, comma-separated")
     parser.add_argument("--quick", action="store_true",
                         help="a smoke run: --sizes 2000,4000 --clips-per-movie 50 --batches 10 --model-batches 3")
+    parser.add_argument("--stages", default=",".join(STAGES),
+                        help=f"stages to run, comma-separated, of {','.join(STAGES)} (default: all); the ones they "
+                             "need run too")
     parser.add_argument("--clips-per-movie", type=int, default=CLIPS_PER_MOVIE)
     parser.add_argument("--root", default=None, help="parent of the temporary folder (default: the system's)")
     parser.add_argument("--keep", action="store_true", help="keep the generated folder")
@@ -452,6 +472,14 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=2, help="batches / steps not timed first")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    asked = [stage.strip() for stage in args.stages.split(",") if stage.strip()]
+    unknown = sorted(set(asked) - set(STAGES))
+    if unknown or not asked:
+        parser.error(f"--stages: unknown stage(s) {', '.join(unknown) or '(none given)'} (of {', '.join(STAGES)})")
+    for stage in reversed(STAGES):  # each stage's needs come before it in STAGES
+        if stage in asked and stage in NEEDS:
+            asked.append(NEEDS[stage])
+    args.stages = [stage for stage in STAGES if stage in asked]
     if args.child:
         child_main(args.child, Path(args.root), args)
         return
@@ -470,14 +498,17 @@ def main() -> None:
             generated = time.perf_counter() - start
             shutil.rmtree(root / "data", ignore_errors=True)
             result = {"load": load, "counts": counts, "prepare": run_child("prepare", root, args)}
-            start = time.perf_counter()
-            added = grow_store(root / "feats", list(read_videos(root / "data")["video_id"]))
-            result["write_time"] = time.perf_counter() - start
+            added = 0
+            if {"store", "setup", "evaluate"} & set(args.stages):
+                start = time.perf_counter()
+                added = grow_store(root / "feats", list(read_videos(root / "data")["video_id"]))
+                result["write_time"] = time.perf_counter() - start
             for stage in ("store", "setup", "evaluate"):
-                result[stage] = run_child(stage, root, args)
+                if stage in args.stages:
+                    result[stage] = run_child(stage, root, args)
             results[size] = result
             print(f"{size:,} clips: generated in {generated:.1f} s; {added} feature files added in "
-                  f"{result['write_time']:.1f} s; {json.dumps(result)}", file=sys.stderr, flush=True)
+                  f"{result.get('write_time', 0):.1f} s; {json.dumps(result)}", file=sys.stderr, flush=True)
     finally:
         if args.keep:
             print(f"kept {root}", file=sys.stderr)
@@ -485,17 +516,23 @@ def main() -> None:
             shutil.rmtree(root, ignore_errors=True)
     last = results[sizes[-1]]
     counts = ", ".join(f"{part} {last['counts'][f'clips_{part}']:,}" for part in SHARES)
-    setting = (
+    lines = [
         f"{sizes[-1]:,} clips ({counts}), {last['counts']['sentences']:,} sentences, vocabulary "
         f"{last['prepare']['vocab']:,}; K={FRAMES}, {GLOBAL[0]} {GLOBAL[1]}-d + {LOCAL[0]} {LOCAL[1]}-d float16 "
         f"({FRAMES * (GLOBAL[1] + LOCAL[1]) * 2 / 1024:.0f} KB/clip, {sizes[-1] * FRAMES * (GLOBAL[1] + LOCAL[1]) * 2 / 1e9:.1f} GB)"
-        f"\nloader: batch {data_options()['batch_size']}, {last['setup']['workers']} workers; model: default sizes "
-        f"(E 256, H 512, A 256, local_global), {last['setup']['threads']} thread(s); evaluate: beam 5, tiny random-init "
-        f"checkpoint, {last['evaluate']['words']:.0f} words per caption"
-        f"\n{os.cpu_count()} CPUs; load average (1 min) at the start of each size: "
-        + ", ".join(f"{results[s]['load']:.2f}" for s in sizes) + f"; {time.perf_counter() - began:.0f} s in all"
-    )
-    print_table(sizes, results, setting)
+    ]
+    runs = []
+    if "loader" in args.stages:
+        runs.append(f"loader: batch {data_options()['batch_size']}, {last['setup']['workers']} workers")
+    if "model" in args.stages:
+        runs.append(f"model: default sizes (E 256, H 512, A 256, local_global), {last['setup']['threads']} thread(s)")
+    if "evaluate" in args.stages:
+        runs.append(f"evaluate: beam 5, tiny random-init checkpoint, {last['evaluate']['words']:.0f} words per caption")
+    if runs:
+        lines.append("; ".join(runs))
+    lines.append(f"{os.cpu_count()} CPUs; load average (1 min) at the start of each size: "
+                 + ", ".join(f"{results[s]['load']:.2f}" for s in sizes) + f"; {time.perf_counter() - began:.0f} s in all")
+    print_table(sizes, results, args.stages, "\n".join(lines))
 
 
 if __name__ == "__main__":

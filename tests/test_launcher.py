@@ -1,6 +1,6 @@
 """`vidcap extract` under torchrun and srun (vidcap/launcher.py): two "nodes" on this machine, one process each, share
 one store; a mismatched node is refused before any work; a node killed mid-run leaves a store the rerun completes.
-(`vidcap evaluate` under torchrun: tests/test_evaluate.py.)"""
+`vidcap evaluate`: a node that fails a check stops every node (its results under torchrun: tests/test_evaluate.py)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,7 @@ def _run_nodes(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]]
 
 
 def torchrun_nodes(node_args: Sequence[Sequence[str]], logs: Path, module: bool = True,
-                   enough: str | None = None) -> list[tuple[int | None, str, str]]:
+                   enough: str | None = None, timeout: float = 240) -> list[tuple[int | None, str, str]]:
     """`torchrun --nnodes N --node-rank r --nproc-per-node 1` against a static rendezvous on 127.0.0.1, one per
     entry of node_args: `-m ARGS` (module) or a script and its arguments."""
     port = free_port()
@@ -76,7 +76,7 @@ def torchrun_nodes(node_args: Sequence[Sequence[str]], logs: Path, module: bool 
          *(["-m"] if module else []), *args]
         for rank, args in enumerate(node_args)
     ]
-    return _run_nodes(commands, [{}] * len(commands), logs, enough)
+    return _run_nodes(commands, [{}] * len(commands), logs, enough, timeout)
 
 
 def _manifest(store: Path) -> dict[str, dict[str, str]]:
@@ -148,6 +148,47 @@ def test_a_node_killed_mid_run_leaves_complete_files_and_the_rerun_completes_the
         "good3": f"{HOST}:0", "good5": f"{HOST}:0",
     }
     assert sorted(p.name for p in (store / "features").iterdir()) == [f"good{i}.npz" for i in range(6)]
+
+
+def _random_checkpoint(path: Path, data: Path, store: Path) -> Path:
+    """A random-init `global` CaptionModule (E 8, H 16, A 8) saved as `vidcap fit` saves one."""
+    import torch
+
+    from vidcap.lit_module import CaptionModule
+    from vidcap.model import ModelConfig
+    from vidcap.store import read_meta
+    from vidcap.vocab import Vocabulary
+
+    vocab, meta = Vocabulary.load(data / "vocab.json"), read_meta(store)
+    config = ModelConfig(vocab_size=len(vocab), global_dim=meta["global"]["dim"], variant="global",
+                         max_frames=meta["num_frames"], embed_dim=8, hidden_dim=16, attention_dim=8)
+    module = CaptionModule(config, vocab=vocab.to_dict(), feature_meta=meta)
+    torch.save({"state_dict": module.state_dict(), "vidcap": module.vidcap_metadata()}, path)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+def test_evaluate_stops_every_node_when_one_fails_its_checks(tmp_path):
+    """Node 1 sees a store without the test split's features (a stale mount): both nodes exit 2 with its one line
+    at once. Node 0 used to go on into the test loop alone: a traceback when gloo saw node 1 leave, and with NCCL
+    across machines, 30 minutes of waiting first."""
+    from tests.test_evaluate import _write_dataset
+
+    data, store = _write_dataset(tmp_path)
+    checkpoint = _random_checkpoint(tmp_path / "random.ckpt", data, store)
+    empty = tmp_path / "empty"
+    (empty / "features").mkdir(parents=True)
+    (empty / "meta.json").write_text((store / "meta.json").read_text())
+    args = ["vidcap", "evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--out", str(tmp_path / "eval")]
+    results = torchrun_nodes([[*args, "--features", str(store)], [*args, "--features", str(empty)]],
+                             tmp_path / "logs", timeout=120)
+    expected = (f"vidcap evaluate: error: process {HOST}:1: {data / 'captions.csv'}: no 'test' video has features in "
+                f"{empty}")
+    for code, _, err in results:  # every worker exits 2; torchrun itself says 1 (a worker failed)
+        assert code == 1 and "exitcode  : 2" in err, err[-3000:]
+        assert [line for line in err.splitlines() if line.startswith("vidcap evaluate")] == [expected]
+    assert not (tmp_path / "eval").exists()
 
 
 def _srun_env(rank: int, port: int) -> dict[str, str]:

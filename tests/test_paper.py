@@ -17,7 +17,7 @@ import pytest
 import torch
 from test_arctic import pkl_dir  # noqa: F401 (the fixture: generated youtube2text_iccv15 pickles)
 
-from vidcap.data import collate, read_split
+from vidcap.data import CaptionDataset, collate, read_split
 from vidcap.decoding import DecodingOptions, decode
 from vidcap.lit_module import CaptionModule
 from vidcap.model import CaptionModel, ModelConfig
@@ -311,18 +311,25 @@ def test_shrinking_beam_search_matches_the_original(k, maxlen):
     assert len(lengths) > 1
 
 
-def test_drop_long_captions_drops_instead_of_cutting():
+def test_drop_long_captions_drops_instead_of_cutting(monkeypatch):
     captions = pd.DataFrame({
         "video_id": ["a", "a", "b", "c", "c"], "split": ["train", "train", "train", "val", "val"],
         "caption": ["short", "long", "long", "long", "short"],
         "tokens": ["x y", "x y x y", "x x x", "y y y", "y"]})
     vocab = Vocabulary(["x", "y"])
     cut, _ = read_split(captions, "train", vocab, 3, {"a", "b", "c"})
-    assert [len(v.tokens) for v in cut] == [2, 1] and max(len(t) for v in cut for t in v.tokens) == 3
+    assert [len(cut.video_captions(v)) for v in range(2)] == [2, 1]
+    assert max(len(cut.tokens(n)) for n in range(cut.num_captions)) == 3
     dropped, _ = read_split(captions, "train", vocab, 3, {"a", "b", "c"}, drop_long_captions=True)
-    assert [v.video_id for v in dropped] == ["a"] and dropped[0].tokens == ((4, 5, EOS),)
+    assert dropped.video_ids == ["a"] and [dropped.tokens(n) for n in dropped.video_captions(0)] == [[4, 5, EOS]]
     val, _ = read_split(captions, "val", vocab, 3, {"a", "b", "c"}, drop_long_captions=True)
-    assert val[0].references == ("long", "short") and val[0].tokens == ((5, EOS),)  # metrics keep every reference
+    assert val.video_references(0) == ["long", "short"]  # metrics keep every reference
+    assert [val.tokens(n) for n in val.video_captions(0)] == [[5, EOS]] and val.caption_reference.tolist() == [1]
+    monkeypatch.setattr("vidcap.data.load_features", lambda store, video_id: {"mask": np.ones(1, bool)})
+    item = CaptionDataset("unused", val, per_reference=False)[0]
+    assert item["references"] == ["long", "short"] and item["tokens"] == [[5, EOS]]
+    item = CaptionDataset("unused", val, per_reference=True)[0]
+    assert item["references"] == ["short"] and item["tokens"] == [[5, EOS]]  # the caption's own text
 
 
 # -- issue 13, part 2: the paper's configuration on the authors' preprocessed Youtube2Text --------------------------

@@ -46,7 +46,7 @@ class ExplanationImage(Callback):
             return
         data = trainer.datamodule
         dataset = data.datasets[data.hparams.val_split]
-        ids = [video.video_id for video in dataset.videos]  # sorted by id (vidcap.data.read_split)
+        ids = dataset.captions.video_ids  # sorted by id (vidcap.data.read_split)
         video_id = self.video_id or ids[0]
         if video_id not in ids:
             raise UsageError(f"--explanation.video_id {video_id!r}: not a video of the "

@@ -1,6 +1,7 @@
 """Training data: the feature store (`vidcap extract`) joined with the captions table (`vidcap prepare`).
 
-- `CaptionDataset`: one item per (video, reference) for training, or one item per video with all its
+- `SplitCaptions`: a split's videos, references and caption ids in flat arrays (`read_split`).
+- `CaptionDataset`: one item per (video, caption) for training, or one item per video with all its
   references for validation and testing (perplexity counts every reference; the metrics need them all).
 - `collate`: pads frames to (B, T, D) with a frame mask (B, T) and captions to (N, L) with PAD.
 - `CaptionDataModule`: the LightningDataModule. `__init__` reads only the two small files that the model's sizes
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,46 +31,84 @@ from vidcap.vocab import Vocabulary
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class VideoCaptions:
-    """One video of a split: its id, its reference captions (raw text) and their ids (each ending with EOS)."""
+@dataclass(frozen=True, eq=False)
+class SplitCaptions:
+    """The V videos of one split, sorted by id, with their R references and N token captions in flat arrays.
 
-    video_id: str
-    references: tuple[str, ...]
-    tokens: tuple[tuple[int, ...], ...]
+    video_ids: (V,) str. references: (R,) raw captions, video v's in file order at
+    `reference_offsets[v]:reference_offsets[v + 1]` ((V + 1,) int64). token_ids: int32, the ids of the token captions
+    (the NLL's, each ending with EOS) one after the other, caption n's at `token_offsets[n]:token_offsets[n + 1]`
+    ((N + 1,) int64); video v's token captions are `caption_offsets[v]:caption_offsets[v + 1]` ((V + 1,) int64), and
+    caption n tokenises `references[caption_reference[n]]` ((N,) int64). N < R when long captions are dropped.
+
+    A few objects however many videos: nothing per video or caption for Python's garbage collector to walk (a
+    container per clip made `setup()` superlinear at LSMDC's 118k clips).
+    """
+
+    video_ids: list[str]
+    references: list[str]
+    reference_offsets: np.ndarray
+    token_ids: np.ndarray
+    token_offsets: np.ndarray
+    caption_offsets: np.ndarray
+    caption_reference: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.video_ids)
+
+    @property
+    def num_captions(self) -> int:
+        return len(self.caption_reference)
+
+    def video_references(self, v: int) -> list[str]:
+        return self.references[self.reference_offsets[v]:self.reference_offsets[v + 1]]
+
+    def video_captions(self, v: int) -> range:
+        """The token captions of video v."""
+        return range(self.caption_offsets[v], self.caption_offsets[v + 1])
+
+    def tokens(self, n: int) -> list[int]:
+        """Caption n's ids `[w1, ..., wn, EOS]`."""
+        return self.token_ids[self.token_offsets[n]:self.token_offsets[n + 1]].tolist()
+
+    def caption_video(self) -> np.ndarray:
+        """(N,) int64: the video of each token caption."""
+        return np.repeat(np.arange(len(self), dtype=np.int64), np.diff(self.caption_offsets))
 
 
 class CaptionDataset(Dataset):
     """Items are dicts: `video_id` str, `global` (T, Dg) / `local` (T, Dl) float arrays (or None), `mask` (T,)
     bool, `references` list[str] and `tokens` list of id lists (each `[w1, ..., wn, EOS]`).
 
-    per_reference=True (training): one item per (video, reference), `references`/`tokens` of length 1.
-    per_reference=False (evaluation): one item per video with all its references.
+    per_reference=True (training): one item per token caption, `references` (the caption's text) and `tokens` of
+    length 1. per_reference=False (evaluation): one item per video with all its references and token captions.
     """
 
-    def __init__(self, features_dir: str | os.PathLike, videos: Sequence[VideoCaptions], per_reference: bool):
+    def __init__(self, features_dir: str | os.PathLike, captions: SplitCaptions, per_reference: bool):
         self.features_dir = str(features_dir)
-        self.videos = list(videos)
-        if per_reference:
-            self.index = [(v, r) for v, video in enumerate(self.videos) for r in range(len(video.tokens))]
-        else:
-            self.index = [(v, None) for v in range(len(self.videos))]
+        self.captions = captions
+        # Training item i is token caption i, of video item_video[i]; evaluation item i is video i.
+        self.item_video = captions.caption_video() if per_reference else None
 
     def __len__(self) -> int:
-        return len(self.index)
+        return len(self.captions) if self.item_video is None else len(self.item_video)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        v, r = self.index[i]
-        video = self.videos[v]
-        feats = load_features(self.features_dir, video.video_id)
-        refs = range(len(video.tokens)) if r is None else [r]
+        i = range(len(self))[i]  # IndexError past the end, as a list's
+        split = self.captions
+        if self.item_video is None:
+            v, references, captions = i, split.video_references(i), split.video_captions(i)
+        else:
+            v, references, captions = int(self.item_video[i]), [split.references[split.caption_reference[i]]], [i]
+        video_id = split.video_ids[v]
+        feats = load_features(self.features_dir, video_id)
         return {
-            "video_id": video.video_id,
+            "video_id": video_id,
             "global": feats.get("global"),
             "local": feats.get("local"),
             "mask": feats["mask"],
-            "references": [video.references[k] for k in refs],
-            "tokens": [list(video.tokens[k]) for k in refs],
+            "references": references,
+            "tokens": [split.tokens(n) for n in captions],
         }
 
 
@@ -117,37 +155,55 @@ def collate(samples: list[dict[str, Any]], bos_id: int = Vocabulary.BOS, pad_id:
 def read_split(
     captions: pd.DataFrame, split: str, vocab: Vocabulary, max_caption_len: int, available: set[str],
     drop_long_captions: bool = False,
-) -> tuple[list[VideoCaptions], int]:
+) -> tuple[SplitCaptions, int]:
     """The videos of `split` that have features, sorted by id, and how many were skipped for lack of them.
 
     captions: `read_captions`'s table; the ids come from its `tokens` column, the references are the raw captions.
     A caption longer than `max_caption_len` tokens (EOS included) is cut, or with `drop_long_captions` left out of
-    the token lists (the NLL) while it stays a reference for the metrics; a train video left without a caption
+    the token captions (the NLL) while it stays a reference for the metrics; a train video left without a caption
     is left out.
     """
     rows = captions[captions["split"] == split]
-    # One pass over plain columns: a pandas group per video costs ~0.3 ms, half a minute at LSMDC's 118k clips.
-    grouped: dict[str, list[tuple[str, str]]] = {}
-    for video_id, caption, tokens in zip(rows["video_id"], rows["caption"], rows["tokens"], strict=True):
-        grouped.setdefault(str(video_id), []).append((str(caption), str(tokens)))
-    videos, skipped, dropped = [], 0, 0
-    for video_id in sorted(grouped):
-        if video_id not in available:
-            skipped += 1
-            continue
-        references = tuple(caption for caption, _ in grouped[video_id])
-        words = [t.split() for _, t in grouped[video_id]]
-        if drop_long_captions:
-            kept = [w for w in words if len(w) < max_caption_len]  # room for EOS
-            dropped += len(words) - len(kept)
-            words = kept
-            if split == "train" and not words:
-                continue
-        tokens = tuple(tuple(vocab.encode(w, max_len=max_caption_len)) for w in words)
-        videos.append(VideoCaptions(video_id, references, tokens))
-    if dropped:
-        log.info("%s: %d captions of %d or more words dropped", split, dropped, max_caption_len)
-    return videos, skipped
+    # Grouped with arrays, not a container per video: see SplitCaptions.
+    codes, video_ids = pd.factorize(rows["video_id"].astype(str).to_numpy(), sort=True)
+    has_features = np.fromiter((video_id in available for video_id in video_ids), dtype=bool, count=len(video_ids))
+    order = np.argsort(codes, kind="stable")  # by video id, then in file order
+    order = order[has_features[codes[order]]]
+    flat: list[int] = []
+    lengths = np.zeros(len(order), dtype=np.int64)  # 0: a dropped caption (an encoded one has EOS at least)
+    for k, text in enumerate(rows["tokens"].to_numpy()[order]):
+        words = str(text).split()
+        if not (drop_long_captions and len(words) >= max_caption_len):  # room for EOS
+            encoded = vocab.encode(words, max_len=max_caption_len)
+            flat += encoded
+            lengths[k] = len(encoded)
+    code = codes[order]  # each caption's video among video_ids
+    kept = has_features.copy()
+    if drop_long_captions:
+        dropped = int((lengths == 0).sum())
+        if dropped:
+            log.info("%s: %d captions of %d or more words dropped", split, dropped, max_caption_len)
+        if split == "train":
+            kept &= np.bincount(code[lengths > 0], minlength=len(video_ids)) > 0
+    keep = kept[code]
+    video = (np.cumsum(kept) - 1)[code[keep]]  # each caption's video among those kept
+    lengths = lengths[keep]
+    tokenised = lengths > 0
+    count = int(kept.sum())
+    return SplitCaptions(
+        video_ids=video_ids[kept].tolist(),
+        references=rows["caption"].astype(str).to_numpy()[order[keep]].tolist(),
+        reference_offsets=_offsets(np.bincount(video, minlength=count)),
+        token_ids=np.asarray(flat, dtype=np.int32),
+        token_offsets=_offsets(lengths[tokenised]),
+        caption_offsets=_offsets(np.bincount(video[tokenised], minlength=count)),
+        caption_reference=np.flatnonzero(tokenised),
+    ), int((~has_features).sum())
+
+
+def _offsets(counts: np.ndarray) -> np.ndarray:
+    """(n,) counts -> (n + 1,) int64 offsets, starting at 0."""
+    return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
 
 
 class CaptionDataModule(LightningDataModule):
@@ -233,11 +289,11 @@ class CaptionDataModule(LightningDataModule):
             if skipped:
                 log.warning("%s: %d of %d videos have no features in %s (failed extraction?): skipped",
                             split, skipped, skipped + len(videos), self.features_dir)
-            if not videos:
+            if not len(videos):
                 raise UsageError(f"{self.data_dir / 'captions.csv'}: no '{split}' video has features in "
                                  f"{self.features_dir}")
             self.datasets[split] = CaptionDataset(self.features_dir, videos, per_reference=split == "train")
-            log.info("%s: %d videos, %d captions", split, len(videos), sum(len(v.tokens) for v in videos))
+            log.info("%s: %d videos, %d captions", split, len(videos), videos.num_captions)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", self.hparams.batch_size, shuffle=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -225,6 +225,7 @@ def evaluate(
     num_workers: int = 0,
     progress: bool = True,
     precision: str = "32-true",
+    check_outputs: Callable[[], object] | None = None,
 ) -> EvaluationResult:
     """Decode `split` with a checkpoint and score it (see the module docstring).
 
@@ -239,7 +240,10 @@ def evaluate(
     batch_size: videos per test batch, each with all its references.
     precision: "32-true" or "bf16-mixed" (vidcap.precision.PRECISIONS), Lightning's precision for the test loop; use
     the training run's `trainer.precision` to reproduce its val/ numbers.
-    Raises UsageError / CheckpointError naming the file and the reason.
+    check_outputs: called with the checks, before anything is decoded, by the process that writes the results (rank
+    0), e.g. to create the output folders.
+    Raises UsageError / CheckpointError naming the file and the reason; under a launcher, on every rank together
+    (launcher.agree) when any rank fails a check, so that none waits alone in the test loop's first collective call.
     """
     import pytorch_lightning as pl
 
@@ -249,42 +253,51 @@ def evaluate(
     from vidcap.store import read_meta
 
     checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
-    if devices < 1:
-        raise UsageError(f"--devices must be >= 1, got {devices}")
     # Lightning's Trainer runs on the launcher's group as it is (the backend it would pick itself).
     on_cuda = accelerator == "gpu" or (accelerator == "auto" and torch.cuda.is_available())
     launched = launcher.join("nccl" if on_cuda else "gloo")
-    if launched is not None:
-        devices = launcher.devices_per_node(launched, devices)
-    num_nodes = launched.num_nodes if launched is not None else 1
-    check_precision(precision)
-    ckpt = read_checkpoint(checkpoint)
-    meta = read_vidcap_section(ckpt, str(checkpoint))
-    if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt:
-        raise CheckpointError(f"{checkpoint}: not a checkpoint of vidcap's CaptionModule (no model)")
-    trained = DecodingOptions(**meta.get("decoding", {}))
-    beam_size = trained.beam_size if beam_size is None else beam_size
-    if beam_size < 1:
-        raise UsageError(f"--beam-size must be >= 1, got {beam_size}")
-    if not 1 <= n_best <= beam_size:
-        raise UsageError(f"--n-best must be between 1 and the beam size ({beam_size}), got {n_best}")
-    if max_len is not None and max_len < 1:
-        raise UsageError(f"--max-len must be >= 1, got {max_len}")
-    decoding = replace(trained, beam_size=beam_size, max_len=max_len or trained.max_len, n_best=n_best)
-    _check_store(checkpoint, meta["model"], meta.get("features") or {}, read_meta(features_dir), features_dir)
-    module = _build_module(checkpoint, ckpt, meta, decoding, reverse)
 
-    # Perplexity counts the references as the model was trained on them (cut to the same max_caption_len).
-    max_caption_len = int((ckpt.get("datamodule_hyper_parameters") or {}).get("max_caption_len") or 30)
-    data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size, eval_batch_size=batch_size,
-                             num_workers=num_workers, max_caption_len=max_caption_len, test_split=split)
-    if data.vocab != module.vocab:
-        raise UsageError(f"{data_dir / 'vocab.json'}: differs from the vocabulary {checkpoint.name} was trained with "
-                         "(evaluate with the data directory it was trained on)")
-    data.setup("test")
-    if split == "train":
-        # The train split is one item per (video, reference) for training; evaluation wants one per video.
-        data.datasets[split] = CaptionDataset(features_dir, data.datasets[split].videos, per_reference=False)
+    def prepare() -> tuple[int, dict[str, Any], DecodingOptions, EvaluationModule, CaptionDataModule, int]:
+        """Every check, before the first collective call: (devices per node, the checkpoint's vidcap section,
+        decoding, module, set-up data, max_caption_len)."""
+        if devices < 1:
+            raise UsageError(f"--devices must be >= 1, got {devices}")
+        per_node = devices if launched is None else launcher.devices_per_node(launched, devices)
+        check_precision(precision)
+        ckpt = read_checkpoint(checkpoint)
+        meta = read_vidcap_section(ckpt, str(checkpoint))
+        if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt:
+            raise CheckpointError(f"{checkpoint}: not a checkpoint of vidcap's CaptionModule (no model)")
+        trained = DecodingOptions(**meta.get("decoding", {}))
+        beam = trained.beam_size if beam_size is None else beam_size
+        if beam < 1:
+            raise UsageError(f"--beam-size must be >= 1, got {beam}")
+        if not 1 <= n_best <= beam:
+            raise UsageError(f"--n-best must be between 1 and the beam size ({beam}), got {n_best}")
+        if max_len is not None and max_len < 1:
+            raise UsageError(f"--max-len must be >= 1, got {max_len}")
+        decoding = replace(trained, beam_size=beam, max_len=max_len or trained.max_len, n_best=n_best)
+        _check_store(checkpoint, meta["model"], meta.get("features") or {}, read_meta(features_dir), features_dir)
+        module = _build_module(checkpoint, ckpt, meta, decoding, reverse)
+
+        # Perplexity counts the references as the model was trained on them (cut to the same max_caption_len).
+        max_caption_len = int((ckpt.get("datamodule_hyper_parameters") or {}).get("max_caption_len") or 30)
+        data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size,
+                                 eval_batch_size=batch_size, num_workers=num_workers,
+                                 max_caption_len=max_caption_len, test_split=split)
+        if data.vocab != module.vocab:
+            raise UsageError(f"{data_dir / 'vocab.json'}: differs from the vocabulary {checkpoint.name} was trained "
+                             "with (evaluate with the data directory it was trained on)")
+        data.setup("test")
+        if split == "train":
+            # The train split is one item per (video, reference) for training; evaluation wants one per video.
+            data.datasets[split] = CaptionDataset(features_dir, data.datasets[split].captions, per_reference=False)
+        if check_outputs is not None and (launched is None or launched.rank == 0):
+            check_outputs()
+        return per_node, meta, decoding, module, data, max_caption_len
+
+    devices, meta, decoding, module, data, max_caption_len = launcher.agree(launched, prepare)
+    num_nodes = launched.num_nodes if launched is not None else 1
 
     trainer = pl.Trainer(
         accelerator=accelerator, devices=devices, num_nodes=num_nodes,

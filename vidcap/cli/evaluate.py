@@ -84,14 +84,17 @@ def run(args: argparse.Namespace) -> int:
     from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
     from vidcap.table import format_table
 
-    if args.report:
-        from vidcap.report import report_folder
+    def check_outputs() -> None:
+        if args.report:
+            from vidcap.report import report_folder
 
-        report_folder(args.report)  # now, not after minutes of decoding
+            report_folder(args.report)  # now, not after minutes of decoding
+
     result = evaluate(
         args.checkpoint, args.data, args.features, split=args.split, beam_size=args.beam_size, max_len=args.max_len,
         n_best=args.n_best, reverse=args.reverse, devices=args.devices, accelerator=args.accelerator,
         batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
+        check_outputs=check_outputs,
     )
     if result.rank != 0:  # DDP: the other ranks' results are the same; rank 0 reports them
         return 0
