@@ -180,12 +180,32 @@ def test_hard_attention_takes_one_frame_and_the_argmax_at_test():
     # REINFORCE: the frame term trains the attention.
     objective = HardAttentionObjective(HardAttentionOptions())
     token_mask = torch.ones(3, 7, dtype=torch.bool)
-    log_likelihood = torch.tensor([-3.0, -1.0, -2.0])
-    term, baseline = objective(log_likelihood, alpha, frames, token_mask, model.attention_entropy(alpha, token_mask))
-    assert baseline == pytest.approx(-2.0) and objective.baseline == pytest.approx(-2.0)  # started at the mean
+    token_mask[2, 4:] = False  # a shorter caption
+    word_log_probs = -torch.rand(3, 7)
+    term, baseline = objective(word_log_probs, alpha, frames, token_mask, model.attention_entropy(alpha, token_mask))
+    # The baselines start at the batch's mean return per number of words left (caption 2 has 4 words, so its
+    # steps are compared with those of the other captions that have as many words left).
+    returns = (word_log_probs * token_mask).flip(1).cumsum(1).flip(1)
+    assert objective.baseline[4] == pytest.approx(((returns[0, 3] + returns[1, 3] + returns[2, 0]) / 3).item())
+    assert objective.baseline[7] == pytest.approx(returns[:2, 0].mean().item())
+    assert torch.isnan(objective.baseline[0]) and torch.isnan(objective.baseline[8])
     term.backward()
     assert model.att_w.weight.grad.abs().sum() > 0
     assert torch.all(frame_log_probs(alpha, torch.full((3, 7), -1)) == 0)
+
+
+def test_hard_attention_credits_a_frame_with_the_words_after_it_only():
+    """REINFORCE with returns: a frame taken at step t is compared on the words from t on, so words before t
+    give it no gradient."""
+    objective = HardAttentionObjective(HardAttentionOptions(entropy_weight=0.0))
+    alpha = torch.softmax(torch.randn(4, 5, 6), -1).requires_grad_()
+    frames = torch.randint(0, 6, (4, 5))
+    word_log_probs = torch.full((4, 5), -1.0)
+    word_log_probs[:, 0] = torch.tensor([-0.1, -3.0, -1.0, -2.0])  # captions differ only on their first word
+    term, _ = objective(word_log_probs, alpha, frames, torch.ones(4, 5, dtype=torch.bool), torch.tensor(0.0))
+    term.backward()
+    assert alpha.grad[:, 0].abs().sum() > 0
+    assert torch.all(alpha.grad[:, 1:] == 0)
 
 
 def test_hard_attention_needs_an_attention_variant():

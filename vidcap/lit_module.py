@@ -158,7 +158,7 @@ class CaptionModule(LightningModule):
         loss = nll / B + self.regularisers(alpha, token_mask, mask)
         if frames is not None:  # hard attention: REINFORCE for the frames taken (vidcap.hard_attention)
             entropy = self.model.attention_entropy(alpha, token_mask)
-            term, baseline = self.hard_attention(-word_nll.sum(1), alpha, frames, token_mask, entropy)
+            term, baseline = self.hard_attention(-word_nll, alpha, frames, token_mask, entropy)
             loss = loss + term
             self.log("train/frame_baseline", baseline, batch_size=B)
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
