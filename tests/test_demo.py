@@ -6,6 +6,7 @@ import csv
 import json
 
 import pytest
+import yaml
 
 from vidcap.ablate import CSV_COLUMNS, Gate, check_gates, format_ablation, mean_rows, parse_runs
 from vidcap.cli import main
@@ -154,6 +155,10 @@ def test_ablate_trains_every_variant_and_writes_the_table(tmp_path, capsys):
     # The SCST run starts from the cross-entropy run of its seed.
     scst_config = (out / "runs" / "global-position-scst-seed0" / "config.yaml").read_text()
     assert str(out / "runs" / "global-position-seed0" / "checkpoints" / "last.ckpt") in scst_config
+    # The hard-attention run is the demo's config with configs/experiment/hard.yaml on top, then the test's options.
+    hard_config = yaml.safe_load((out / "runs" / "global-position-hard-seed0" / "config.yaml").read_text())
+    assert hard_config["model"]["architecture"]["attention"] == "hard"
+    assert hard_config["model"]["architecture"]["hidden_dim"] == 16 and hard_config["trainer"]["max_steps"] == 3
     # Models blind to frame order write the same caption for reversed frames.
     assert float(rows[0]["reversal_changed"]) == 0.0
     assert float(rows[3]["reversal_changed"]) == 0.0

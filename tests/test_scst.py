@@ -3,6 +3,11 @@ through the CLI, `--model.init_from` errors."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -279,6 +284,49 @@ def test_scst_fit_logs_rewards_and_resumes(dataset, xe_checkpoint, tmp_path, mon
     assert [float(r["val/CIDEr"]) for r in metrics_rows(root) if r.get("val/CIDEr")] == [3.0]
     callbacks = torch.load(last, weights_only=True)["callbacks"]
     assert any("val/CIDEr" in key for key in map(str, callbacks))
+
+
+@pytest.mark.ddp
+def test_scst_under_ddp_scores_each_ranks_samples_against_the_same_references(dataset, xe_checkpoint, tmp_path):
+    """2 gloo processes: each rank builds CIDEr-D from the train split (the same rewards on both) and scores the
+    samples of its own videos. A script wraps CaptionReward to record both; Lightning relaunches it for rank 1."""
+    script = tmp_path / "vidcap_recording.py"
+    script.write_text(
+        "import json, os, sys\n"
+        "import torch.distributed as dist\n"
+        "import vidcap.scst as scst\n"
+        "from vidcap.cli import main\n"
+        "OUT, init, call = os.environ['RECORD_DIR'], scst.CaptionReward.__init__, scst.CaptionReward.__call__\n"
+        "def record(name, value):\n"
+        "    with open(os.path.join(OUT, f'{name}-{dist.get_rank()}.json'), 'a') as f:\n"
+        "        f.write(json.dumps(value) + '\\n')\n"
+        "def recording_init(self, references, *args, **kwargs):\n"
+        "    init(self, references, *args, **kwargs)\n"
+        "    ids = sorted(references)  # each video's first reference, scored against the whole set\n"
+        "    record('probe', call(self, ids, [references[i][0] for i in ids]).tolist())\n"
+        "def recording_call(self, video_ids, candidates):\n"
+        "    record('scored', list(video_ids))\n"
+        "    return call(self, video_ids, candidates)\n"
+        "scst.CaptionReward.__init__, scst.CaptionReward.__call__ = recording_init, recording_call\n"
+        "raise SystemExit(main(sys.argv[1:]))\n"
+    )
+    record = tmp_path / "record"
+    record.mkdir()
+    root = tmp_path / "ddp"
+    args = scst_args(dataset, root, xe_checkpoint, "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--trainer.accelerator", "cpu", "--trainer.max_steps", "2", "--model.scst.num_samples", "3",
+                     "--data.batch_size", "2")
+    proc = subprocess.run([sys.executable, str(script), "fit", *args], capture_output=True, text=True,
+                          env={**os.environ, "RECORD_DIR": str(record)}, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    probes = [json.loads((record / f"probe-{rank}.json").read_text()) for rank in (0, 1)]
+    assert probes[0] == probes[1] and len(probes[0]) > 1 and max(probes[0]) > 0
+    for rank in (0, 1):
+        steps = [json.loads(line) for line in (record / f"scored-{rank}.json").read_text().splitlines()]
+        assert len(steps) == 2  # one call per training step: this rank's batch of 2 videos x 3 samples
+        # (a video that comes twice in a batch is sampled once)
+        assert all(len(ids) in (3, 6) and all(ids.count(v) == 3 for v in ids) for ids in steps)
+    assert torch.load(root / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
 
 
 def test_reward_weights_are_checked(dataset, xe_checkpoint, tmp_path, capsys):

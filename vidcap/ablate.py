@@ -12,8 +12,9 @@ Runs (`ABLATION_RUNS`, variant, frame encoder and training):
 
 Every cross-entropy run (`xe`, `hard`) is `vidcap fit` with the demo's config (configs/experiment/demo.yaml) and its
 row's values:
-    --config configs/experiment/demo.yaml --model.architecture.variant V --model.architecture.encoder E
-    [--model.architecture.attention hard] --seed_everything S
+    --config configs/experiment/demo.yaml [--config configs/experiment/hard.yaml] --model.architecture.variant V
+    --model.architecture.encoder E --seed_everything S
+(hard.yaml: hard attention and its REINFORCE weights);
 an `scst` run is `vidcap fit --config configs/experiment/scst.yaml --model.init_from XE_RUN/checkpoints/last.ckpt
 --seed_everything S`, and each run folder keeps its resolved config.yaml, so `vidcap fit --config RUN/config.yaml`
 trains it again.
@@ -131,9 +132,9 @@ def _train_run(out: Path, data_dir: Path, features_dir: Path, settings: DemoSett
         xe_checkpoint, _ = _train_run(out, data_dir, features_dir, settings, (variant, encoder, "xe"), seed, progress)
         args = settings.scst_args(xe_checkpoint, "--seed_everything", str(seed))
     else:
-        hard = ("--model.architecture.attention", "hard") if training == "hard" else ()
-        args = settings.training_args("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
-                                      *hard, "--seed_everything", str(seed))
+        arguments = settings.hard_args if training == "hard" else settings.training_args
+        args = arguments("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
+                         "--seed_everything", str(seed))
     return train(data_dir, features_dir, _run_dir(out, *run, seed), args, progress)
 
 

@@ -48,6 +48,7 @@ LOCAL_EXTRACTOR = "frame_delta_efficientnet_lite0"
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 DEMO_CONFIG = CONFIGS / "experiment" / "demo.yaml"
 SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"  # `vidcap demo --scst`, the ablation's SCST row
+HARD_CONFIG = CONFIGS / "experiment" / "hard.yaml"  # on top of the demo's: the ablation's hard-attention row
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,11 @@ class DemoSettings:
             raise UsageError(f"{self.config}: config not found (the demo reads configs/ from a vidcap source "
                              "checkout installed with `pip install -e .`)")
         return ["--config", str(self.config), *self.overrides, *extra]
+
+    def hard_args(self, *extra: str) -> list[str]:
+        """`training_args` with hard attention: configs/experiment/hard.yaml (which sets only the attention and its
+        REINFORCE weights, nothing the overrides set), then `extra`."""
+        return self.training_args("--config", str(HARD_CONFIG), *extra)
 
     def scst_args(self, init_from: str | os.PathLike, *extra: str) -> list[str]:
         """The `vidcap fit` options of self-critical training from checkpoint `init_from` (configs/experiment/
