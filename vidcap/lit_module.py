@@ -11,7 +11,7 @@ module (vidcap/cli/train.py), never written by hand.
 Logged values (slashes in keys; all computed once over the whole split, never averaged per batch):
     train/loss   sum of word NLL per caption (EOS included) + the regularisers (`CaptionModule.regularisers`)
     train/ppl    exp(NLL per target token) of the batch
-    train/frame_baseline  hard attention: the moving-average log-likelihood REINFORCE compares with
+    train/frame_baseline  hard attention: the mean baseline (moving averages of returns) REINFORCE compared with
     train/reward, train/baseline, train/entropy, train/length  self-critical training (`scst`, vidcap.scst): mean
                  reward and baseline of the samples, word entropy per sampled token, words per sampled caption
     val/loss     sum of word NLL per reference caption, over every reference of every video of the split
