@@ -80,9 +80,9 @@ class HardAttentionObjective(nn.Module):
         rewards = word_log_probs.detach().float() * steps
         returns = rewards.flip(1).cumsum(1).flip(1)  # G_t = sum_{t' >= t} log p(y_t')
         left = steps.flip(1).cumsum(1).flip(1).long().clamp(max=self.baseline.numel() - 1)  # words left at t
-        index = left[token_mask]
-        sums = torch.zeros_like(self.baseline).index_add_(0, index, returns[token_mask])
-        counts = torch.zeros_like(self.baseline).index_add_(0, index, torch.ones_like(returns[token_mask]))
+        index, taken = left[token_mask], returns[token_mask]
+        sums = torch.zeros_like(self.baseline).index_add_(0, index, taken)
+        counts = torch.zeros_like(self.baseline).index_add_(0, index, torch.ones_like(taken))
         seen = counts > 0
         batch_mean = sums / counts.clamp(min=1)
         start = torch.where(torch.isnan(self.baseline), batch_mean, self.baseline)
