@@ -1,19 +1,32 @@
 # Two commands set everything up: `make demo` and `make test`. Both create .venv on first use and
-# re-install when pyproject.toml changes.
+# re-install when requirements.lock or pyproject.toml changes. The venv gets exactly the versions in
+# requirements.lock (the ones the suite and the demo were checked with); `make lock` moves them to the newest
+# releases that pyproject.toml allows (docs/install.md says how an upgrade is checked).
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+LOCK   := requirements.lock
 DEMO_OUT ?= demo_out
+PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint bench java venv clean
+.PHONY: demo test lint bench java venv lock doctor clean
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --disable-pip-version-check -q -e ".[dev]"
+	$(PIP) install -q -r $(LOCK)
+	$(PIP) install -q --no-deps -e .
+	$(PIP) check
 	@touch $(STAMP)
+
+lock: $(STAMP)
+	$(PY) -m piptools compile --quiet --upgrade --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	  --no-emit-find-links -o $(LOCK) pyproject.toml
+
+doctor: $(STAMP)
+	$(PY) -m vidcap doctor
 
 java:
 	@command -v java >/dev/null 2>&1 || { \

@@ -9,7 +9,9 @@ On the same synthetic 320x240 H.264 videos (25 fps) it measures:
       EfficientNet-Lite0 runs once per video; no batching across videos, no overlap). A second naive loop with
       vidcap's rewritten module (BatchNorm folded, copy-free padding, channels-last) separates the model's share of
       the speed-up from the pipeline's;
-  (c) the model alone on pre-decoded, pre-resized inputs with the same batches (the ceiling for (b)).
+  (c) the model alone on pre-decoded, pre-resized inputs with the same batches (the ceiling for (b));
+  (d) decoding-worker start-up: the time from a new loader to its first decoded video, with the spawn start method
+      vidcap uses vs fork (which hangs on av 18.1.1 once this process has converted frames: reported, not waited for).
 Targets on a 2-core CPU: (b) >= 2x the naive loop and >= 80% of (c). Wall-clock numbers on a shared machine are
 noisy: compare ratios within one run, and rerun when the load average (printed) is high.
 """
@@ -164,8 +166,34 @@ def main() -> None:
         print(f"    model speed-up from vidcap's inference rewrites (BatchNorm folded, copy-free padding, in-place "
               f"ReLU6, channels-last): "
               f"{vps['naive_optimised_model'] / vps['naive']:.2f}x inside the naive loop")
+        start_up = {method: worker_start_up(paths[0], args.frames, requests, method, args.rounds)
+                    for method in ("spawn", "fork")}
+        fork = "hung (no video in 60 s)" if start_up["fork"] is None else f"{start_up['fork']:.2f} s"
+        print(f"(d) worker start-up to the first video: spawn {start_up['spawn']:.2f} s, fork {fork}"
+              + (f" -> spawn costs {start_up['spawn'] - start_up['fork']:.2f} s per extraction run"
+                 if start_up["fork"] is not None else ""))
         print(f"load average at the end: {os.getloadavg()[0]:.1f}; raw seconds per round: "
               + ", ".join(f"{k}=" + "/".join(f"{v:.1f}" for v in vals) for k, vals in results.items()))
+
+
+def worker_start_up(path: Path, frames: int, requests: dict, method: str, rounds: int) -> float | None:
+    """Median seconds from creating extraction's decoding loader (one worker, `method` start) to its first video;
+    None when a fork worker delivers nothing within 60 s (the av 18.1.1 hang)."""
+    from vidcap.extract_shard import VideoDataset, decoding_loader
+
+    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=frames, num_workers=1,
+                             worker_timeout=60).checked()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        loader = decoding_loader(VideoDataset([("v", str(path))], requests, options), options)
+        loader.multiprocessing_context = method
+        try:
+            next(iter(loader))
+        except RuntimeError:
+            return None
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 if __name__ == "__main__":

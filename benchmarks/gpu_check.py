@@ -131,7 +131,7 @@ def make_dataset(root: Path, sizes: Sizes) -> Path:
 
 def check_extract(data: Path, root: Path, device: str, sizes: Sizes) -> tuple[list[Row], Path]:
     from vidcap.extract import ExtractOptions, read_video_table, run_extract
-    from vidcap.extract_shard import _VideoDataset
+    from vidcap.extract_shard import VideoDataset, decoding_loader
     from vidcap.extractors import build_extractor
 
     rows, stores = [], {}
@@ -140,8 +140,7 @@ def check_extract(data: Path, root: Path, device: str, sizes: Sizes) -> tuple[li
         options = ExtractOptions(**{f"{kind}_name": name, f"{kind}_weights": "random"}, device=device,
                                  image_sizes={kind: sizes.image_size}).checked()
         extractor = build_extractor(name, weights="random", image_size=sizes.image_size)
-        loader = torch.utils.data.DataLoader(_VideoDataset(items, {kind: extractor}, options), batch_size=None,
-                                             num_workers=options.num_workers, collate_fn=lambda item: item)
+        loader = decoding_loader(VideoDataset(items, {kind: extractor.request}, options), options)
         _, decode_seconds = timed(lambda loader=loader: sum(1 for _ in loader))
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()

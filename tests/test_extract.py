@@ -334,3 +334,90 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, capsys):
     with open(tmp_path / "two" / "manifest.csv", newline="") as f:  # who wrote each: the videos dealt round-robin
         writers = {row["video_id"]: row["writer"] for row in csv.DictReader(f)}
     assert writers == {f"good{i}": f"{socket.gethostname()}:{i % 2}" for i in range(4)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Decoding workers: started clean, watched
+
+
+@pytest.mark.timeout(180)
+def test_extraction_after_this_process_converted_frames_with_pyav(tmp_path):
+    """The hang of av 18.1.1 (FFmpeg 8.1.3): once a process has converted a frame to RGB with PyAV's default threads,
+    a child forked from it waits forever on its first conversion. The extraction's two workers must not be such
+    children. Under a fork start method this test hangs and its timeout fails it."""
+    import av
+
+    data, store = tmp_path / "data", tmp_path / "feats"
+    paths = _make_dataset(data, 4, broken=False)
+    with av.open(str(paths["good0"])) as container:  # what a user's notebook or caption_video did before
+        assert all(frame.to_ndarray(format="rgb24").shape == (48, 64, 3) for frame in container.decode(video=0))
+    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=4, image_sizes={"global": 64}, threads=1,
+                             num_workers=2, backend="pyav")
+    summary = run_extract(data, store, options, progress=False)
+    assert (summary.extracted, summary.failed) == (4, [])
+    assert list_features(store) == [f"good{i}" for i in range(4)]
+
+
+def _stalling_dataset(data: Path) -> Path:
+    """Five good videos; the fourth has frames of helpers.STALL_SIZE. Returns its path."""
+    from tests.helpers import STALL_SIZE
+
+    _make_dataset(data, 5, broken=False)
+    stuck = write_video(data / "videos" / "good3.mp4", _frames(12, 3, *STALL_SIZE))
+    return stuck
+
+
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize("action", ["hang", "kill"])
+def test_a_hung_or_killed_worker_ends_the_run_with_one_line_and_a_rerun_completes(tmp_path, capsys, monkeypatch,
+                                                                                 action):
+    import time
+
+    from tests import helpers
+
+    data, store = tmp_path / "data", tmp_path / "feats"
+    stuck = _stalling_dataset(data)
+    monkeypatch.setattr("vidcap.extractors.base.ResizeCrop", helpers.StallingResizeCrop)
+    monkeypatch.setenv(helpers.STALL_ENV, action)
+    args = _extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "4",
+                    "--num-workers", "1", "--worker-timeout", "4", "--batch-size", "1")
+    started = time.monotonic()
+    assert main(args) == 1
+    seconds = time.monotonic() - started
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    reason = ("its decoding worker delivered nothing for 4 s" if action == "hang"
+              else "was killed by signal: Killed (the out-of-memory killer?)")
+    assert err[0].startswith(f"vidcap extract: error: {stuck}: ") and reason in err[0], err[0]
+    # Worker start-up (a fresh interpreter importing torch) + the 4 s limit + shutting the worker down, with room
+    # for a loaded machine; a wait for a worker that never answers would run into the test's timeout instead.
+    assert seconds < 90
+    # One step per batch: a video is written as soon as it arrives. A hang is met while the run waits for good3,
+    # after the three before it; a death can also interrupt the run's own work (DataLoader's SIGCHLD handler), and
+    # then the videos not yet written wait for the rerun.
+    written = list_features(store)
+    assert written == ["good0", "good1", "good2"] if action == "hang" else written == ["good0", "good1", "good2"][
+        : len(written)]
+    assert f"stopped after writing {len(written)} videos, which are kept: rerun to resume" in err[0]
+    assert _manifest(store)["good3"][0] == "failed"
+    stamps = {p.name: p.stat().st_mtime_ns for p in (store / "features").iterdir()}
+
+    monkeypatch.delenv(helpers.STALL_ENV)
+    assert main(args) == 0
+    assert list_features(store) == [f"good{i}" for i in range(5)]
+    assert all((store / "features" / name).stat().st_mtime_ns == stamp for name, stamp in stamps.items())
+    assert set(_manifest(store).values()) == {("ok", "")}
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    (["--worker-timeout", "0"], "--worker-timeout must be more than 0 seconds, got 0"),
+    (["--worker-timeout", "-3"], "--worker-timeout must be more than 0 seconds, got -3"),
+    (["--worker-timeout", "5", "--num-workers", "0"], "--num-workers 0 decodes in this process"),
+])
+def test_worker_timeout_bad_values(tmp_path, capsys, flags, message):
+    data = tmp_path / "data"
+    _make_dataset(data, 1, broken=False)
+    assert main(_extract(data, tmp_path / "feats", "--global", "efficientnet_lite0", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "feats").exists()

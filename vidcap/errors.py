@@ -17,3 +17,10 @@ class VideoError(VidcapError):
 
 class CheckpointError(VidcapError):
     """A checkpoint that is corrupt, from another version, or not a vidcap checkpoint."""
+
+
+class WorkerError(VidcapError):
+    """A worker process hung or died part-way through a run: what finished before it is kept and a rerun resumes
+    (exit code 1, like a batch where some items failed)."""
+
+    exit_code = 1

@@ -37,7 +37,7 @@ import torch
 from vidcap import launcher
 from vidcap import store as fs
 from vidcap.datasets import read_videos
-from vidcap.errors import UsageError, VidcapError
+from vidcap.errors import UsageError, VidcapError, WorkerError
 from vidcap.extract_shard import Shard, run_shard, spawned_shard
 from vidcap.extractors import EXTRACTORS, Extractor, build_extractor
 from vidcap.precision import compute_record
@@ -49,6 +49,10 @@ DTYPES = ("float16", "float32")
 # Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
 # have hours of videos left). A process that dies is noticed at once (its connection closes).
 BARRIER_TIMEOUT = timedelta(days=7)
+# Seconds a decoding worker may take to deliver the next video before the run ends with an error naming it. Generous:
+# one video's decoding takes well under a second here (benchmarks/bench_extract.py), an hour-long 4K one with 3-D CNN
+# clips a few minutes.
+WORKER_TIMEOUT = 900.0
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class ExtractOptions:
     threads: int | None = None
     amp: bool = False
     decoder_threads: int | None = None
+    worker_timeout: float | None = None
 
     @property
     def precision(self) -> str:
@@ -122,13 +127,20 @@ class ExtractOptions:
                 raise UsageError(f"{flag} must be >= 1, got {value}")
         if self.num_workers is not None and self.num_workers < 0:
             raise UsageError(f"--num-workers must be >= 0, got {self.num_workers}")
+        if self.worker_timeout is not None and not self.worker_timeout > 0:
+            raise UsageError(f"--worker-timeout must be more than 0 seconds, got {self.worker_timeout:g}")
         sizes = {kind: size for kind, size in self.image_sizes.items() if size is not None}
         if any(size < 8 for size in sizes.values()):
             raise UsageError("--global-size and --local-size must be at least 8 pixels")
         workers = default_num_workers(self.device, self.devices) if self.num_workers is None else self.num_workers
         threads = self.threads or default_threads(self.device, self.devices, workers)
         decoders = self.decoder_threads or default_decoder_threads(self.devices, workers)
-        return replace(self, image_sizes=sizes, num_workers=workers, threads=threads, decoder_threads=decoders)
+        if self.worker_timeout is not None and workers == 0:
+            raise UsageError("--worker-timeout watches decoding workers, and --num-workers 0 decodes in this process: "
+                             "use at least one worker, or leave --worker-timeout out")
+        timeout = (self.worker_timeout or WORKER_TIMEOUT) if workers else None
+        return replace(self, image_sizes=sizes, num_workers=workers, threads=threads, decoder_threads=decoders,
+                       worker_timeout=timeout)
 
 
 def default_num_workers(device: str, devices: int) -> int:
@@ -293,12 +305,21 @@ def run_extract(
             raise VidcapError(f"{store}: another process stopped before finishing its share "
                               f"({' '.join(str(error).split())[:200]}); the files written are complete: rerun to "
                               "extract the rest") from None
-    elif pending and options.devices == 1:
-        run_shard(replace(shard, extractors=extractors))
     elif pending:
-        del extractors  # each process builds its own, on its own device
-        torch.multiprocessing.spawn(spawned_shard, args=(replace(shard, world_size=options.devices),),
-                                    nprocs=options.devices, join=True)
+        try:
+            if options.devices == 1:
+                run_shard(replace(shard, extractors=extractors))
+            else:
+                del extractors  # each process builds its own, on its own device
+                torch.multiprocessing.spawn(spawned_shard, args=(replace(shard, world_size=options.devices),),
+                                            nprocs=options.devices, join=True)
+        except (WorkerError, torch.multiprocessing.ProcessExitedException) as error:
+            fs.write_manifest(store)  # the stopped video is listed as failed, with its reason
+            if isinstance(error, WorkerError):
+                raise
+            raise WorkerError(f"{store}: extraction process {error.error_index} stopped with exit code "
+                              f"{error.exit_code} (its line is above); the videos finished are kept: rerun to "
+                              "resume") from None
     summary = _summarise(store, rows, pending, started) if lead else None
     summary = launcher.from_rank_zero(process, summary)
     return summary if process is None else replace(summary, rank=process.rank)
@@ -336,6 +357,7 @@ __all__ = [
     "ExtractOptions",
     "ExtractSummary",
     "Failure",
+    "WORKER_TIMEOUT",
     "default_decoder_threads",
     "default_num_workers",
     "default_threads",

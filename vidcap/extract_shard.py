@@ -5,11 +5,17 @@ DataLoader workers decode each video's sampled frames (and clips) and resize the
 vidcap.video.read_sampled_frames and the extractors' requests (the same call `vidcap caption` makes), while this
 process runs the networks on `batch_size` steps at a time, whatever the video boundaries (`_Batcher`), and writes each
 finished video's features through vidcap.store.
+
+The workers start as fresh processes (vidcap.video.worker_context: never forked from a process that decoded), and a
+watchdog ends the run when a worker hangs or dies: one WorkerError naming the video that worker was on; the videos
+written before it stay.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import re
 import shutil
 import socket
 from collections import deque
@@ -23,9 +29,9 @@ import numpy as np
 import torch
 
 from vidcap import store as fs
-from vidcap.errors import UsageError, VidcapError
+from vidcap.errors import UsageError, VidcapError, WorkerError
 from vidcap.extractors import Extractor, assemble_features
-from vidcap.video import SampledFrames, read_sampled_frames
+from vidcap.video import FrameRequest, SampledFrames, read_sampled_frames, worker_context
 
 if TYPE_CHECKING:
     from vidcap.extract import ExtractOptions
@@ -60,18 +66,40 @@ def _reason(exc: BaseException, path: str) -> str:
     return text if isinstance(exc, VidcapError) else f"{type(exc).__name__}: {text}"
 
 
-class _VideoDataset(torch.utils.data.Dataset):
-    def __init__(self, items: list[tuple[str, str]], extractors: dict[str, Extractor], options: ExtractOptions):
+class _InFlight:
+    """Which item each decoding worker is on: (pid, index) pairs in shared memory that the workers write, so that
+    the run can name the video of a worker that dies (its prefetched items may be lost with it)."""
+
+    def __init__(self, num_workers: int):
+        self.slots = worker_context().RawArray("q", [-1] * 2 * max(1, num_workers))
+
+    def mark(self, index: int) -> None:
+        info = torch.utils.data.get_worker_info()
+        if info is not None:  # in a worker
+            self.slots[2 * info.id : 2 * info.id + 2] = [os.getpid(), index]
+
+    def index_of(self, pid: int) -> int | None:
+        pairs = zip(self.slots[0::2], self.slots[1::2], strict=True)
+        return next((index for worker, index in pairs if worker == pid), None)
+
+
+class VideoDataset(torch.utils.data.Dataset):
+    """items (video_id, path) -> one _Item per video: the frames `requests` ask for ({key: FrameRequest}, e.g. each
+    extractor's request under its kind), sampled and decoded the way options (ExtractOptions.checked()) say."""
+
+    def __init__(self, items: list[tuple[str, str]], requests: dict[str, FrameRequest], options: ExtractOptions):
         self.items = items
-        self.requests = {kind: ext.request for kind, ext in extractors.items()}
+        self.requests = requests
         self.num_frames = options.num_frames
         self.backend = options.backend
         self.decoder_threads = options.decoder_threads or 0  # 0: the decoder's default
+        self.in_flight = _InFlight(options.num_workers or 0)
 
     def __len__(self) -> int:
         return len(self.items)
 
     def __getitem__(self, index: int) -> _Item:
+        self.in_flight.mark(index)
         video_id, path = self.items[index]
         try:
             video = read_sampled_frames(path, self.num_frames, self.backend, self.requests, self.decoder_threads)
@@ -125,6 +153,49 @@ def _shared_memory_hint(in_flight: int) -> Iterator[None]:
 def _worker_init(_worker_id: int) -> None:
     # Workers only decode and resize: one thread each leaves the cores to the model.
     torch.set_num_threads(1)
+
+
+def decoding_loader(dataset: VideoDataset, options: ExtractOptions, *, pin_memory: bool = False,
+                    prefetch: int | None = None) -> torch.utils.data.DataLoader:
+    """The DataLoader that decodes `dataset`'s videos in order, one per item, in options.num_workers fresh worker
+    processes (none: in this process) with options.worker_timeout as its watchdog (options: ExtractOptions.checked()).
+    A worker that hangs or dies makes it raise a RuntimeError that `worker_failure` explains."""
+    workers = options.num_workers
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=None,  # one video per item; batching across videos happens in _Batcher
+        shuffle=False,
+        num_workers=workers,
+        collate_fn=_keep,
+        pin_memory=pin_memory,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=prefetch if workers else None,
+        multiprocessing_context=worker_context() if workers else None,
+        timeout=options.worker_timeout if workers else 0,
+    )
+
+
+def worker_failure(error: RuntimeError, timeout: float) -> tuple[str, int | None] | None:
+    """What DataLoader's RuntimeError says about its workers: a reason a user can act on and the pid of the worker
+    that died (None for a timeout); None when the error is not about a hung or dead worker (a worker killed by
+    SIGBUS, a full /dev/shm, is left to _shared_memory_hint). DataLoader raises these from its iterator (its
+    timeout, a dead worker) and, through its SIGCHLD handler, from wherever this process is when a worker dies."""
+    # A death seen by SIGCHLD ("... is killed by signal: Killed.") while the loader waits for data makes it raise
+    # "... exited unexpectedly" from that error: read both.
+    text = " ".join(f"{error} {error.__cause__ or ''}".split())
+    if not text.startswith("DataLoader") or "Bus error" in text or "shared memory" in text:
+        return None
+    if "timed out" in text:
+        return (f"its decoding worker delivered nothing for {timeout:g} s (a hung decoder or file system; "
+                "--worker-timeout sets the limit)"), None
+    found = re.search(r"\(pid\(?s?\)? (\d+)", text)
+    pid = int(found.group(1)) if found else None
+    who = f"its decoding worker (pid {pid})" if pid else "its decoding worker"
+    killed = re.search(r"killed by signal: ([^.]+)", text)
+    if killed:
+        name = killed.group(1).strip()
+        return f"{who} was killed by signal: {name}{' (the out-of-memory killer?)' if name == 'Killed' else ''}", pid
+    return f"{who} exited unexpectedly", pid
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -281,16 +352,9 @@ def _extract_shard(shard: Shard) -> int:
     prefetch = prefetch_factor(size, options.num_workers)
     in_flight = size * options.num_workers * prefetch
     writer = f"{socket.gethostname()}:{shard.rank}"  # manifest.csv's writer column
-    loader = torch.utils.data.DataLoader(
-        _VideoDataset(items, extractors, options),
-        batch_size=None,  # one video per item; batching across videos happens in _Batcher
-        shuffle=False,
-        num_workers=options.num_workers,
-        collate_fn=_keep,
-        pin_memory=device.type == "cuda",
-        worker_init_fn=_worker_init if options.num_workers else None,
-        prefetch_factor=prefetch if options.num_workers else None,
-    )
+    requests = {kind: ext.request for kind, ext in extractors.items()}
+    loader = decoding_loader(VideoDataset(items, requests, options), options, pin_memory=device.type == "cuda",
+                             prefetch=prefetch)
     batcher = _Batcher(extractors, options.batch_size, device)
     written = 0
     desc = "extract" if shard.world_size == 1 else f"extract [{shard.rank}]"
@@ -306,25 +370,47 @@ def _extract_shard(shard: Shard) -> int:
             written += 1
             bar.update(1)
 
+    dataset = loader.dataset
+    received, stopped = 0, None
     with torch.inference_mode(), _shared_memory_hint(in_flight):
-        for item in loader:
-            if item.error is not None:
-                fs.record_failure(shard.store, item.video_id, item.path, item.error, writer)
-                logger.debug("%s: %s", item.path, item.error)
-                if shard.on_failure is not None:
-                    shard.on_failure(item.video_id, item.path, item.error)
-                bar.update(1)
-                continue
-            batcher.add(item)
-            batcher.run()
-            write(batcher.finished())
-        batcher.run(flush=True)
-        write(batcher.finished(wait=True))
+        try:
+            for item in loader:
+                received += 1
+                if item.error is not None:
+                    fs.record_failure(shard.store, item.video_id, item.path, item.error, writer)
+                    logger.debug("%s: %s", item.path, item.error)
+                    if shard.on_failure is not None:
+                        shard.on_failure(item.video_id, item.path, item.error)
+                    bar.update(1)
+                    continue
+                batcher.add(item)
+                batcher.run()
+                write(batcher.finished())
+            batcher.run(flush=True)
+            write(batcher.finished(wait=True))
+        except RuntimeError as error:
+            # No flush: DataLoader's SIGCHLD handler may have cut the batcher short mid-batch, and its rows could
+            # then go to the wrong videos. The videos not written are extracted again by the rerun.
+            failure = worker_failure(error, options.worker_timeout or 0)
+            if failure is None:
+                raise
+            reason, pid = failure
+            index = dataset.in_flight.index_of(pid) if pid is not None else None
+            stopped = (*items[min(received, len(items) - 1) if index is None else index], reason)
     bar.close()
+    if stopped is not None:
+        video_id, path, reason = stopped
+        fs.record_failure(shard.store, video_id, path, reason, writer)
+        raise WorkerError(f"{path}: {reason}; stopped after writing {written} videos, which are kept: rerun to resume")
     return written
 
 
 def spawned_shard(rank: int, shard: Shard) -> None:
-    """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r)."""
+    """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r). A VidcapError
+    is logged as one line and becomes the process's exit code, which the parent reports (vidcap.extract)."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    run_shard(replace(shard, rank=rank, local_rank=rank))
+    try:
+        run_shard(replace(shard, rank=rank, local_rank=rank))
+    except VidcapError as error:
+        logger.error("process %d: %s", rank, error)
+        raise SystemExit(error.exit_code) from None

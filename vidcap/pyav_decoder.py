@@ -18,6 +18,19 @@ logger = logging.getLogger(__name__)
 SEEK_MIN_GAP = 64
 
 
+def _conversion_options(av) -> dict:
+    """Keyword arguments of every RGB conversion: one swscale thread.
+
+    From PyAV 17 a conversion keeps a pool of slice threads (every core by default) in the process. A child forked
+    from that process inherits the pool without its threads and hangs on its first conversion (av 18.1.1 with
+    FFmpeg 8.1.3 does every time). Converting on one thread makes no pool, so a process that decoded with vidcap can
+    still be forked safely by whatever the caller runs next; at most DECODE_CHUNK (16) frames are converted per call,
+    which one thread does in milliseconds. Older PyAV has neither the pool nor the argument.
+    """
+    major = int(av.__version__.split(".")[0])
+    return {"threads": 1} if major >= 17 else {}
+
+
 @dataclass
 class PtsIndex:
     """Frame index <-> pts of a stream, from one demux pass: frame i is the packet with the i-th smallest pts."""
@@ -91,10 +104,12 @@ class PyAVBackend:
     name = "pyav"
 
     def __init__(self, path: str, threads: int = 0):
-        """threads: decoding threads (0: FFmpeg's default, every core)."""
+        """threads: decoding threads (0: FFmpeg's default, every core). RGB conversion runs on one thread
+        (_conversion_options)."""
         import av
 
         self._av = av
+        self._convert = _conversion_options(av)
         self._path = path
         self._threads = threads
         self._container = None
@@ -321,8 +336,8 @@ class PyAVBackend:
     def _rgb(self, frame) -> np.ndarray:
         # Forcing the stream's size keeps every frame the same shape even if the resolution changes mid-stream.
         if frame.width != self.width or frame.height != self.height:
-            return frame.to_ndarray(format="rgb24", width=self.width, height=self.height)
-        return frame.to_ndarray(format="rgb24")
+            return frame.to_ndarray(format="rgb24", width=self.width, height=self.height, **self._convert)
+        return frame.to_ndarray(format="rgb24", **self._convert)
 
     def close(self) -> None:
         self._close_container()

@@ -14,6 +14,7 @@ same indices (tests/test_video.py checks this on every container/codec the proje
 from __future__ import annotations
 
 import logging
+import multiprocessing
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -33,6 +34,19 @@ BACKENDS = ("auto", "decord", "pyav")
 SAMPLING_RULE = "array_split_first"
 # Distinct frames decoded per call: bounds memory on long, high-resolution videos (a 1080p frame is 6 MB).
 DECODE_CHUNK = 16
+# How every process that decodes video for vidcap starts (extraction's DataLoader workers, doctor's self-test): a
+# fresh interpreter. A forked child inherits its parent's FFmpeg thread pools without their threads, so once the
+# parent has converted a frame (PyAV >= 17: swscale's slice threads; the caller's own PyAV use counts) the child's
+# first conversion waits forever (av 18.1.1). "spawn" rather than "forkserver": spawned workers are this process's
+# own children, so a worker killed by a signal is reported at once (SIGCHLD) instead of at the next timeout.
+WORKER_START_METHOD = "spawn"
+
+
+def worker_context() -> multiprocessing.context.BaseContext:
+    """The multiprocessing context for processes that decode video (see WORKER_START_METHOD). Code that a worker
+    runs must be importable (module-level functions), and a script that starts workers needs the usual
+    `if __name__ == "__main__":` guard."""
+    return multiprocessing.get_context(WORKER_START_METHOD)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -330,6 +344,7 @@ __all__ = [
     "BACKENDS",
     "DECODE_CHUNK",
     "SAMPLING_RULE",
+    "WORKER_START_METHOD",
     "FrameRequest",
     "SampledFrames",
     "VideoReader",
@@ -337,4 +352,5 @@ __all__ = [
     "open_video",
     "read_sampled_frames",
     "sample_frame_indices",
+    "worker_context",
 ]

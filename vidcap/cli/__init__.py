@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("vidcap.cli.caption", "caption video files with a checkpoint, optionally explain them"),
     "demo": ("vidcap.cli.demo", "the whole pipeline on the built-in synthetic dataset"),
     "ablate": ("vidcap.cli.ablate", "train and evaluate Table 1's variants, print the table"),
+    "doctor": ("vidcap.cli.doctor", "versions, the machine and a decoding self-test, for bug reports"),
 }
 
 # Subcommands that hand their arguments to LightningCLI untouched.

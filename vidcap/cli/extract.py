@@ -18,8 +18,10 @@ EXAMPLE = """
   srun --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 vidcap extract ... --device cuda
 
 A rerun skips finished videos (resume after a crash or kill); videos that fail are listed in FEATS/manifest.csv and
-tried again next time. Under torchrun or srun every process extracts its own share of the videos into the shared
---out folder (one GPU each; leave --devices out); manifest.csv's writer column names the process of each video.
+tried again next time. A decoding worker that hangs (--worker-timeout) or dies ends the run with one line naming
+its video (exit 1); what finished is kept. Under torchrun or srun every process extracts its own share of the videos
+into the shared --out folder (one GPU each; leave --devices out); manifest.csv's writer column names the process of
+each video.
 """
 
 
@@ -32,6 +34,7 @@ def _split_names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name)."""
+    from vidcap.extract import WORKER_TIMEOUT
     from vidcap.extractors import describe_registry, extractor_names
 
     parser.formatter_class = argparse.RawTextHelpFormatter
@@ -57,6 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--decoder-threads", type=int, default=None, metavar="N",
                         help="threads of each video decoder (default: the process's share of the cores divided\n"
                         "among its decoding workers)")
+    parser.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+                        help="stop with an error naming the video when a decoding worker delivers nothing for\n"
+                        f"this long (default {WORKER_TIMEOUT:g}; needs --num-workers >= 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="processes: one per GPU with --device cuda, or N CPU processes (default 1;\n"
