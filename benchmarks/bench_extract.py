@@ -172,6 +172,9 @@ def main() -> None:
         print(f"(d) worker start-up to the first video: spawn {start_up['spawn']:.2f} s, fork {fork}"
               + (f" -> spawn costs {start_up['spawn'] - start_up['fork']:.2f} s per extraction run"
                  if start_up["fork"] is not None else ""))
+        steady = n / (statistics.median(results["extract"]) - start_up["spawn"])
+        print(f"    extract without the one-off start-up: {steady:.2f} videos/s = "
+              f"{100 * steady / vps['ceiling']:.0f}% of (c) (what a long run approaches)")
         print(f"load average at the end: {os.getloadavg()[0]:.1f}; raw seconds per round: "
               + ", ".join(f"{k}=" + "/".join(f"{v:.1f}" for v in vals) for k, vals in results.items()))
 
