@@ -44,6 +44,7 @@ test: $(STAMP) java
 
 lint: $(STAMP)
 	$(PY) -m ruff check vidcap tests benchmarks cli.py
+	$(VENV)/bin/lint-imports
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_extract.py

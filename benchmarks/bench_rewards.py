@@ -1,4 +1,4 @@
-"""Benchmark (issue 12, item 6): `vidcap.rewards.CiderD` against pycocoevalcap's Cider on one SCST batch.
+"""Benchmark (issue 12, item 6): `vidcap.text.cider.CiderD` against pycocoevalcap's Cider on one SCST batch.
 
     python benchmarks/bench_rewards.py [--videos 1200] [--references 40] [--vocab 3000] [--batch 64] [--samples 5]
                                        [--repeats 7] [--seed 0]
@@ -28,7 +28,7 @@ import time
 import numpy as np
 from pycocoevalcap.cider.cider import Cider
 
-from vidcap.rewards import CiderD
+from vidcap.text.cider import CiderD
 
 
 def make_references(rng: random.Random, videos: int, references: int, vocab: list[str]) -> dict[str, list[list[str]]]:

@@ -11,7 +11,7 @@ Generates an LSMDC-size dataset in a temporary folder under --root (deleted at t
   "SOMEONE" over a Zipf-distributed lexicon of 30k words. Each size is a prefix of the next (the same first movies).
 - An empty placeholder file per clip under VIDEOS/<MOVIE>/: `vidcap prepare lsmdc` keeps only the clips whose video
   file exists (one listing per movie folder), so the files must be there; nothing reads them.
-- A feature store written through vidcap.store.save_features (so through vidcap.atomic, fsync included): K = 26,
+- A feature store written through vidcap.features.store.save_features (so through vidcap.atomic, fsync included): K = 26,
   global googlenet 1024-d + local x3d_m 2048-d, float16 (160 KB per clip, 19 GB at 118k clips), random numbers
   (a pool of 16 random clips, so that generating them does not dominate; npz is uncompressed, the bytes do not
   matter). It grows with the sizes: the clips of the next size are added to the same store.
@@ -28,7 +28,7 @@ every 0.2 s.
   model sizes (E 256, H 512, A 256, local_global + position encoder), `--threads` CPU threads.
 - evaluate: `vidcap.evaluation.evaluate` on the test split, beam 5, with a tiny random-init checkpoint (E 32, H 64,
   A 32; random weights seldom pick EOS, so every caption has the decoder's 30 words: a worst case for METEOR),
-  coco-caption metrics through vidcap.metrics.score_captions (also timed on its own).
+  coco-caption metrics through vidcap.text.metrics.score_captions (also timed on its own).
 --stages runs only some of them (with the ones they need: prepare before every other, setup before loader, loader
 before model). Prints one table: each stage's time, memory or rate at each size; the cost per extra clip (the slope from the
 smallest to the largest size, so that fixed costs such as a JVM's start stay out); and the growth from the smallest
@@ -52,14 +52,10 @@ import numpy as np
 import torch
 import yaml
 
-import vidcap.metrics
-from vidcap.cli.train import TRAINER_DEFAULTS
-from vidcap.data import CaptionDataModule
+import vidcap.text.metrics
 from vidcap.datasets import prepare, read_videos, registry
 from vidcap.evaluation import evaluate
-from vidcap.lit_module import CaptionModule
-from vidcap.model import ModelConfig
-from vidcap.store import (
+from vidcap.features.store import (
     FORMAT,
     feature_path,
     list_features,
@@ -68,8 +64,12 @@ from vidcap.store import (
     save_features,
     write_manifest,
 )
-from vidcap.video import SAMPLING_RULE
-from vidcap.vocab import Vocabulary
+from vidcap.model.captioner import ModelConfig
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import CaptionDataModule
+from vidcap.training.lightning_cli import TRAINER_DEFAULTS
+from vidcap.training.module import CaptionModule
+from vidcap.video.reader import SAMPLING_RULE
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("prepare", "store", "setup", "loader", "model", "evaluate")
@@ -188,7 +188,7 @@ def store_meta() -> dict:
 
 
 def grow_store(store: Path, video_ids: list[str]) -> int:
-    """Add features for every id of `video_ids` not in the store yet (vidcap.store.save_features); how many."""
+    """Add features for every id of `video_ids` not in the store yet (vidcap.features.store.save_features); how many."""
     prepare_store(store, store_meta())
     rng = np.random.default_rng(SEED)
     pool = [(rng.standard_normal((FRAMES, GLOBAL[1])).astype(np.float16),
@@ -358,7 +358,7 @@ def tiny_checkpoint(root: Path) -> Path:
 def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     scoring = {}
-    score_captions = vidcap.metrics.score_captions
+    score_captions = vidcap.text.metrics.score_captions
 
     def timed(references, predictions, **kwargs):  # lit_module imports it at call time: this wrapper is seen
         start = time.perf_counter()
@@ -367,7 +367,7 @@ def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
         scoring["words"] = sum(len(p.split()) for p in predictions.values()) / len(predictions)
         return result
 
-    vidcap.metrics.score_captions = timed
+    vidcap.text.metrics.score_captions = timed
     checkpoint = tiny_checkpoint(root)
     start = time.perf_counter()
     result = evaluate(checkpoint, root / "data", root / "feats", split="test", beam_size=5, progress=False)

@@ -19,8 +19,8 @@ import time
 import pandas as pd
 
 from vidcap.datasets import standard_split, tokenize_captions
-from vidcap.metrics import find_java
-from vidcap.vocab import Vocabulary
+from vidcap.text.metrics import find_java
+from vidcap.text.vocab import Vocabulary
 
 SUBJECTS = ["a man", "a woman", "the boy", "a little girl", "two dogs", "a cat", "someone", "a chef", "the player",
             "people", "a group of kids", "Mr. Smith", "the U.S. team", "a baby"]

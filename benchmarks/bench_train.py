@@ -37,13 +37,13 @@ import torch.nn.functional as F
 from pytorch_lightning import Callback, Trainer
 from torch.utils.data import DataLoader
 
-from vidcap.cli.train import TRAINER_DEFAULTS
-from vidcap.data import CaptionDataModule, collate
-from vidcap.decoding import DecodingOptions, decode
-from vidcap.lit_module import CaptionModule
-from vidcap.model import CaptionModel, ModelConfig
-from vidcap.scst import CaptionReward, SCSTOptions, SelfCritical
-from vidcap.vocab import Vocabulary
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import CaptionDataModule, collate
+from vidcap.training.lightning_cli import TRAINER_DEFAULTS
+from vidcap.training.module import CaptionModule
+from vidcap.training.scst import CaptionReward, SCSTOptions, SelfCritical
 
 
 def write_dataset(root: Path, videos: int, refs: int, dim: int, frames: int, words: int, seed: int = 0):

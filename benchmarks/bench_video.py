@@ -4,7 +4,7 @@
 
 Writes MSVD-like clips to a temporary folder (320x240 at 25 fps: H.264 in MP4 with x264's defaults, keyframe
 every 250 frames and B-frames; MPEG-4 part 2 "Xvid" in AVI with B-frames, as MSVD ships), then times
-`vidcap.video.read_sampled_frames` per backend (the function `vidcap extract` and `vidcap caption` call to sample,
+`vidcap.video.reader.read_sampled_frames` per backend (the function `vidcap extract` and `vidcap caption` call to sample,
 decode and retry truncated files), plus a naive baseline that decodes and converts every frame with
 PyAV. `--long` adds one 2-minute 640x360 H.264 clip (keyframe every 2 s) where PyAV seeks instead of decoding
 everything. Prints milliseconds per video (best of the rounds, backends interleaved so that other load on the
@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap.errors import VideoError
-from vidcap.video import read_sampled_frames
+from vidcap.video.reader import read_sampled_frames
 
 
 def _frames(n: int, height: int, width: int, seed: int) -> np.ndarray:

@@ -130,9 +130,9 @@ def make_dataset(root: Path, sizes: Sizes) -> Path:
 
 
 def check_extract(data: Path, root: Path, device: str, sizes: Sizes) -> tuple[list[Row], Path]:
-    from vidcap.extract import ExtractOptions, read_video_table, run_extract
-    from vidcap.extract_shard import VideoDataset, decoding_loader
-    from vidcap.extractors import build_extractor
+    from vidcap.features.extract import ExtractOptions, read_video_table, run_extract
+    from vidcap.features.extractors import build_extractor
+    from vidcap.features.shard import VideoDataset, decoding_loader
 
     rows, stores = [], {}
     items = read_video_table(data)
@@ -165,8 +165,8 @@ def check_overlap(device: str, sizes: Sizes) -> list[Row]:
     if device != "cuda":
         return [Row("overlap", "SKIP", "CUDA only (the CPU path makes no copies)")]
     from tests.test_gpu_readiness import _video
-    from vidcap.extract_shard import _Batcher, start_copy_to_host
-    from vidcap.extractors import build_extractor
+    from vidcap.features.extractors import build_extractor
+    from vidcap.features.shard import _Batcher, start_copy_to_host
 
     host, copied = start_copy_to_host(torch.ones(8, device="cuda"))
     copied.synchronize()
@@ -218,7 +218,7 @@ def fit_args(data: Path, store: Path, run: Path, device: str, precision: str, *e
 
 
 def check_fit(data: Path, store: Path, root: Path, device: str) -> tuple[list[Row], Path]:
-    from vidcap.cli.train import run_lightning
+    from vidcap.training.lightning_cli import run_lightning
 
     runs = {}
     for precision in ("32-true", "bf16-mixed"):
@@ -239,9 +239,9 @@ def check_fit(data: Path, store: Path, root: Path, device: str) -> tuple[list[Ro
 
 def check_step(device: str, sizes: Sizes) -> list[Row]:
     """Training steps on random batches at the paper's sizes (T 26, L 20, batch 64, 1280 + 2048-d features)."""
-    import vidcap.model
-    from vidcap.lit_module import CaptionModule
-    from vidcap.model import ModelConfig
+    import vidcap.model.captioner
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.training.module import CaptionModule
 
     B, T, L = 64, 26, 20
     config = ModelConfig(vocab_size=sizes.vocab, global_dim=1280, local_dim=2048, embed_dim=sizes.embed,
@@ -253,7 +253,7 @@ def check_step(device: str, sizes: Sizes) -> list[Row]:
     results = {}
     for label, precision, multiple in (("32-true", "32-true", 8), ("bf16-mixed", "bf16-mixed", 8),
                                        ("bf16-mixed, V unpadded", "bf16-mixed", 1)):
-        vidcap.model.VOCAB_MULTIPLE = multiple  # read by CaptionModel._output at each call; set back below
+        vidcap.model.captioner.VOCAB_MULTIPLE = multiple  # read by CaptionModel._output at each call; set back below
         module = CaptionModule(config).to(device)
         optimizer = torch.optim.Adam(module.parameters(), lr=1e-4)
         autocast = torch.autocast(device, dtype=torch.bfloat16, enabled=precision == "bf16-mixed")
@@ -276,7 +276,7 @@ def check_step(device: str, sizes: Sizes) -> list[Row]:
         with Utilisation(device) as busy:
             _, seconds = timed(steps)
         results[label] = (B * sizes.steps / seconds, busy.text)
-    vidcap.model.VOCAB_MULTIPLE = 8
+    vidcap.model.captioner.VOCAB_MULTIPLE = 8
     text = "; ".join(f"{label} {rate:.0f} samples/s ({busy})" for label, (rate, busy) in results.items())
     return [Row("step (paper sizes)" if sizes.hidden == 3518 else "step (quick sizes)", "PASS", text)]
 
@@ -285,7 +285,7 @@ def check_syncs(device: str) -> list[Row]:
     if device != "cuda":
         return [Row("syncs", "SKIP", "CUDA only (torch.cuda.set_sync_debug_mode)")]
     from tests.test_gpu import beam_search_syncs, training_step_syncs
-    from vidcap.decoding import DecodingOptions
+    from vidcap.model.decoding import DecodingOptions
 
     train = training_step_syncs()
     options = DecodingOptions(beam_size=5, max_len=20)

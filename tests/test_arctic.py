@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from vidcap import store
 from vidcap.datasets import youtube2text_arctic as arctic
+from vidcap.datasets.safe_pickle import load_pickle, py2_text
 from vidcap.errors import UsageError
-from vidcap.safe_pickle import load_pickle, py2_text
-from vidcap.vocab import Vocabulary
+from vidcap.features import store
+from vidcap.text.vocab import Vocabulary
 
 DIM = 1024
 

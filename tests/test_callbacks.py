@@ -8,9 +8,9 @@ import csv
 import numpy as np
 import pytest
 
-from vidcap.callbacks import IMAGE_TAG
 from vidcap.cli import main
-from vidcap.demo import CONFIGS
+from vidcap.experiments.demo import CONFIGS
+from vidcap.training.callbacks import IMAGE_TAG
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -56,7 +56,7 @@ def test_csv_logger_config(tmp_path):
 def test_explanation_frames_come_from_the_video_file(tmp_path, caplog):
     from conftest import numbered_frames, write_video
 
-    from vidcap.callbacks import GREY, _sampled_frames
+    from vidcap.training.callbacks import GREY, _sampled_frames
 
     video = write_video(tmp_path / "videos" / "v1.mp4", numbered_frames(16))
     with open(tmp_path / "videos.csv", "w", newline="") as handle:

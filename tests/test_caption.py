@@ -18,12 +18,12 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_video
+from tests.helpers import write_video
 from vidcap.caption import CaptionResult, caption_video, load_captioner, video_features
 from vidcap.cli import main
 from vidcap.cli.caption import explain_names
-from vidcap.decoding import DecodingOptions
 from vidcap.errors import CheckpointError, UsageError
+from vidcap.model.decoding import DecodingOptions
 
 CAPTIONS = {"red": "a red square moves right", "blue": "a blue square moves left"}
 SIZE = (48, 64)  # H, W of the test videos
@@ -67,11 +67,11 @@ def trained(videos, tmp_path_factory) -> dict[str, Path]:
     """{"checkpoint": Path, "store": Path}: the features of both videos and a model that learnt their captions."""
     from pytorch_lightning import Trainer
 
-    from vidcap.extract import ExtractOptions, run_extract
-    from vidcap.lit_module import CaptionModule
-    from vidcap.model import ModelConfig
-    from vidcap.store import load_features, read_meta
-    from vidcap.vocab import Vocabulary
+    from vidcap.features.extract import ExtractOptions, run_extract
+    from vidcap.features.store import load_features, read_meta
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.text.vocab import Vocabulary
+    from vidcap.training.module import CaptionModule
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
@@ -165,7 +165,7 @@ def test_load_captioner_rebuilds_model_vocab_and_extractors(trained, captioner):
 
 
 def test_features_at_caption_time_equal_the_extracted_store(trained, captioner, videos):
-    from vidcap.store import load_features
+    from vidcap.features.store import load_features
 
     for video_id, path in videos.items():
         stored = load_features(trained["store"], video_id)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from vidcap.cli import LIGHTNING_SUBCOMMANDS, SUBCOMMANDS, main
-from vidcap.table import format_table, paper_row
+from vidcap.report.table import format_table, paper_row
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -35,8 +35,8 @@ from vidcap.datasets import (
     write_vocab,
 )
 from vidcap.errors import UsageError
-from vidcap.metrics import TOKENIZER_JAR
-from vidcap.vocab import Vocabulary
+from vidcap.text.metrics import TOKENIZER_JAR
+from vidcap.text.vocab import Vocabulary
 
 
 def needs_java(test):

@@ -11,8 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from vidcap.decoding import DecodingOptions, Hypothesis, beam_search, decode, greedy_search, length_normaliser
 from vidcap.errors import UsageError
+from vidcap.model.decoding import (
+    DecodingOptions,
+    Hypothesis,
+    beam_search,
+    decode,
+    greedy_search,
+    length_normaliser,
+)
 
 BOS, EOS = 0, 1
 
@@ -242,7 +249,7 @@ def test_no_repeat_ngram(beam_size):
 
 
 def test_caption_model_interface():
-    from vidcap.model import CaptionModel, ModelConfig
+    from vidcap.model.captioner import CaptionModel, ModelConfig
 
     torch.manual_seed(0)
     config = ModelConfig(vocab_size=20, global_dim=6, local_dim=0, variant="global", embed_dim=8, hidden_dim=12,
@@ -259,7 +266,7 @@ def test_caption_model_interface():
 
 
 def test_shrinking_beam_batched_equals_one_video_at_a_time_and_scores_sequences():
-    """The original's search (vidcap.decoding.shrinking_beam_search; tests/test_paper.py checks it against a port
+    """The original's search (vidcap.model.decoding.shrinking_beam_search; tests/test_paper.py checks it against a port
     of the original): batching changes nothing, a finished hypothesis' log_prob is its sequence's, an open one
     (max_len words, no EOS) lacks the EOS term."""
     model = ToyAttentionGRU(seed=5)

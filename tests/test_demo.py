@@ -8,11 +8,11 @@ import json
 import pytest
 import yaml
 
-from vidcap.ablate import CSV_COLUMNS, Gate, check_gates, format_ablation, mean_rows, parse_runs
 from vidcap.cli import main
-from vidcap.demo import DEMO_METRIC_KEYS
 from vidcap.errors import UsageError
-from vidcap.evaluation import model_label
+from vidcap.experiments.ablate import CSV_COLUMNS, Gate, check_gates, format_ablation, mean_rows, parse_runs
+from vidcap.experiments.demo import DEMO_METRIC_KEYS
+from vidcap.report.table import model_label
 
 # 12 videos (8 train / 1 val / 3 test), features at 32 px, a tiny model trained for a few steps.
 TINY = ["--num-videos", "12", "--image-size", "32", "--epochs", "1", "--max-steps", "3", "--hidden-dim", "16",
@@ -50,7 +50,7 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
 
 
 def test_demo_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
-    from vidcap.demo import DemoSettings, train
+    from vidcap.experiments.demo import DemoSettings, train
 
     run = tmp_path / "run"
     run.mkdir()
@@ -69,7 +69,7 @@ def test_synthetic_data_config_is_the_demos():
     """configs/experiment/demo.yaml stands alone, so it repeats the synthetic dataset's data settings: they agree."""
     import yaml
 
-    from vidcap.demo import CONFIGS, DEMO_CONFIG
+    from vidcap.experiments.demo import CONFIGS, DEMO_CONFIG
 
     demo = yaml.safe_load(DEMO_CONFIG.read_text())
     assert demo["data"] == yaml.safe_load((CONFIGS / "data" / "synthetic.yaml").read_text())["data"]
@@ -82,7 +82,7 @@ def tiny_dataset(root):
 
     import numpy as np
 
-    from vidcap.vocab import Vocabulary
+    from vidcap.text.vocab import Vocabulary
 
     rng = np.random.default_rng(0)
     data, store = root / "data", root / "feats"
@@ -111,11 +111,11 @@ def test_fit_with_the_demo_config_trains_the_demos_model(tmp_path, monkeypatch):
     same test metrics (issue 11)."""
     import torch
 
-    import vidcap.metrics
-    from vidcap.demo import DEMO_CONFIG, DemoSettings, train
+    import vidcap.text.metrics
     from vidcap.evaluation import evaluate
+    from vidcap.experiments.demo import DEMO_CONFIG, DemoSettings, train
 
-    monkeypatch.setattr(vidcap.metrics, "score_captions", lambda refs, preds: {
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions", lambda refs, preds: {
         "Bleu_4": len(set(preds.values())) / 10, "METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0})  # no Java
     data, store = tiny_dataset(tmp_path)
     tiny = ("--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--data.batch_size", "8",

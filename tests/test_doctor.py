@@ -56,7 +56,7 @@ def test_the_self_test_catches_a_worker_forked_after_a_conversion(monkeypatch):
         pytest.skip(f"the fork hang is known on av 18.1.1; this is {av.__version__}")
     from vidcap import doctor
 
-    monkeypatch.setattr("vidcap.video.WORKER_START_METHOD", "fork")
+    monkeypatch.setattr("vidcap.video.reader.WORKER_START_METHOD", "fork")
     monkeypatch.setattr(doctor, "WORKER_TEST_TIMEOUT", 5.0)
     with tempfile.TemporaryDirectory() as folder:
         checks = {check.name: check for check in doctor.self_test(folder)}

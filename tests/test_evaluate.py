@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from vidcap.cli import main
-from vidcap.demo import DEMO_CONFIG, train
 from vidcap.evaluation import reverse_frames
-from vidcap.vocab import Vocabulary
+from vidcap.experiments.demo import DEMO_CONFIG, train
+from vidcap.text.vocab import Vocabulary
 
 T, DG = 6, 8
 WORDS = "a man woman dog is cooking riding running playing the horse".split()
@@ -219,8 +219,8 @@ def test_store_sampled_otherwise_is_refused(tmp_path):
 
 def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
     """--n-best 2 decodes each batch once; the best of the n-best list is the prediction."""
-    import vidcap.lit_module
-    import vidcap.metrics
+    import vidcap.text.metrics
+    import vidcap.training.module
     from vidcap.evaluation import evaluate
 
     calls = []
@@ -229,9 +229,9 @@ def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
         calls.append(options)
         return decode(model, feats, mask, options, bos, eos)
 
-    decode = vidcap.lit_module.decode
-    monkeypatch.setattr(vidcap.lit_module, "decode", counting_decode)
-    monkeypatch.setattr(vidcap.metrics, "score_captions",
+    decode = vidcap.training.module.decode
+    monkeypatch.setattr(vidcap.training.module, "decode", counting_decode)
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions",
                         lambda refs, preds: dict.fromkeys(("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), 0.0))
     result = evaluate(trained["global"], trained["data"], trained["store"], n_best=2, progress=False)
     assert [(o.beam_size, o.max_len, o.n_best) for o in calls] == [(3, 20, 2)]  # 5 test videos, one batch
@@ -244,7 +244,7 @@ def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
 def test_report_of_a_feature_only_store(trained, tmp_path, capsys):
     """--report DIR: one card per test video with its words' attention, no pictures (no videos.csv) and a note; the
     metric table holds metrics.json's values and, with --compare, the paper's row."""
-    from vidcap.report_cards import NO_VIDEO_FILE
+    from vidcap.report.cards import NO_VIDEO_FILE
 
     out, report = tmp_path / "eval", tmp_path / "report"
     assert _evaluate(trained, "global", out, "--compare", "--report", str(report)) == 0

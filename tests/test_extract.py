@@ -1,4 +1,4 @@
-"""`vidcap extract` and its engine (vidcap/extract.py): store contents, failures, resume, a kill mid-write, two
+"""`vidcap extract` and its engine (vidcap/features/extract.py): store contents, failures, resume, a kill mid-write, two
 processes."""
 
 from __future__ import annotations
@@ -17,13 +17,13 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_video
+from tests.helpers import write_video
 from vidcap.cli import main
-from vidcap.extract import ExtractOptions, read_video_table, run_extract
-from vidcap.extract_shard import _Batcher, _Item
-from vidcap.extractors import EXTRACTORS, build_extractor, extract_video_features
-from vidcap.store import clean_temp_files, list_features, load_features, read_meta
-from vidcap.video import SAMPLING_RULE, SampledFrames
+from vidcap.features.extract import ExtractOptions, read_video_table, run_extract
+from vidcap.features.extractors import EXTRACTORS, build_extractor, extract_video_features
+from vidcap.features.shard import _Batcher, _Item
+from vidcap.features.store import clean_temp_files, list_features, load_features, read_meta
+from vidcap.video.reader import SAMPLING_RULE, SampledFrames
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -377,7 +377,7 @@ def test_a_hung_or_killed_worker_ends_the_run_with_one_line_and_a_rerun_complete
 
     data, store = tmp_path / "data", tmp_path / "feats"
     stuck = _stalling_dataset(data)
-    monkeypatch.setattr("vidcap.extractors.base.ResizeCrop", helpers.StallingResizeCrop)
+    monkeypatch.setattr("vidcap.features.extractors.base.ResizeCrop", helpers.StallingResizeCrop)
     monkeypatch.setenv(helpers.STALL_ENV, action)
     args = _extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "4",
                     "--num-workers", "1", "--worker-timeout", "4", "--batch-size", "1")

@@ -1,4 +1,4 @@
-"""Extractors, preprocessing, per-video features (vidcap/extractors/) and the feature store files (vidcap/store.py)."""
+"""Extractors, preprocessing, per-video features (vidcap/features/extractors/) and the feature store files (vidcap/features/store.py)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,20 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import numbered_frames, write_video
-from vidcap import extractors as F
-from vidcap import store
+from tests.helpers import numbered_frames, write_video
 from vidcap.errors import UsageError
-from vidcap.extractors import (
+from vidcap.features import extractors as F
+from vidcap.features import store
+from vidcap.features.extractors import (
     EXTRACTORS,
     build_extractor,
     build_extractor_from_meta,
     extract_video_features,
     resize_and_crop,
 )
-from vidcap.extractors.pytorchvideo3d import network as pytorchvideo_network
-from vidcap.store import load_features, read_meta, save_features
-from vidcap.video import clip_indices
+from vidcap.features.extractors.pytorchvideo3d import network as pytorchvideo_network
+from vidcap.features.store import load_features, read_meta, save_features
+from vidcap.video.reader import clip_indices
 
 
 def _sha256(path) -> str:

@@ -15,8 +15,8 @@ import pytest
 import torch
 
 from tests.test_gpu_readiness import _video
-from vidcap.decoding import DecodingOptions, decode
-from vidcap.model import CaptionModel, ModelConfig
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -95,7 +95,7 @@ def test_padded_output_projection_on_cuda_gives_the_cpu_logits():
 def training_step_syncs() -> int:
     """Host-device syncs in a bf16-mixed training step (forward, loss, backward) of a small CaptionModule on CUDA,
     after a warm-up step (lazy CUDA initialisation may synchronise). Also run by benchmarks/gpu_check.py."""
-    from vidcap.lit_module import CaptionModule
+    from vidcap.training.module import CaptionModule
 
     module = CaptionModule(ModelConfig(vocab_size=29, global_dim=12, local_dim=6, embed_dim=16, hidden_dim=32,
                                        attention_dim=16, max_frames=8)).cuda()
@@ -133,8 +133,8 @@ def test_beam_search_synchronises_once_per_step():
 
 
 def test_extraction_on_cuda_overlaps_and_matches_the_cpu():
-    from vidcap.extract_shard import _Batcher, start_copy_to_host
-    from vidcap.extractors import build_extractor
+    from vidcap.features.extractors import build_extractor
+    from vidcap.features.shard import _Batcher, start_copy_to_host
     from vidcap.precision import numerics
 
     host, copied = start_copy_to_host(torch.ones(4, 3, device="cuda"))

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import write_video
-from vidcap.vocab import Vocabulary
+from tests.helpers import write_video
+from vidcap.text.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = "a red blue square circle moves left right".split()

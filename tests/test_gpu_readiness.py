@@ -13,20 +13,20 @@ import numpy as np
 import pytest
 import torch
 
-from vidcap import extract_shard
-from vidcap.decoding import _in_one_copy
 from vidcap.errors import UsageError
-from vidcap.extract import (
+from vidcap.features import shard as extract_shard
+from vidcap.features.extract import (
     ExtractOptions,
     default_decoder_threads,
     default_num_workers,
     default_threads,
     make_meta,
 )
-from vidcap.extract_shard import _Batcher, _Item, _shared_memory_hint, prefetch_factor, video_bytes
+from vidcap.features.shard import _Batcher, _Item, _shared_memory_hint, prefetch_factor, video_bytes
+from vidcap.features.store import check_meta, prepare_store
+from vidcap.model.decoding import _in_one_copy
 from vidcap.precision import compute_record
-from vidcap.store import check_meta, prepare_store
-from vidcap.video import SampledFrames
+from vidcap.video.reader import SampledFrames
 
 
 # -- the batcher's copies --------------------------------------------------------------------------------------------
@@ -130,7 +130,7 @@ def test_a_bus_error_in_the_workers_is_one_line_about_shm_size():
 
 
 def test_a_small_dev_shm_is_reported_before_the_run(caplog):
-    with caplog.at_level(logging.WARNING, logger="vidcap.extract_shard"), _shared_memory_hint(1 << 50):
+    with caplog.at_level(logging.WARNING, logger="vidcap.features.shard"), _shared_memory_hint(1 << 50):
         pass
     assert "--shm-size" in caplog.text
 
@@ -152,7 +152,7 @@ def _compute(device: str, precision: str = "32-true", tf32: bool = False) -> dic
 def test_store_refuses_other_precision_and_warns_on_another_device(tmp_path, caplog):
     cpu = make_meta({}, 26, "float16", _compute("cpu"))
     prepare_store(tmp_path, cpu)
-    with caplog.at_level(logging.WARNING, logger="vidcap.store"):
+    with caplog.at_level(logging.WARNING, logger="vidcap.features.store"):
         check_meta(tmp_path, {**cpu, "compute": _compute("cuda")})  # float32 without TF32: float rounding only
     assert "computed on cpu, these on cuda" in caplog.text
     for other in (_compute("cuda", "bf16-mixed", True), _compute("cuda", "32-true", True)):
@@ -164,7 +164,7 @@ def test_store_written_before_the_compute_record_is_warned_about(tmp_path, caplo
     old = make_meta({}, 26, "float16")
     del old["compute"]
     prepare_store(tmp_path, old)
-    with caplog.at_level(logging.WARNING, logger="vidcap.store"):
+    with caplog.at_level(logging.WARNING, logger="vidcap.features.store"):
         check_meta(tmp_path, make_meta({}, 26, "float16", _compute("cuda", "bf16-mixed", True)))
     assert "does not record the device and precision" in caplog.text
     assert "compute" not in json.loads((tmp_path / "meta.json").read_text())
@@ -181,7 +181,7 @@ def test_one_copy_brings_back_every_tensor_exactly():
 
 
 def test_slowfast_slow_pathway_index_is_built_once_and_moves_with_the_module():
-    from vidcap.extractors.pytorchvideo3d import SLOWFAST_ALPHA, SlowFast
+    from vidcap.features.extractors.pytorchvideo3d import SLOWFAST_ALPHA, SlowFast
 
     seen = []
 
@@ -199,7 +199,7 @@ def test_slowfast_slow_pathway_index_is_built_once_and_moves_with_the_module():
 
 
 def test_decoder_threads_reach_pyav(tiny_video):
-    from vidcap.pyav_decoder import PyAVBackend
+    from vidcap.video.pyav_backend import PyAVBackend
 
     backend = PyAVBackend(str(tiny_video), threads=1)
     try:

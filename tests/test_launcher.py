@@ -20,9 +20,9 @@ import pytest
 from tests.test_extract import KILL_DURING_WRITE, _make_dataset
 from vidcap.cli import main
 from vidcap.errors import UsageError
-from vidcap.extract import read_video_table
+from vidcap.features.extract import read_video_table
+from vidcap.features.store import list_features, load_features, record_failure, save_features, write_manifest
 from vidcap.launcher import Process, devices_per_node
-from vidcap.store import list_features, load_features, record_failure, save_features, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
@@ -154,10 +154,10 @@ def _random_checkpoint(path: Path, data: Path, store: Path) -> Path:
     """A random-init `global` CaptionModule (E 8, H 16, A 8) saved as `vidcap fit` saves one."""
     import torch
 
-    from vidcap.lit_module import CaptionModule
-    from vidcap.model import ModelConfig
-    from vidcap.store import read_meta
-    from vidcap.vocab import Vocabulary
+    from vidcap.features.store import read_meta
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.text.vocab import Vocabulary
+    from vidcap.training.module import CaptionModule
 
     vocab, meta = Vocabulary.load(data / "vocab.json"), read_meta(store)
     config = ModelConfig(vocab_size=len(vocab), global_dim=meta["global"]["dim"], variant="global",

@@ -25,7 +25,7 @@ import pytest
 
 from vidcap.cli import main
 from vidcap.errors import UsageError
-from vidcap.metrics import (
+from vidcap.text.metrics import (
     METEOR_DIR,
     TOKENIZER_JAR,
     MeteorProcess,
@@ -93,7 +93,7 @@ try:  # control: the stock tokenizer cannot work in a read-only install
     stock = "worked"
 except PermissionError:
     stock = "PermissionError"
-from vidcap.metrics import score_captions
+from vidcap.text.metrics import score_captions
 with open(sys.argv[1], encoding="utf-8") as f:
     data = json.load(f)
 scores = score_captions(data["references"], data["predictions"])
@@ -380,7 +380,7 @@ def test_score_cli_errors_name_the_file(tmp_path, capsys, refs, preds, file, mes
 
 
 def test_score_cli_prints_one_json_object(tmp_path, capsys, monkeypatch):
-    import vidcap.metrics
+    import vidcap.text.metrics
 
     seen = {}
 
@@ -388,7 +388,7 @@ def test_score_cli_prints_one_json_object(tmp_path, capsys, monkeypatch):
         seen.update(references=references, predictions=predictions)
         return {"Bleu_4": 0.5, "CIDEr": 1.25}
 
-    monkeypatch.setattr(vidcap.metrics, "score_captions", fake)
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions", fake)
     code, out, _ = _score_cli(tmp_path, '{"a": ["x y", "z"]}', '{"a": "x \\u00e9"}', capsys)
     assert code == 0
     assert out == '{"Bleu_4": 0.5, "CIDEr": 1.25}\n'

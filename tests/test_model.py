@@ -7,9 +7,9 @@ from dataclasses import asdict
 import pytest
 import torch
 
-from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import UsageError
-from vidcap.model import ENCODERS, VARIANTS, CaptionModel, ModelConfig
+from vidcap.model.captioner import ENCODERS, VARIANTS, CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
 
 BOS, EOS = 1, 2
 V, DG, DL, T = 11, 6, 4, 5

@@ -12,7 +12,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.conftest import write_video
 from tests.fixtures_captions import (
     VATEX_SIZES,
     caption,
@@ -23,6 +22,7 @@ from tests.fixtures_captions import (
     vatex_release,
     write_json,
 )
+from tests.helpers import write_video
 from vidcap.cli import main
 from vidcap.datasets import msrvtt, read_captions, read_videos, registry, vatex
 from vidcap.errors import UsageError

@@ -17,11 +17,11 @@ import pytest
 import torch
 from test_arctic import pkl_dir  # noqa: F401 (the fixture: generated youtube2text_iccv15 pickles)
 
-from vidcap.data import CaptionDataset, collate, read_split
-from vidcap.decoding import DecodingOptions, decode
-from vidcap.lit_module import CaptionModule
-from vidcap.model import CaptionModel, ModelConfig
-from vidcap.vocab import Vocabulary
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import CaptionDataset, collate, read_split
+from vidcap.training.module import CaptionModule
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -325,7 +325,7 @@ def test_drop_long_captions_drops_instead_of_cutting(monkeypatch):
     val, _ = read_split(captions, "val", vocab, 3, {"a", "b", "c"}, drop_long_captions=True)
     assert val.video_references(0) == ["long", "short"]  # metrics keep every reference
     assert [val.tokens(n) for n in val.video_captions(0)] == [[5, EOS]] and val.caption_reference.tolist() == [1]
-    monkeypatch.setattr("vidcap.data.load_features", lambda store, video_id: {"mask": np.ones(1, bool)})
+    monkeypatch.setattr("vidcap.training.data.load_features", lambda store, video_id: {"mask": np.ones(1, bool)})
     item = CaptionDataset("unused", val, per_reference=False)[0]
     assert item["references"] == ["long", "short"] and item["tokens"] == [[5, EOS]]
     item = CaptionDataset("unused", val, per_reference=True)[0]
@@ -338,8 +338,8 @@ def test_drop_long_captions_drops_instead_of_cutting(monkeypatch):
 @pytest.mark.filterwarnings("ignore")
 def test_prepare_arctic_then_fit_the_paper_config(pkl_dir, tmp_path):  # noqa: F811
     """`vidcap prepare youtube2text-arctic` then `vidcap fit --config configs/experiment/paper.yaml`, tiny."""
-    from vidcap.checkpoint import read_checkpoint, read_vidcap_section
     from vidcap.cli import main
+    from vidcap.model.checkpoint import read_checkpoint, read_vidcap_section
 
     data, feats, run = tmp_path / "data", tmp_path / "feats", tmp_path / "run"
     assert main(["prepare", "youtube2text-arctic", "--pkl-dir", str(pkl_dir), "--out", str(data),

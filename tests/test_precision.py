@@ -8,10 +8,10 @@ import itertools
 import pytest
 import torch
 
-from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import UsageError
-from vidcap.layers import padded_linear
-from vidcap.model import CaptionModel, ModelConfig
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.model.layers import padded_linear
 from vidcap.precision import PRECISIONS, autocast, check_precision, compute_record, use_tf32
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -65,7 +65,7 @@ def test_bf16_autocast_decodes_the_float32_captions():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("out_features, bias", [(13, True), (16, True), (21, False)])
 def test_padded_linear_gives_the_layer_values_and_gradients(out_features, bias, dtype):
-    """The output projection's padding on CUDA (vidcap.model.VOCAB_MULTIPLE; vidcap.layers.padded_linear), checked here on the CPU."""
+    """The output projection's padding on CUDA (vidcap.model.captioner.VOCAB_MULTIPLE; vidcap.model.layers.padded_linear), checked here on the CPU."""
     torch.manual_seed(0)
     layer = torch.nn.Linear(7, out_features, bias=bias).to(dtype)
     x = torch.randn(3, 4, 7, dtype=dtype, requires_grad=True)
@@ -109,9 +109,9 @@ def test_bf16_mixed_validation_metrics_equal_float32_evaluation(tmp_path):
     from pytorch_lightning import Callback
 
     from tests.test_evaluate import _write_dataset
-    from vidcap.cli.train import run_lightning
-    from vidcap.demo import DEMO_CONFIG
     from vidcap.evaluation import evaluate
+    from vidcap.experiments.demo import DEMO_CONFIG
+    from vidcap.training.lightning_cli import run_lightning
 
     class LastValidation(Callback):
         metrics: dict[str, float] = {}

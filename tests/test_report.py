@@ -1,4 +1,4 @@
-"""The evaluation report (vidcap.report): the page's content in Python, and its behaviour in headless Chromium.
+"""The evaluation report (vidcap.report.page): the page's content in Python, and its behaviour in headless Chromium.
 
 The browser tests drive Debian's `chromium` with its `chromium-driver` through Selenium (no browser download):
 `apt-get install chromium chromium-driver` (.ci/run installs them), or VIDCAP_CHROMIUM and VIDCAP_CHROMEDRIVER
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vidcap.report import Card, frames_to_sprite, per_video_scores, render_report, write_report
+from vidcap.report.page import Card, frames_to_sprite, per_video_scores, render_report, write_report
 
 # Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
 CHROMIUM = Path(os.environ.get("VIDCAP_CHROMIUM", "/usr/bin/chromium"))
@@ -130,7 +130,7 @@ def test_a_score_that_is_not_finite_is_left_out():
 def test_evaluation_cards_pictures_or_a_note(tmp_path, caplog):
     from conftest import write_video
 
-    from vidcap.report_cards import NO_VIDEO_FILE, evaluation_cards
+    from vidcap.report.cards import NO_VIDEO_FILE, evaluation_cards
 
     video = write_video(tmp_path / "v1.mp4", synthetic_frames("red", "blue", k=20, size=64))
     predictions = {"v1": "a red box", "v2": "a blue ball", "v3": "a green ball"}
@@ -151,7 +151,7 @@ def test_evaluation_cards_pictures_or_a_note(tmp_path, caplog):
 
 def test_caption_card():
     from vidcap.caption import CaptionResult
-    from vidcap.report_cards import caption_card
+    from vidcap.report.cards import caption_card
 
     words = ["a", "ball", "<eos>"]
     result = CaptionResult(path="clips/x.mp4", caption="a ball", score=-2.0, alternatives=[("a ball", -2.0)],

@@ -1,4 +1,4 @@
-"""CiderD (vidcap/rewards.py) against pycocoevalcap's Cider, computed directly on the same reference set."""
+"""CiderD (vidcap/text/cider.py) against pycocoevalcap's Cider, computed directly on the same reference set."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from pycocoevalcap.cider.cider import Cider
 
-from vidcap.rewards import CiderD
+from vidcap.text.cider import CiderD
 
 REFERENCES = {
     "cook": [

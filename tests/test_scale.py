@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from vidcap.data import CaptionDataModule, read_split
-from vidcap.store import FORMAT, feature_path
-from vidcap.vocab import Vocabulary
+from vidcap.features.store import FORMAT, feature_path
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import CaptionDataModule, read_split
 
 
 def _captions(rows: list[tuple[str, str, str]]) -> pd.DataFrame:

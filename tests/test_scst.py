@@ -15,13 +15,13 @@ import torch.nn.functional as F
 from test_train import CAPTIONS, REPO, WORDS, cli_args, count_score, metrics_rows, write_data, write_store
 
 from vidcap.cli import main
-from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import UsageError
-from vidcap.hard_attention import HardAttentionObjective, HardAttentionOptions, frame_log_probs
-from vidcap.model import CaptionModel, ModelConfig
-from vidcap.sampling import Samples, sample
-from vidcap.scst import CaptionReward, SCSTOptions, SelfCritical
-from vidcap.vocab import Vocabulary
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.caption_sampling import Samples, sample
+from vidcap.training.hard_attention import HardAttentionObjective, HardAttentionOptions, frame_log_probs
+from vidcap.training.scst import CaptionReward, SCSTOptions, SelfCritical
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 BOS, EOS, PAD = Vocabulary.BOS, Vocabulary.EOS, Vocabulary.PAD
@@ -106,7 +106,7 @@ def test_self_critical_loss_sign_and_baselines(monkeypatch):
     # One video, K = 4 samples with rewards 1, 1/2, 0, 0 (the share of "good").
     words = [[good, good], [good, bad], [bad], []]
     log_probs = torch.zeros(4, requires_grad=True)
-    monkeypatch.setattr("vidcap.scst.sample", lambda *args, **kwargs: fixed_samples(log_probs, words))
+    monkeypatch.setattr("vidcap.training.scst.sample", lambda *args, **kwargs: fixed_samples(log_probs, words))
     model, (feats, mask) = tiny_model(), tiny_batch(B=1)
 
     mean = SelfCritical(SCSTOptions(num_samples=4, baseline="mean"), CountReward("good"), vocab, max_len=5)
@@ -258,9 +258,9 @@ def test_xe_fit_with_either_attention(dataset, tmp_path, attention):
 
 
 def test_scst_fit_logs_rewards_and_resumes(dataset, xe_checkpoint, tmp_path, monkeypatch):
-    import vidcap.metrics
+    import vidcap.text.metrics
 
-    monkeypatch.setattr(vidcap.metrics, "score_captions", count_score)  # val/CIDEr without Java
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions", count_score)  # val/CIDEr without Java
     root = tmp_path / "scst"
     # The config's architecture (hidden 32 in debug.yaml, local_global) gives way to the checkpoint's.
     args = scst_args(dataset, root, xe_checkpoint, "--model.architecture.variant", "local_global",
@@ -294,7 +294,7 @@ def test_scst_under_ddp_scores_each_ranks_samples_against_the_same_references(da
     script.write_text(
         "import json, os, sys\n"
         "import torch.distributed as dist\n"
-        "import vidcap.scst as scst\n"
+        "import vidcap.training.scst as scst\n"
         "from vidcap.cli import main\n"
         "OUT, init, call = os.environ['RECORD_DIR'], scst.CaptionReward.__init__, scst.CaptionReward.__call__\n"
         "def record(name, value):\n"
@@ -361,7 +361,7 @@ def test_init_from_bad_checkpoints_are_one_line_errors(dataset, xe_checkpoint, t
 
 # -- the ablation's rows and gates ---------------------------------------------------------------------------------
 def test_reward_gates_and_degenerate_captions():
-    from vidcap.ablate import check_gates, degenerate_share
+    from vidcap.experiments.ablate import check_gates, degenerate_share
 
     assert degenerate_share(["a man is cooking", "a man is a", "a dog dog runs", "", "a cat runs and"]) == 0.8
     base = {"variant": "global", "encoder": "position", "objects_order_acc": 0.8, "order_given_objects_acc": 0.9,
@@ -388,7 +388,7 @@ def test_reward_gates_and_degenerate_captions():
 def test_explanation_outlines_the_frame_each_word_took(tmp_path, monkeypatch):
     import matplotlib.patches
 
-    from vidcap.explain import HIGHLIGHT, render_explanation
+    from vidcap.report.explain import HIGHLIGHT, render_explanation
 
     outlined = []
 

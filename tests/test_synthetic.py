@@ -60,7 +60,7 @@ def test_slot_layout_for_64_frames_and_26_samples():
 
 @pytest.mark.parametrize(("num_frames", "k"), [(64, 26), (20, 7), (240, 26), (16, 8), (30, 30)])
 def test_slot_layout_follows_the_paper_sampling_chunks(num_frames, k):
-    from vidcap.video import sample_frame_indices
+    from vidcap.video.reader import sample_frame_indices
 
     layout = syn.slot_layout(num_frames, k)
     chunks = np.array_split(np.arange(num_frames), k)
@@ -114,7 +114,7 @@ def test_swapping_events_or_reversing_motions_gives_the_same_set_of_sampled_fram
 def test_swapped_events_decode_to_the_same_set_of_sampled_frames(tmp_path, backend):
     """Through the real encoder and decoder: a picture must decode the same wherever it sits in the stream, or the
     frames themselves tell a model blind to order which event came first (inter-frame coding did)."""
-    from vidcap.video import read_sampled_frames
+    from vidcap.video.reader import read_sampled_frames
 
     spec = syn.video_specs(1, seed=5)[0]
     first, second = spec.events

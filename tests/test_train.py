@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from vidcap.cli import main
-from vidcap.data import CaptionDataModule, collate
 from vidcap.errors import UsageError
-from vidcap.vocab import Vocabulary
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import CaptionDataModule, collate
 
 REPO = Path(__file__).resolve().parents[1]
 T, DG, DL = 5, 6, 4
@@ -132,7 +132,7 @@ def test_datamodule_sizes_splits_and_skipped_videos(dataset, caplog):
     assert (dm.vocab_size, dm.global_dim, dm.local_dim, dm.num_frames) == (4 + len(WORDS), DG, DL, T)
     assert dm.feature_meta["global"]["name"] == "fake2d"
     assert dm.datasets == {}  # nothing read before setup()
-    with caplog.at_level(logging.WARNING, logger="vidcap.data"):
+    with caplog.at_level(logging.WARNING, logger="vidcap.training.data"):
         dm.setup("fit")
     assert "train: 1 of 9 videos have no features" in caplog.text
     assert len(dm.datasets["train"]) == 10 and len(dm.datasets["val"]) == 3
@@ -219,7 +219,7 @@ def test_bf16_autocast_trains(dataset, tmp_path, encoder):
 
 @pytest.mark.slow
 def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog):
-    from vidcap.checkpoint import load_checkpoint
+    from vidcap.model.checkpoint import load_checkpoint
 
     root = tmp_path / "run"
     args = cli_args(dataset, root, "--trainer.val_check_interval", "2", "--trainer.limit_train_batches", "3",
@@ -249,7 +249,7 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
 
     # The hyper-parameters hold the architecture only (LightningCLI restores them for --ckpt_path FILE); the
     # decoding options the run used are in the "vidcap" section.
-    from vidcap.lit_module import ARCHITECTURE
+    from vidcap.training.module import ARCHITECTURE
 
     assert checkpoint["hyper_parameters"] == {"architecture": {k: meta["model"][k] for k in ARCHITECTURE}}
     assert set(ARCHITECTURE) == set(meta["model"]) - {"vocab_size", "global_dim", "local_dim", "max_frames"}
@@ -258,13 +258,13 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
     # With a checkpoint file, its architecture wins over the config's (and says so); given as "last", a mismatch
     # is one line, not a state_dict traceback.
     other = cli_args(dataset, root, model="local_global")
-    with caplog.at_level(logging.WARNING, logger="vidcap.cli.train"):
+    with caplog.at_level(logging.WARNING, logger="vidcap.training.lightning_cli"):
         assert main(["validate", *other, "--ckpt_path", str(last)]) == 0
     assert "model.architecture.variant: 'global' from the checkpoint, not 'local_global'" in caplog.text
     assert main(["validate", *other, "--ckpt_path", "last"]) == 2
     assert "the checkpoint's model differs: variant='global' (config: 'local_global')" in capsys.readouterr().err
     # Options other than the architecture come from the command line, not from the checkpoint.
-    from vidcap.cli.train import build_cli
+    from vidcap.training.lightning_cli import build_cli
 
     cli = build_cli(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
                      "--model.attention_penalty", "0.5"])
@@ -280,7 +280,7 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
 
 
 def count_score(references, predictions):
-    """Stand-in for vidcap.metrics.score_captions (no Java) whose values count what it was given."""
+    """Stand-in for vidcap.text.metrics.score_captions (no Java) whose values count what it was given."""
     return {"Bleu_1": 0.0, "Bleu_2": 0.0, "Bleu_3": 0.0,
             "Bleu_4": float(sum(len(r) for r in references.values())),  # references scored
             "METEOR": float(sum(len(p.split()) for p in predictions.values())),  # predicted words
@@ -289,7 +289,7 @@ def count_score(references, predictions):
 
 def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monkeypatch):
     """Decoded captions of every batch are collected and scored in one call per validation epoch."""
-    import vidcap.metrics
+    import vidcap.text.metrics
 
     calls = []
 
@@ -297,7 +297,7 @@ def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monke
         calls.append((dict(references), dict(predictions)))
         return count_score(references, predictions)
 
-    monkeypatch.setattr(vidcap.metrics, "score_captions", fake_score)
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions", fake_score)
     args = cli_args(dataset, tmp_path, "--model.caption_metrics", "true", "--data.eval_batch_size", "2",
                     "--trainer.limit_val_batches", "1.0")
     assert main(["validate", *args]) == 0
@@ -312,8 +312,8 @@ def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monke
 
 
 def test_load_checkpoint_rejects_other_files(tmp_path):
-    from vidcap.checkpoint import load_checkpoint
     from vidcap.errors import CheckpointError
+    from vidcap.model.checkpoint import load_checkpoint
 
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "none.ckpt")
@@ -337,18 +337,18 @@ def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):
     One process validating the same weights must log exactly the same perplexity and caption scores.
     The scorer is `count_score` (no Java) in both runs: a script patches it in, and Lightning relaunches
     that script for the second rank."""
-    import vidcap.metrics
+    import vidcap.text.metrics
 
     script = tmp_path / "vidcap_counting.py"
     script.write_text(
-        "import sys\nimport vidcap.metrics\n"
+        "import sys\nimport vidcap.text.metrics\n"
         f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
         "from test_train import count_score\n"
-        "vidcap.metrics.score_captions = count_score\n"
+        "vidcap.text.metrics.score_captions = count_score\n"
         "from vidcap.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"
     )
-    monkeypatch.setattr(vidcap.metrics, "score_captions", count_score)
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions", count_score)
     root = tmp_path / "ddp"
     common = ["--model.caption_metrics", "true", "--model.decoding.beam_size", "2", "--trainer.limit_val_batches", "1.0"]
     args = cli_args(dataset, root, *common, "--trainer.devices", "2", "--trainer.strategy", "ddp",

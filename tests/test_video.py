@@ -1,4 +1,4 @@
-"""vidcap.video: the paper's frame sampling, decoding every supported format, decord vs PyAV, broken files.
+"""vidcap.video.reader: the paper's frame sampling, decoding every supported format, decord vs PyAV, broken files.
 
 Videos are written with PyAV into tmp_path (tests/conftest.py). Flat frames whose grey level is 8 * i identify each
 decoded frame exactly; textured frames compare the two decoders on the same file.
@@ -12,9 +12,9 @@ import av
 import numpy as np
 import pytest
 
-from tests.conftest import numbered_frames, write_video
+from tests.helpers import numbered_frames, write_video
 from vidcap.errors import VideoError
-from vidcap.video import (
+from vidcap.video.reader import (
     SampledFrames,
     clip_indices,
     open_video,
@@ -323,7 +323,7 @@ def test_auto_uses_pyav_without_decord(tiny_video, monkeypatch):
 
 def test_decord_torch_bridge_still_gives_numpy():
     """Another library may switch decord's global bridge to torch; frames must stay numpy uint8."""
-    from vidcap.decoders import _to_uint8_batch
+    from vidcap.video.decord_backend import _to_uint8_batch
 
     class TorchLike:  # what get_batch returns under the torch bridge: a tensor with .numpy(), no .asnumpy()
         def numpy(self):

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vidcap.errors import UsageError
-from vidcap.vocab import SPECIAL_TOKENS, Vocabulary
+from vidcap.text.vocab import SPECIAL_TOKENS, Vocabulary
 
 # ---------------------------------------------------------------------------------------------------------------
 CAPTIONS = [c.split() for c in ("a man runs", "a man walks", "a dog runs", "the dog")]

@@ -4,7 +4,7 @@
     result = caption_video("clip.mp4", captioner, DecodingOptions(beam_size=5))
     result.caption, result.score, result.attention          # str, log-prob, (L, K) weights
 
-A checkpoint alone rebuilds the captioner: `checkpoint["vidcap"]` (written by vidcap.lit_module) holds the model
+A checkpoint alone rebuilds the captioner: `checkpoint["vidcap"]` (written by vidcap.training.module) holds the model
 sizes, the vocabulary and the feature store's meta.json, so the video is sampled and its features extracted exactly
 as `vidcap extract` did for training (same extractors, same weights, same frame count, same float16 rounding).
 Loading never executes code from the file: `torch.load(weights_only=True)` and a JSON-typed vocabulary.
@@ -22,15 +22,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from vidcap.checkpoint import load_checkpoint
-from vidcap.decoding import DecodingOptions, decode
 from vidcap.errors import CheckpointError, UsageError
-from vidcap.extractors import RANDOM_SEED, Extractor, build_extractors_from_meta, sampled_features
-from vidcap.model import LOCAL_VARIANTS, CaptionModel
+from vidcap.features.extractors import RANDOM_SEED, Extractor, build_extractors_from_meta, sampled_features
+from vidcap.features.store import sampling_of
+from vidcap.model.captioner import LOCAL_VARIANTS, CaptionModel
+from vidcap.model.checkpoint import load_checkpoint
+from vidcap.model.decoding import DecodingOptions, decode
 from vidcap.precision import autocast, check_precision
-from vidcap.store import sampling_of
-from vidcap.video import SAMPLING_RULE, FrameRequest, SampledFrames, read_sampled_frames
-from vidcap.vocab import Vocabulary
+from vidcap.text.vocab import Vocabulary
+from vidcap.video.reader import SAMPLING_RULE, FrameRequest, SampledFrames, read_sampled_frames
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ class CaptionResult:
     attention: (L, K) float32, row l = the attention weights over the frames when words[l] was emitted;
     frames: (K, h, w, 3) uint8 sampled frames at most FRAME_HEIGHT high (only with `with_frames=True`);
     taken: hard attention only (None with soft): the frame each word took (index into frame_times), the argmax of
-    its attention row (vidcap.hard_attention).
+    its attention row (vidcap.training.hard_attention).
     """
 
     path: str
@@ -170,7 +170,7 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
 
 def _read(path: str | os.PathLike, captioner: Captioner, backend: str, with_frames: bool) -> SampledFrames:
     """One pass over the video: the extractors' inputs, and the sampled frames shrunk to FRAME_HEIGHT if asked."""
-    from vidcap.explain import thumbnails
+    from vidcap.report.explain import thumbnails
 
     requests = {kind: ext.request for kind, ext in captioner.extractors.items()}
     if with_frames:
@@ -203,8 +203,8 @@ def caption_video(
 ) -> CaptionResult:
     """Caption one video file. Only the K sampled frames (and the clips around them for local features) are decoded.
 
-    options: beam size, n-best, ... (vidcap.decoding.DecodingOptions; default beam 5, n_best 1).
-    with_frames: also return the sampled frames (for vidcap.explain), shrunk to at most FRAME_HEIGHT pixels high.
+    options: beam size, n-best, ... (vidcap.model.decoding.DecodingOptions; default beam 5, n_best 1).
+    with_frames: also return the sampled frames (for vidcap.report.explain), shrunk to at most FRAME_HEIGHT pixels high.
     Raises VideoError (missing, empty, unreadable file, no video stream, no decodable frame).
     """
     options = options or DecodingOptions()
@@ -238,7 +238,7 @@ def caption_video(
 
 def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str | None = None) -> Path:
     """Write the attention explanation of `result` (which needs `with_frames=True`) to `png`."""
-    from vidcap.explain import render_explanation
+    from vidcap.report.explain import render_explanation
 
     if result.frames is None:
         raise UsageError("explain_result needs the frames: caption_video(..., with_frames=True)")

@@ -6,7 +6,7 @@ use, thread counts. `machine_line()` is the one line that goes beside every meas
 results depend on the CPU's instruction set, so a number without it cannot be compared.
 
 `self_test(folder)` writes a tiny video, decodes it with each backend, and decodes it again in an extraction loader
-worker after this process converted frames itself (the av 18.1.1 fork hang, vidcap.video.WORKER_START_METHOD); each
+worker after this process converted frames itself (the av 18.1.1 fork hang, vidcap.video.reader.WORKER_START_METHOD); each
 check is a `Check` that says what failed in one line. `vidcap doctor` prints both and exits 1 if a check fails.
 """
 
@@ -197,7 +197,7 @@ def _check(name: str, run) -> Check:
 def self_test(folder: str | os.PathLike) -> list[Check]:
     """Write a tiny video into `folder`, decode it with PyAV and decord (where installed), then in an extraction
     loader worker after this process converted frames with PyAV's default threads. One Check per step."""
-    from vidcap.video import read_sampled_frames
+    from vidcap.video.reader import read_sampled_frames
 
     path = Path(folder) / "doctor.mp4"
     expected = _test_frames()
@@ -222,13 +222,13 @@ def self_test(folder: str | os.PathLike) -> list[Check]:
 
 
 def _worker_decode(path: Path, expected: np.ndarray):
-    """The extraction's own loader (vidcap.extract_shard.decoding_loader), one worker, after a conversion with
+    """The extraction's own loader (vidcap.features.shard.decoding_loader), one worker, after a conversion with
     PyAV's default threads here: a worker forked from this process would hang on av 18.1.1."""
     import av
 
-    from vidcap.extract import ExtractOptions
-    from vidcap.extract_shard import VideoDataset, decoding_loader, worker_failure
-    from vidcap.video import WORKER_START_METHOD, FrameRequest
+    from vidcap.features.extract import ExtractOptions
+    from vidcap.features.shard import VideoDataset, decoding_loader, worker_failure
+    from vidcap.video.reader import WORKER_START_METHOD, FrameRequest
 
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):

@@ -32,12 +32,12 @@ import torch.distributed as dist
 from pytorch_lightning import Callback
 
 from vidcap import atomic, launcher
-from vidcap.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.errors import CheckpointError, UsageError
-from vidcap.lit_module import CaptionModule
-from vidcap.model import LOCAL_VARIANTS, ModelConfig
+from vidcap.model.captioner import LOCAL_VARIANTS, ModelConfig
+from vidcap.model.decoding import DecodingOptions, Hypothesis, decode
 from vidcap.precision import check_precision
-from vidcap.vocab import Vocabulary
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.module import CaptionModule
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +179,7 @@ def _check_store(checkpoint: Path, model: Mapping[str, Any], trained: Mapping[st
     """The feature store must hold the features the model reads, as it was trained on them (same extractors, sizes,
     frame sampling). A global-only model trained on a store with local features can be evaluated on a global-only
     store."""
-    from vidcap.store import sampling_of
+    from vidcap.features.store import sampling_of
 
     kinds = ("global", "local") if model.get("variant") in LOCAL_VARIANTS else ("global",)
     for kind in kinds:
@@ -247,10 +247,10 @@ def evaluate(
     """
     import pytorch_lightning as pl
 
-    from vidcap.checkpoint import read_checkpoint, read_vidcap_section
-    from vidcap.data import CaptionDataModule, CaptionDataset
     from vidcap.datasets import content_metrics, dataset_module
-    from vidcap.store import read_meta
+    from vidcap.features.store import read_meta
+    from vidcap.model.checkpoint import read_checkpoint, read_vidcap_section
+    from vidcap.training.data import CaptionDataModule, CaptionDataset
 
     checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
     # Lightning's Trainer runs on the launcher's group as it is (the backend it would pick itself).
@@ -346,24 +346,3 @@ def write_outputs(result: EvaluationResult, out_dir: str | os.PathLike) -> dict[
     files["evaluation"] = {"checkpoint": result.checkpoint, "split": result.split, "dataset": result.dataset,
                            "model": result.model, "options": result.options}
     return {name: atomic.write_json(out / f"{name}.json", content, indent=1) for name, content in files.items()}
-
-
-def model_label(model: Mapping[str, Any], local_features: str | None = None) -> str:
-    """Table 1's name of a model (`+ Global (temporal attention)`), with its frame encoder when it has one and, for
-    the variants with local features, the local extractor when it is named (the paper's rows say 3-D CNN)."""
-    from vidcap.table import VARIANT_LABELS
-
-    label = VARIANT_LABELS.get(model.get("variant"), str(model.get("variant")))
-    details = []
-    if local_features and model.get("variant") in LOCAL_VARIANTS:
-        label = label.replace(" (3-D CNN)", "")
-        details.append(f"local: {local_features}")
-    encoder = model.get("encoder", "none")
-    if encoder not in (None, "none"):
-        details.append(f"{encoder} encoder")
-    return f"{label} [{', '.join(details)}]" if details else label
-
-
-def local_feature_name(meta: Mapping[str, Any]) -> str | None:
-    """The local extractor's name in a feature-store meta.json, or None when it has no local features."""
-    return (meta.get("local") or {}).get("name")

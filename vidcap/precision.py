@@ -3,7 +3,7 @@ records the device and precision its features were computed with (issue 17).
 
 Training's `trainer.precision` (configs/trainer/gpu.yaml: bf16-mixed) is Lightning's; `evaluate` hands the same
 string to Lightning, `caption` and `extract --amp` use `autocast` here. Under bf16 autocast the decoder's recurrent
-cell and output layer still run in float32 (vidcap.model), so bf16-mixed and 32-true pick the same words unless two
+cell and output layer still run in float32 (vidcap.model.captioner), so bf16-mixed and 32-true pick the same words unless two
 are within bf16 rounding of each other in the rest of the model.
 """
 

@@ -38,7 +38,13 @@ TRAINING_TEXT = {"xe": "cross-entropy", "hard": "hard attention", "scst": "SCST"
 
 def run(args: argparse.Namespace) -> int:
     quiet_lightning()
-    from vidcap.ablate import ABLATION_RUNS, check_gates, format_ablation, parse_runs, run_ablation
+    from vidcap.experiments.ablate import (
+        ABLATION_RUNS,
+        check_gates,
+        format_ablation,
+        parse_runs,
+        run_ablation,
+    )
 
     runs = parse_runs(args.runs) if args.runs else ABLATION_RUNS
 

@@ -76,9 +76,9 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vidcap.caption import caption_video, explain_result, load_captioner
-    from vidcap.decoding import DecodingOptions
-    from vidcap.report import report_folder, write_report
-    from vidcap.report_cards import caption_card
+    from vidcap.model.decoding import DecodingOptions
+    from vidcap.report.cards import caption_card
+    from vidcap.report.page import report_folder, write_report
 
     options = DecodingOptions(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
@@ -100,7 +100,7 @@ def run(args: argparse.Namespace) -> int:
             bar.write(f"skipping {video}: {_reason(error, video)}", file=sys.stderr)
             continue
         except _DECODER_ERRORS as error:
-            # A file the decoders choke on in a way vidcap.video does not foresee must not end a batch of thousands:
+            # A file the decoders choke on in a way vidcap.video.reader does not foresee must not end a batch of thousands:
             # one line, and the traceback with -v.
             logger.debug("%s: unexpected error", video, exc_info=True)
             failed += 1

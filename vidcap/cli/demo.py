@@ -64,7 +64,7 @@ def quiet_lightning() -> None:
 
 def settings_from_args(args: argparse.Namespace):
     """DemoSettings with the hidden flags that were given: dataset knobs as fields, training ones as overrides."""
-    from vidcap.demo import DemoSettings
+    from vidcap.experiments.demo import DemoSettings
 
     given = {dest: getattr(args, dest) for dest, _ in _HIDDEN.values() if getattr(args, dest, None) is not None}
     overrides = [part for dest, value in given.items() if dest in _TRAINING
@@ -91,7 +91,7 @@ def print_metrics(metrics: dict[str, float]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     quiet_lightning()
-    from vidcap.demo import demo_stages, run_demo
+    from vidcap.experiments.demo import demo_stages, run_demo
 
     settings = settings_from_args(args)
     stages = demo_stages(args.scst)

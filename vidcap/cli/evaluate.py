@@ -1,5 +1,5 @@
 """`vidcap evaluate`: decode a split with a checkpoint, write predictions.json + metrics.json, print a Table 1 row;
-with --report, the HTML report of the split (vidcap.report_cards)."""
+with --report, the HTML report of the split (vidcap.report.cards)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def paper_metrics(result) -> tuple[str | None, dict | None]:
     """The paper's Table 1 dataset name and row for the evaluated model's variant and dataset (None, None: no row)."""
     from vidcap.datasets import registry
-    from vidcap.table import paper_row
+    from vidcap.report.table import paper_row
 
     module = registry().get(result.dataset) if result.dataset else None
     paper_dataset = module.PAPER_DATASET if module else None
@@ -64,9 +64,8 @@ def paper_metrics(result) -> tuple[str | None, dict | None]:
 
 
 def table_rows(result, compare: bool) -> tuple[list, list[str]]:
-    """Rows for vidcap.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
-    from vidcap.evaluation import local_feature_name, model_label
-    from vidcap.table import VARIANT_LABELS
+    """Rows for vidcap.report.table.format_table: ours, and with `compare` the paper's; plus notes to print below."""
+    from vidcap.report.table import VARIANT_LABELS, local_feature_name, model_label
 
     rows = [(f"ours: {model_label(result.model, local_feature_name(result.features))}", result.metrics)]
     notes = []
@@ -82,11 +81,11 @@ def table_rows(result, compare: bool) -> tuple[list, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
-    from vidcap.table import format_table
+    from vidcap.report.table import format_table
 
     def check_outputs() -> None:
         if args.report:
-            from vidcap.report import report_folder
+            from vidcap.report.page import report_folder
 
             report_folder(args.report)  # now, not after minutes of decoding
 
@@ -113,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
         print(", ".join(f"{k} {v:.3f}" for k, v in content.items()))
     print("wrote " + ", ".join(str(p) for p in written.values()), file=sys.stderr)
     if args.report:
-        from vidcap.report_cards import write_evaluation_report
+        from vidcap.report.cards import write_evaluation_report
 
         paper = paper_metrics(result)[1] if args.compare else None
         page = write_evaluation_report(result, args.data, args.report, paper=paper)

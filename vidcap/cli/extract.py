@@ -34,8 +34,8 @@ def _split_names(text: str) -> list[str]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name)."""
-    from vidcap.extract import WORKER_TIMEOUT
-    from vidcap.extractors import describe_registry, extractor_names
+    from vidcap.features.extract import WORKER_TIMEOUT
+    from vidcap.features.extractors import describe_registry, extractor_names
 
     parser.formatter_class = argparse.RawTextHelpFormatter
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with videos.csv (vidcap prepare)")
@@ -94,7 +94,7 @@ def _report_failure(video_id: str, path: str, reason: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidcap.extract import ExtractOptions, run_extract
+    from vidcap.features.extract import ExtractOptions, run_extract
 
     values = {f.name: getattr(args, f.name) for f in fields(ExtractOptions) if f.name != "image_sizes"}
     options = ExtractOptions(**values, image_sizes={"global": args.global_size, "local": args.local_size})

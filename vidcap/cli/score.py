@@ -37,7 +37,7 @@ def _load(path: Path):
 
 def load_inputs(references_path: Path, predictions_path: Path) -> tuple[dict, dict]:
     """Read and check both files (`metrics.check_inputs`); UsageError naming the file at fault."""
-    from vidcap.metrics import InputError, check_inputs
+    from vidcap.text.metrics import InputError, check_inputs
 
     references, predictions = _load(references_path), _load(predictions_path)
     try:
@@ -49,7 +49,7 @@ def load_inputs(references_path: Path, predictions_path: Path) -> tuple[dict, di
 
 
 def run(args) -> int:
-    from vidcap import metrics
+    from vidcap.text import metrics
 
     references, predictions = load_inputs(args.references, args.predictions)
     print(json.dumps(metrics.score_captions(references, predictions)))

@@ -2,7 +2,7 @@
 
 A dataset is one module (or package) `vidcap/datasets/<name>.py` that defines
     NAME, HELP, EXAMPLE              # `vidcap prepare NAME`, its one-line help, example command lines
-    PAPER_DATASET                    # key of vidcap.table.PAPER_TABLE1, or None when the paper has no row for it
+    PAPER_DATASET                    # key of vidcap.report.table.PAPER_TABLE1, or None when the paper has no row for it
     add_arguments(parser)            # its own options (--out, --min-count, --max-vocab are added here for all)
     load(args) -> (captions, videos, report)
                                      # captions [video_id, split, caption] (raw text), videos [video_id, split, path],
@@ -34,7 +34,7 @@ import pandas as pd
 
 from vidcap.atomic import atomic_path, write_json
 from vidcap.errors import UsageError
-from vidcap.vocab import SPECIAL_TOKENS, Vocabulary
+from vidcap.text.vocab import SPECIAL_TOKENS, Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -305,7 +305,7 @@ def tokenize_captions(captions: pd.DataFrame, java: str | None = None) -> tuple[
     punctuation dropped, as the metrics see it; docs/metrics.md). A table that has a `tokens` column already (a
     dataset shipped tokenised) keeps it. Captions left with no token are dropped. Returns (the table, how many were
     dropped)."""
-    from vidcap.metrics import ptb_tokenize
+    from vidcap.text.metrics import ptb_tokenize
 
     if "tokens" in captions.columns:
         table = captions.assign(tokens=[" ".join(str(t).split()) for t in captions["tokens"]])
@@ -331,7 +331,7 @@ def split_table(captions: pd.DataFrame, videos: pd.DataFrame,
 
 def prepare_args(name: str, args: argparse.Namespace) -> dict[str, Any]:
     """`prepare` with parsed arguments (what `vidcap prepare` runs)."""
-    from vidcap.metrics import find_java
+    from vidcap.text.metrics import find_java
 
     module = _module(name)
     java = find_java()  # before any work: the dataset may take minutes to load

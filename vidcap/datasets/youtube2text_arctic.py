@@ -1,7 +1,7 @@
 """The authors' preprocessed Youtube2Text (`youtube2text_iccv15/`): their captions, tokens, vocabulary and features.
 
 The folder the original code (yaoli/arctic-capgen-vid) trains on holds Python-2 pickles; this module reads these,
-always through vidcap.safe_pickle (a pickle runs code when loaded; these only rebuild containers and arrays):
+always through vidcap.datasets.safe_pickle (a pickle runs code when loaded; these only rebuild containers and arrays):
 
     train.pkl, valid.pkl, test.pkl        lists of "vid<N>_<capID>": the (video, caption) pairs of each split
     CAP.pkl                               {"vid<N>": [{"image_id", "cap_id", "caption", "tokenized"}, ...]}
@@ -37,12 +37,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidcap import store
 from vidcap.datasets import MSVD_SPLIT_SIZES, SPLITS, clean_caption
+from vidcap.datasets.safe_pickle import load_pickle, py2_text
 from vidcap.errors import UsageError
-from vidcap.safe_pickle import load_pickle, py2_text
-from vidcap.video import SAMPLING_RULE, sample_frame_indices
-from vidcap.vocab import SPECIAL_TOKENS, Vocabulary
+from vidcap.features import store
+from vidcap.text.vocab import SPECIAL_TOKENS, Vocabulary
+from vidcap.video.reader import SAMPLING_RULE, sample_frame_indices
 
 log = logging.getLogger(__name__)
 

@@ -6,7 +6,7 @@ The captions ("a red ball appears and then a blue box moves left", "... after ..
 `parse_caption` maps any of them (and best-effort, whatever a model writes) back to the two events in temporal order,
 so that `content_metrics` can say whether a model got the objects, their order and the directions right.
 
-Temporal design (issue 7). The model sees K frames sampled with the paper's rule (`vidcap.video.sample_frame_indices`:
+Temporal design (issue 7). The model sees K frames sampled with the paper's rule (`vidcap.video.reader.sample_frame_indices`:
 the first frame of each of K `np.array_split` chunks). Slot 1 is sampled frames 0..K//2-1, slot 2 the last K//2 (an odd
 K leaves the middle sampled frame empty), and every raw frame belongs to the slot of its chunk. So both events cover the
 same number of sampled frames, and a motion's position at the j-th sampled frame of its slot is a symmetric function of

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from vidcap.errors import UsageError
-from vidcap.video import sample_frame_indices
+from vidcap.video.reader import sample_frame_indices
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (220, 45, 45),

@@ -1,0 +1,1 @@
+"""The captioner as a plain nn.Module (captioner, layers), decoding (one search loop) and checkpoints."""

@@ -1,0 +1,241 @@
+"""The training entry point: LightningCLI over CaptionModule + CaptionDataModule, configured by YAML.
+
+`vidcap fit | validate | test` (vidcap/cli/train.py) and the experiments (vidcap.experiments) run it.
+
+Compose the files in configs/ (later files override earlier ones, command-line flags override all):
+    vidcap fit --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
+        --config configs/trainer/gpu.yaml --data.data_dir DIR --data.features_dir FEATS
+`vidcap fit --help` lists every option; `--print_config` prints the resolved config (also saved with every run).
+
+What this adds to LightningCLI (through its public hooks only):
+- the model's data-derived sizes, vocabulary and feature meta are linked from the data module (`link_arguments`),
+  never typed;
+- `checkpoint` (ModelCheckpoint: best by `val/CIDEr`, plus last.ckpt) and `early_stopping` (EarlyStopping on the
+  same monitor, patience 20 validations as the original) option groups; with `--model.caption_metrics false`
+  a caption-metric monitor falls back to `val/loss` (mode min), since nothing else would be logged;
+- checkpoints go to `<default_root_dir>/checkpoints` unless `--checkpoint.dirpath` says otherwise, so that
+  `--ckpt_path last` finds the last.ckpt of an interrupted run (Lightning would look in a new version folder);
+- checkpoints are loaded with `weights_only=True` (no pickled code runs);
+- with `--ckpt_path FILE`, the architecture comes from the checkpoint (its hyper-parameters hold nothing else, see
+  vidcap.training.module) and a differing config value is reported; decoding and training options come from the config;
+- with `--model.init_from FILE`, the architecture comes from that checkpoint too (self-critical training starts from
+  a cross-entropy checkpoint: configs/experiment/scst.yaml);
+- trainer defaults: gradient-norm clipping at 10 (the original), seed 0. This is the one place they are set.
+- logs: Lightning's default logger, TensorBoard (a dependency), in <default_root_dir>/lightning_logs/version_N; a
+  logger whose save_dir is "" writes there too (a CSV log: configs/trainer/csv_logger.yaml). With a logger, the
+  learning rate is logged (LearningRateMonitor), and the `explanation` option group (vidcap.training.callbacks) draws one
+  validation video's attention into TensorBoard after each validation; `vidcap fit` prints `tensorboard --logdir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import logging
+import os
+import sys
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from vidcap.errors import UsageError
+
+log = logging.getLogger(__name__)
+
+HELP = "train (fit), validate or test a captioner; LightningCLI with --config YAML files from configs/"
+EXAMPLE = """\
+  vidcap fit --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
+      --config configs/trainer/gpu.yaml --data.data_dir data/msvd --data.features_dir features/msvd
+  vidcap fit --config configs/data/synthetic.yaml --config configs/model/global.yaml --config configs/debug.yaml \\
+      --data.data_dir demo/data --data.features_dir demo/features --trainer.fast_dev_run true
+  vidcap fit --config configs/experiment/demo.yaml \
+      --data.data_dir demo_out/data --data.features_dir demo_out/features   # the demo's model
+  vidcap fit ... --ckpt_path last                      # resume an interrupted run
+  vidcap test --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
+      --data.data_dir data/msvd --data.features_dir features/msvd --ckpt_path checkpoints/last.ckpt
+"""
+
+# Monitors that exist only when the caption metrics are computed.
+_CAPTION_MONITORS = {f"val/{name}" for name in ("BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
+SUBCOMMANDS = ("fit", "validate", "test")
+TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
+
+
+def _vocab_to_dict(vocab) -> dict:
+    return vocab.to_dict()
+
+
+def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
+    """The LightningCLI for `args` (`[subcommand, *options]` when run=True, options only when run=False).
+    `callbacks` are added to the Trainer's (not part of the config: e.g. a progress display)."""
+    from jsonargparse import DefaultHelpFormatter
+    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+    from pytorch_lightning.cli import LightningCLI
+
+    from vidcap.training.callbacks import ExplanationImage
+    from vidcap.training.data import CaptionDataModule
+    from vidcap.training.module import DATA_SIZES, CaptionModule
+
+    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+        """jsonargparse's help, with the examples printed as written."""
+
+    class VidcapCLI(LightningCLI):
+        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+            if add_subcommands:
+                # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
+                self.parser.set_defaults({f"{name}.weights_only": True for name in SUBCOMMANDS})
+
+        def add_arguments_to_parser(self, parser) -> None:
+            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+            parser.set_defaults({
+                "checkpoint.monitor": "val/CIDEr",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+            })
+            parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+            parser.set_defaults({
+                "early_stopping.monitor": "val/CIDEr",
+                "early_stopping.mode": "max",
+                "early_stopping.patience": 20,
+            })
+            parser.add_lightning_class_args(ExplanationImage, "explanation")
+            for field, attribute in DATA_SIZES.items():
+                parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
+            parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
+            parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
+
+        def parse_arguments(self, parser, args) -> None:
+            super().parse_arguments(parser, args)
+            # LightningCLI then overwrites the architecture with a --ckpt_path file's hyper-parameters: keep what
+            # was asked for, to report the differences.
+            self.requested = self.config.clone()
+
+        def before_instantiate_classes(self) -> None:
+            config = self.config[self.subcommand] if self.subcommand else self.config
+            if self.subcommand:
+                _report_checkpoint_architecture(self.requested[self.subcommand], config)
+            _architecture_from_init(config)
+            _resolve_monitors(config)
+            if config.checkpoint.dirpath is None:
+                root = config.trainer.default_root_dir or os.getcwd()
+                config.checkpoint.dirpath = os.path.join(str(root), "checkpoints")
+            logger = config.trainer.logger
+            if hasattr(logger, "init_args") and logger.init_args.get("save_dir", ".") == "":
+                # save_dir "" (configs/trainer/csv_logger.yaml): where Lightning's default logger writes, beside the
+                # checkpoints (a logger's save_dir cannot be left out: jsonargparse requires it).
+                logger.init_args.save_dir = str(config.trainer.default_root_dir or os.getcwd())
+
+        def instantiate_trainer(self, **kwargs: Any):
+            trainer = super().instantiate_trainer(**kwargs)
+            if trainer.loggers:  # LearningRateMonitor refuses a trainer without a logger (--trainer.logger false)
+                trainer.callbacks.append(LearningRateMonitor())
+            return trainer
+
+    return VidcapCLI(
+        CaptionModule,
+        CaptionDataModule,
+        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)},
+        seed_everything_default=0,
+        # Resuming or re-testing in the same folder rewrites its config.yaml instead of refusing to start.
+        save_config_kwargs={"overwrite": True},
+        parser_kwargs={
+            "prog": "vidcap",
+            "description": HELP,
+            "formatter_class": HelpFormatter,  # jsonargparse gives subcommands the main parser's formatter
+            **{name: {"epilog": "examples:\n" + EXAMPLE, "formatter_class": HelpFormatter} for name in SUBCOMMANDS},
+        },
+        args=args,
+        run=run,
+    )
+
+
+def _architecture_from_init(config: Any) -> None:
+    """With `--model.init_from FILE` (SCST from a cross-entropy checkpoint), the architecture is the checkpoint's, as
+    `vidcap caption` rebuilds it; each value that differs from the config's is logged. The data-derived sizes stay
+    linked from the data, and vidcap.training.scst checks that they fit the checkpoint."""
+    from dataclasses import fields
+
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.training.module import ARCHITECTURE
+    from vidcap.training.scst import checkpoint_model
+
+    path = config.model.get("init_from")
+    if not path:
+        return
+    saved, architecture = checkpoint_model(path), config.model.architecture
+    defaults = {f.name: f.default for f in fields(ModelConfig)}
+    for key in ARCHITECTURE:
+        if key in saved and architecture[key] != saved[key]:
+            # A value the config set (not ModelConfig's default) that the checkpoint overrides deserves a warning.
+            level = logging.INFO if architecture[key] == defaults.get(key) else logging.WARNING
+            log.log(level, "model.architecture.%s: %r from %s, not %r", key, saved[key], path, architecture[key])
+            architecture[key] = saved[key]
+
+
+def _report_checkpoint_architecture(requested: Any, config: Any) -> None:
+    """With `--ckpt_path FILE`, log each architecture value the checkpoint changed."""
+    if not config.get("ckpt_path"):
+        return
+    asked, used = requested.model.architecture, config.model.architecture
+    for key in used.keys():
+        if asked[key] != used[key] and not (key == "encoder" and asked[key] == "auto"):
+            log.warning("model.architecture.%s: %r from the checkpoint, not %r", key, used[key], asked[key])
+
+
+def _resolve_monitors(config: Any) -> None:
+    """Without caption metrics, a val/CIDEr (etc.) monitor would never be logged: monitor val/loss instead."""
+    if config.model.caption_metrics:
+        return
+    for group in ("checkpoint", "early_stopping"):
+        section = config[group]
+        if section.monitor in _CAPTION_MONITORS:
+            log.info("%s: caption_metrics is off, monitoring val/loss (min) instead of %s", group, section.monitor)
+            section.monitor, section.mode = "val/loss", "min"
+
+
+def run_lightning(name: str, argv: Sequence[str], callbacks: Sequence[Any] = ()) -> int:
+    """Run `vidcap NAME ARGV...` (NAME in fit/validate/test) through LightningCLI; returns the exit code.
+    `callbacks`: extra Trainer callbacks that are not part of the config (progress displays). `fit` prints the
+    `tensorboard --logdir` line on stderr as training starts."""
+    if name not in SUBCOMMANDS:
+        raise UsageError(f"unknown Lightning subcommand {name!r}")
+    try:
+        with warnings.catch_warnings():
+            # We pass args on purpose (sys.argv holds `vidcap fit ...`); jsonargparse deprecations come from
+            # Lightning's own calls and are not actionable here.
+            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
+            build_cli([name, *argv], callbacks=[*callbacks, *([_tensorboard_hint()] if name == "fit" else [])])
+    except SystemExit as exit_:  # --help, --print_config and argument errors (jsonargparse prints them)
+        code = exit_.code
+        return code if isinstance(code, int) else (0 if code is None else 2)
+    return 0
+
+
+def resolved_config(name: str, argv: Sequence[str]) -> str:
+    """The YAML config `vidcap NAME ARGV...` would run with (its `--print_config`), without running anything.
+    UsageError with jsonargparse's message when the arguments do not parse."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_lightning(name, [*argv, "--print_config"])
+    if code != 0:
+        lines = [line for line in err.getvalue().splitlines() if line.strip()]
+        raise UsageError(f"invalid training options: {lines[-1] if lines else f'exit code {code}'}")
+    return out.getvalue()
+
+
+def _tensorboard_hint():
+    """A callback printing, as training starts, how to watch it in TensorBoard (rank 0, TensorBoard logger only)."""
+    from pytorch_lightning import Callback
+    from pytorch_lightning.loggers import TensorBoardLogger
+
+    class TensorBoardHint(Callback):
+        def on_fit_start(self, trainer, pl_module) -> None:
+            for logger in trainer.loggers:
+                if isinstance(logger, TensorBoardLogger) and trainer.is_global_zero:
+                    print(f"watch the training: tensorboard --logdir {logger.root_dir}", file=sys.stderr, flush=True)
+
+    return TensorBoardHint()
