@@ -10,7 +10,7 @@ LOCK   := requirements.lock
 DEMO_OUT ?= demo_out
 PIP    := $(PY) -m pip --disable-pip-version-check
 
-.PHONY: demo test lint bench java venv lock doctor clean
+.PHONY: demo test test-fast lint bench java venv lock doctor clean
 
 venv: $(STAMP)
 
@@ -41,6 +41,10 @@ test: $(STAMP) java
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || echo "note: the report's browser test will skip:" \
 	  "install Debian's chromium and chromium-driver (sudo apt-get install -y chromium chromium-driver) to run it" >&2
 	$(PY) -m pytest
+
+# The quick loop while editing: no Java, no multi-process runs, no browser, nothing marked slow.
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not java and not ddp and not browser and not slow" -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check vidcap tests benchmarks cli.py

@@ -164,7 +164,7 @@ def check_extract(data: Path, root: Path, device: str, sizes: Sizes) -> tuple[li
 def check_overlap(device: str, sizes: Sizes) -> list[Row]:
     if device != "cuda":
         return [Row("overlap", "SKIP", "CUDA only (the CPU path makes no copies)")]
-    from tests.test_gpu_readiness import _video
+    from tests.helpers import batcher_item
     from vidcap.features.extractors import build_extractor
     from vidcap.features.shard import _Batcher, start_copy_to_host
 
@@ -174,7 +174,7 @@ def check_overlap(device: str, sizes: Sizes) -> list[Row]:
     x = torch.randint(0, 256, (64, 4, 3, 160, 160), dtype=torch.uint8).pin_memory()
     batcher = _Batcher({"local": extractor}, batch_size=64, device=torch.device("cuda"))
     for _ in range(2):  # the second round is timed (cudnn.benchmark and the allocator settle in the first)
-        item = _video("v", 0, 64)
+        item = batcher_item("v", 0, 64)
         item.video.inputs = {"local": x}
         with torch.inference_mode():
             sync(device)

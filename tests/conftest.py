@@ -15,13 +15,22 @@ def tiny_video(tmp_path: Path) -> Path:
     return write_video(tmp_path / "tiny.mp4", numbered_frames(16), codec="libx264", options={"crf": "0"})
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def one_thread():
-    """torch on one thread: tiny models run faster so, and on a busy shared CPU, OpenMP threads waiting for each
-    other cost far more than they give. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    """torch on one thread for a module's tests (and its module-scoped fixtures that request it): tiny models run
+    faster so, and on a busy shared CPU, OpenMP threads waiting for each other cost far more than they give. Use with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`. The one definition of it: no test module defines its own."""
     import torch
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that drive Chromium (they use the `browser` fixture of tests/test_report.py) get the `browser` marker, so
+    that `make test-fast` can leave them out."""
+    for item in items:
+        if "browser" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.browser)

@@ -3,15 +3,23 @@ must import by module name: tiny videos written with PyAV, and a shrink that sta
 
 from __future__ import annotations
 
+import csv
 import os
 import signal
+import socket
+import subprocess
+import sys
 import time
+import wave
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from vidcap.features.extractors.base import ResizeCrop
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_video(
@@ -77,3 +85,198 @@ class StallingResizeCrop(ResizeCrop):
             while True:  # "hang": a decoder stuck in a lock looks like this from outside
                 time.sleep(60)
         return super().__call__(frames)
+
+
+def smooth_frames(n: int, seed: int, height: int = 48, width: int = 64) -> np.ndarray:
+    """Smooth moving pattern (compresses well, differs per video and frame)."""
+    y, x = np.mgrid[0:height, 0:width]
+    t = np.arange(n)[:, None, None]
+    base = (np.sin((x[None] + 3 * t + 7 * seed) / 6.0) + np.cos((y[None] - 2 * t) / 5.0 + seed)) * 60 + 128
+    rgb = np.stack([base, np.roll(base, seed + 1, axis=2), 255 - base], axis=-1)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def write_video_table(data: Path, rows: list[tuple[str, str, str]]) -> None:
+    with open(data / "videos.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["video_id", "split", "path"])
+        writer.writerows(rows)
+
+
+def make_video_dataset(data: Path, n_good: int, broken: bool = True) -> dict[str, Path]:
+    """n_good small videos (various lengths; one shorter than K=4 frames; one .avi) + broken files; returns id->path."""
+    (data / "videos").mkdir(parents=True, exist_ok=True)
+    rows, paths = [], {}
+    lengths = [20, 3, 12, 30, 9, 16, 25, 7]
+    for i in range(n_good):
+        suffix, codec = (".avi", "mpeg4") if i == 2 else (".mp4", "libx264")
+        path = write_video(data / "videos" / f"good{i}{suffix}", smooth_frames(lengths[i % len(lengths)], i), codec=codec)
+        rows.append((f"good{i}", "train" if i % 2 == 0 else "test", f"videos/{path.name}"))
+        paths[f"good{i}"] = path
+    if broken:
+        (data / "videos" / "empty.mp4").write_bytes(b"")
+        (data / "videos" / "text.mp4").write_text("this is not a video\n")
+        whole = paths["good0"].read_bytes()
+        (data / "videos" / "truncated.mp4").write_bytes(whole[: len(whole) // 4])
+        with wave.open(str(data / "videos" / "audio.wav"), "wb") as w:
+            w.setnchannels(1)
+            w.setsampwidth(2)
+            w.setframerate(8000)
+            w.writeframes(np.zeros(8000, dtype=np.int16).tobytes())
+        for name in ["empty.mp4", "text.mp4", "truncated.mp4", "audio.wav", "missing.mp4"]:
+            video_id = "bad_" + name.split(".")[0]
+            rows.append((video_id, "train", f"videos/{name}"))
+            paths[video_id] = data / "videos" / name
+    write_video_table(data, rows)
+    return paths
+
+
+# Runs `vidcap extract ARGS...` and SIGKILLs itself in the middle of writing the feature file of video LIMIT + 1:
+# the file's temp name holds half a zip when the process dies.
+KILL_DURING_WRITE = """
+import os, signal, sys
+import numpy as np
+from vidcap.cli import main
+
+limit, written, savez = int(sys.argv[1]), 0, np.savez
+
+def killed_savez(handle, **arrays):
+    global written
+    if written == limit:
+        handle.write(b"PK\\x03\\x04 half a zip")
+        handle.flush()
+        os.kill(os.getpid(), signal.SIGKILL)
+    written += 1
+    savez(handle, **arrays)
+
+np.savez = killed_savez
+main(sys.argv[2:])
+"""
+
+
+def batcher_item(video_id: str, first: int, n: int):
+    """A decoded video as a decoding worker hands it to the extraction's batcher: n steps whose one pixel value is
+    first, first + 1, ... (so a fake extractor's features say which step they came from)."""
+    import torch
+
+    from vidcap.features.shard import _Item
+    from vidcap.video.reader import SampledFrames
+
+    steps = torch.arange(first, first + n, dtype=torch.uint8).view(n, 1, 1, 1, 1).expand(n, 1, 3, 1, 1)
+    video = SampledFrames(mask=np.ones(n, dtype=bool), indices=np.arange(n), times=np.zeros(n, np.float32),
+                          backend="pyav", fps=25.0, height=1, width=1, num_frames=n,
+                          inputs={"global": steps.contiguous()})
+    return _Item(video_id, "p", video=video)
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Several "nodes" on this machine (torchrun, srun)
+
+
+def free_port() -> int:
+    """A port that was free a moment ago. Another process may take it before a launcher binds it: run_nodes tries
+    again with a new one when that happens."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _run_once(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]], logs: Path, enough: str | None,
+              timeout: float) -> list[tuple[int | None, str, str]]:
+    logs.mkdir(parents=True, exist_ok=True)
+    files = [(logs / f"node{rank}.out", logs / f"node{rank}.err") for rank in range(len(commands))]
+    procs = []
+    for command, env, (out, err) in zip(commands, envs, files, strict=True):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            procs.append(subprocess.Popen(
+                list(command), cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True,
+                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}))
+    deadline = time.monotonic() + timeout
+    try:
+        while not all(p.poll() is not None or (enough and enough in err.read_text())
+                      for p, (_, err) in zip(procs, files, strict=True)):
+            assert time.monotonic() < deadline, f"nodes still running after {timeout} s"
+            time.sleep(0.5)
+    finally:
+        codes = [p.poll() for p in procs]
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGKILL)  # a launcher still waiting, and its workers
+            except ProcessLookupError:
+                pass
+            p.wait()
+    return [(code, out.read_text(), err.read_text()) for code, (out, err) in zip(codes, files, strict=True)]
+
+
+def run_nodes(commands: Callable[[int], Sequence[Sequence[str]]], envs: Callable[[int], Sequence[dict[str, str]]],
+              logs: Path, enough: str | None = None, timeout: float = 240,
+              tries: int = 3) -> list[tuple[int | None, str, str]]:
+    """Start one command per "node" at once, commands(port) with envs(port), port a free rendezvous port;
+    [(returncode, stdout, stderr)] once every node has ended, or printed `enough` on stderr (then it is killed:
+    returncode None; torchrun waits minutes for a dead node's launcher). When the port was taken between choosing
+    and binding it, the nodes run again on another."""
+    for attempt in range(tries):
+        port = free_port()
+        commands_now = commands(port)
+        results = _run_once(commands_now, envs(port), logs if attempt == 0 else logs / f"retry{attempt}", enough,
+                            timeout)
+        if not any("Address already in use" in err or "EADDRINUSE" in err for _, _, err in results):
+            break
+    return results
+
+
+def torchrun_nodes(node_args: Sequence[Sequence[str]], logs: Path, module: bool = True,
+                   enough: str | None = None, timeout: float = 240) -> list[tuple[int | None, str, str]]:
+    """`torchrun --nnodes N --node-rank r --nproc-per-node 1` against a static rendezvous on 127.0.0.1, one per
+    entry of node_args: `-m ARGS` (module) or a script and its arguments."""
+    def commands(port: int) -> list[list[str]]:
+        return [[sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(node_args)), "--node-rank",
+                 str(rank), "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
+                 *(["-m"] if module else []), *args] for rank, args in enumerate(node_args)]
+
+    return run_nodes(commands, lambda port: [{}] * len(node_args), logs, enough, timeout)
+
+
+def srun_env(rank: int, port: int) -> dict[str, str]:
+    """What srun sets for task `rank` of 2 nodes x 1 task (MASTER_*: a rendezvous on this machine)."""
+    return {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_PROCID": str(rank),
+            "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank), "SLURM_JOB_NAME": "extract", "SLURM_JOB_ID": "1",
+            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# What a training run did
+
+
+def training_probe():
+    """A Lightning callback that records what a `fit` trained: the steps taken, the metrics logged, whether the
+    weights moved, the model's variant, and the dtype of every recurrent module's output (the decoder's LSTM cell
+    and a frame encoder's LSTM), which must stay float32 under bf16 autocast. Read its `.seen` dict afterwards."""
+    import torch
+    from pytorch_lightning import Callback
+
+    class TrainingProbe(Callback):
+        def __init__(self):
+            self.seen: dict = {"dtypes": {}}
+            self._hooks: list = []
+
+        def on_fit_start(self, trainer, pl_module):
+            self._before = {k: v.detach().clone() for k, v in pl_module.model.state_dict().items()}
+            self.seen["variant"] = pl_module.model.config.variant
+            for name, module in pl_module.model.named_modules():
+                if isinstance(module, (torch.nn.LSTM, torch.nn.LSTMCell)):
+                    def record(module, inputs, output, name=name):
+                        first = output[0] if isinstance(output, tuple) else output
+                        first = getattr(first, "data", first)  # a PackedSequence's values
+                        self.seen["dtypes"][name] = first.dtype
+                    self._hooks.append(module.register_forward_hook(record))
+
+        def on_fit_end(self, trainer, pl_module):
+            for hook in self._hooks:
+                hook.remove()
+            after = pl_module.model.state_dict()
+            self.seen["moved"] = [k for k, v in self._before.items() if not torch.equal(v, after[k])]
+            self.seen["steps"] = trainer.global_step
+            self.seen["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    return TrainingProbe()

@@ -13,13 +13,13 @@ import torch
 import vidcap
 from tests.helpers import moving_square, write_video
 
-pytestmark = pytest.mark.java
+pytestmark = [pytest.mark.java, pytest.mark.usefixtures("one_thread")]
 CAPTIONS = {"red": "a red square moves right", "blue": "a blue square moves left"}
 NUM_FRAMES, IMAGE_SIZE = 6, 64
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory) -> dict:
+def run(tmp_path_factory, one_thread) -> dict:
     """Two real videos, their features through vidcap.run_extract, and a small model that learnt their captions."""
     from pytorch_lightning import Trainer
 

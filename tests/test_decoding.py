@@ -24,13 +24,7 @@ from vidcap.model.decoding import (
 BOS, EOS = 0, 1
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """These models are tiny: thread start-up and contention on a shared CPU cost more than they bring."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class ToyAttentionGRU(nn.Module):

@@ -178,7 +178,7 @@ def test_two_processes_give_the_same_result_as_one(trained, tmp_path, capsys):
 def test_two_torchrun_nodes_give_the_same_result_as_one(trained, tmp_path):
     """torchrun --nnodes 2 --nproc-per-node 1 (tests/test_launcher.py): Lightning's Trainer on the launcher's
     processes; rank 0 writes the outputs."""
-    from tests.test_launcher import torchrun_nodes
+    from tests.helpers import torchrun_nodes
 
     names = ("predictions", "metrics")
     one, two = tmp_path / "eval1", tmp_path / "eval2"

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.test_gpu_readiness import _video
+from tests.helpers import batcher_item
 from vidcap.model.captioner import CaptionModel, ModelConfig
 from vidcap.model.decoding import DecodingOptions, decode
 
@@ -146,7 +146,7 @@ def test_extraction_on_cuda_overlaps_and_matches_the_cpu():
     expected = cpu.extract(x)
     with torch.inference_mode():
         batcher = _Batcher({"global": gpu}, batch_size=4, device=torch.device("cuda"))
-        item = _video("v", 0, 10)
+        item = batcher_item("v", 0, 10)
         item.video.inputs = {"global": x.pin_memory()}
         batcher.add(item)
         batcher.run(flush=True)

@@ -57,10 +57,9 @@ def test_without_cuda_it_prints_one_line_and_exits_0(gpu_check, capsys):
 
 
 @pytest.mark.slow
-def test_its_checks_run_on_the_cpu(gpu_check, tmp_path, capsys):
+def test_its_checks_run_on_the_cpu(gpu_check, tmp_path, capsys, one_thread):
     """The script's own code, quick sizes: extraction (both extractors), fit in both precisions, the training step,
     captioning, and the table. (evaluate needs Java and runs in `gpu_check.py --device cpu --quick`.)"""
-    torch.set_num_threads(1)
     data = _dataset(tmp_path)
     sizes = gpu_check.QUICK
     rows, store = gpu_check.check_extract(data, tmp_path, "cpu", sizes)

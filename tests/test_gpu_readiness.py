@@ -9,10 +9,10 @@ import json
 import logging
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 
+from tests.helpers import batcher_item
 from vidcap.errors import UsageError
 from vidcap.features import shard as extract_shard
 from vidcap.features.extract import (
@@ -22,11 +22,10 @@ from vidcap.features.extract import (
     default_threads,
     make_meta,
 )
-from vidcap.features.shard import _Batcher, _Item, _shared_memory_hint, prefetch_factor, video_bytes
+from vidcap.features.shard import _Batcher, _shared_memory_hint, prefetch_factor, video_bytes
 from vidcap.features.store import check_meta, prepare_store
 from vidcap.model.decoding import _in_one_copy
 from vidcap.precision import compute_record
-from vidcap.video.reader import SampledFrames
 
 
 # -- the batcher's copies --------------------------------------------------------------------------------------------
@@ -50,14 +49,6 @@ class _Copy:
         self.done = self.waited = True
 
 
-def _video(video_id: str, first: int, n: int) -> _Item:
-    steps = torch.arange(first, first + n, dtype=torch.uint8).view(n, 1, 1, 1, 1).expand(n, 1, 3, 1, 1)
-    video = SampledFrames(mask=np.ones(n, dtype=bool), indices=np.arange(n), times=np.zeros(n, np.float32),
-                          backend="pyav", fps=25.0, height=1, width=1, num_frames=n,
-                          inputs={"global": steps.contiguous()})
-    return _Item(video_id, "p", video=video)
-
-
 def test_batcher_hands_over_a_video_only_when_the_copies_of_its_features_are_done(monkeypatch):
     copies: list[_Copy] = []
 
@@ -67,10 +58,10 @@ def test_batcher_hands_over_a_video_only_when_the_copies_of_its_features_are_don
 
     monkeypatch.setattr(extract_shard, "start_copy_to_host", start_copy)
     batcher = _Batcher({"global": _FirstPixel()}, batch_size=4)
-    first = _video("a", 0, 5)
+    first = batcher_item("a", 0, 5)
     batcher.add(first)
     assert first.video.inputs == {}  # the host copy of the inputs is let go once they are on the device
-    batcher.add(_video("b", 5, 3))
+    batcher.add(batcher_item("b", 5, 3))
     batcher.run()
     assert len(copies) == 2 and batcher.finished() == []  # computed, still copying: nothing waits for it
     copies[0].done = True
@@ -79,7 +70,7 @@ def test_batcher_hands_over_a_video_only_when_the_copies_of_its_features_are_don
     done = batcher.finished()
     assert [(item.video_id, feats["global"][:, 0].tolist()) for item, feats in done] == [
         ("a", [0, 1, 2, 3, 4]), ("b", [5, 6, 7])]
-    batcher.add(_video("c", 8, 2))
+    batcher.add(batcher_item("c", 8, 2))
     batcher.run(flush=True)
     assert batcher.finished() == []
     done = batcher.finished(wait=True)

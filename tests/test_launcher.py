@@ -5,78 +5,30 @@ one store; a mismatched node is refused before any work; a node killed mid-run l
 from __future__ import annotations
 
 import csv
-import os
-import signal
 import socket
-import subprocess
 import sys
-import time
-from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 
-from tests.test_extract import KILL_DURING_WRITE, _make_dataset
+from tests.helpers import (
+    KILL_DURING_WRITE,
+    free_port,
+    make_video_dataset,
+    run_nodes,
+    srun_env,
+    torchrun_nodes,
+)
 from vidcap.cli import main
 from vidcap.errors import UsageError
 from vidcap.features.extract import read_video_table
 from vidcap.features.store import list_features, load_features, record_failure, save_features, write_manifest
 from vidcap.launcher import Process, devices_per_node
 
-REPO = Path(__file__).resolve().parents[1]
 HOST = socket.gethostname()
 EXTRACT = ["extract", "--global", "efficientnet_lite0", "--global-weights", "random", "--global-size", "64",
            "--batch-size", "4", "--num-workers", "0", "--threads", "1", "--no-progress"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _run_nodes(commands: Sequence[Sequence[str]], envs: Sequence[dict[str, str]], logs: Path,
-               enough: str | None = None, timeout: float = 240) -> list[tuple[int | None, str, str]]:
-    """Start one command per "node" at once; [(returncode, stdout, stderr)] once every node has ended, or printed
-    `enough` on stderr (then it is killed: returncode None; torchrun waits minutes for a dead node's launcher)."""
-    logs.mkdir(exist_ok=True)
-    files = [(logs / f"node{rank}.out", logs / f"node{rank}.err") for rank in range(len(commands))]
-    procs = []
-    for command, env, (out, err) in zip(commands, envs, files, strict=True):
-        with open(out, "w") as stdout, open(err, "w") as stderr:
-            procs.append(subprocess.Popen(
-                list(command), cwd=REPO, stdout=stdout, stderr=stderr, start_new_session=True,
-                env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **env}))
-    deadline = time.monotonic() + timeout
-    try:
-        while not all(p.poll() is not None or (enough and enough in err.read_text())
-                      for p, (_, err) in zip(procs, files, strict=True)):
-            assert time.monotonic() < deadline, f"nodes still running after {timeout} s"
-            time.sleep(0.5)
-    finally:
-        codes = [p.poll() for p in procs]
-        for p in procs:
-            try:
-                os.killpg(p.pid, signal.SIGKILL)  # a launcher still waiting, and its workers
-            except ProcessLookupError:
-                pass
-            p.wait()
-    return [(code, out.read_text(), err.read_text()) for code, (out, err) in zip(codes, files, strict=True)]
-
-
-def torchrun_nodes(node_args: Sequence[Sequence[str]], logs: Path, module: bool = True,
-                   enough: str | None = None, timeout: float = 240) -> list[tuple[int | None, str, str]]:
-    """`torchrun --nnodes N --node-rank r --nproc-per-node 1` against a static rendezvous on 127.0.0.1, one per
-    entry of node_args: `-m ARGS` (module) or a script and its arguments."""
-    port = free_port()
-    commands = [
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", str(len(node_args)), "--node-rank", str(rank),
-         "--nproc-per-node", "1", "--master-addr", "127.0.0.1", "--master-port", str(port),
-         *(["-m"] if module else []), *args]
-        for rank, args in enumerate(node_args)
-    ]
-    return _run_nodes(commands, [{}] * len(commands), logs, enough, timeout)
 
 
 def _manifest(store: Path) -> dict[str, dict[str, str]]:
@@ -88,7 +40,7 @@ def _manifest(store: Path) -> dict[str, dict[str, str]]:
 @pytest.mark.ddp
 def test_two_torchrun_nodes_share_the_work_and_write_every_video_once(tmp_path):
     data, store = tmp_path / "data", tmp_path / "feats"
-    _make_dataset(data, 4, broken=True)  # 4 good videos, then 5 broken ones: 9 in all
+    make_video_dataset(data, 4, broken=True)  # 4 good videos, then 5 broken ones: 9 in all
     args = ["vidcap", *EXTRACT, "--data", str(data), "--out", str(store), "--frames", "3"]
     (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
     # The broken videos: every worker exits 1 (torchrun prints the code and exits 1 itself).
@@ -113,7 +65,7 @@ def test_two_torchrun_nodes_share_the_work_and_write_every_video_once(tmp_path):
 @pytest.mark.ddp
 def test_a_node_with_other_settings_is_refused_before_any_work(tmp_path):
     data, store = tmp_path / "data", tmp_path / "feats"
-    _make_dataset(data, 2, broken=False)
+    make_video_dataset(data, 2, broken=False)
     args = ["vidcap", *EXTRACT, "--data", str(data), "--out", str(store)]
     results = torchrun_nodes([[*args, "--frames", "3"], [*args, "--frames", "4"]], tmp_path / "logs")
     expected = (f"vidcap extract: error: process {HOST}:1: {store / 'meta.json'}: this store holds other features "
@@ -129,7 +81,7 @@ def test_a_node_with_other_settings_is_refused_before_any_work(tmp_path):
 @pytest.mark.ddp
 def test_a_node_killed_mid_run_leaves_complete_files_and_the_rerun_completes_the_store(tmp_path):
     data, store = tmp_path / "data", tmp_path / "feats"
-    _make_dataset(data, 6, broken=False)
+    make_video_dataset(data, 6, broken=False)
     args = [*EXTRACT, "--data", str(data), "--out", str(store), "--frames", "3"]
     killer = tmp_path / "kill_during_write.py"  # SIGKILLs its process while writing its LIMIT + 1-th video
     killer.write_text(KILL_DURING_WRITE)
@@ -191,22 +143,15 @@ def test_evaluate_stops_every_node_when_one_fails_its_checks(tmp_path):
     assert not (tmp_path / "eval").exists()
 
 
-def _srun_env(rank: int, port: int) -> dict[str, str]:
-    """What srun sets for task `rank` of 2 nodes x 1 task (MASTER_*: a rendezvous on this machine)."""
-    return {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "1", "SLURM_NNODES": "2", "SLURM_PROCID": str(rank),
-            "SLURM_LOCALID": "0", "SLURM_NODEID": str(rank), "SLURM_JOB_NAME": "extract", "SLURM_JOB_ID": "1",
-            "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-
-
 @pytest.mark.slow
 @pytest.mark.ddp
 def test_two_srun_tasks_share_the_work(tmp_path):
     """srun's variables as SLURM sets them for 2 nodes x 1 task (Lightning's SLURMEnvironment reads them)."""
     data, store = tmp_path / "data", tmp_path / "feats"
-    _make_dataset(data, 3, broken=False)
-    port = free_port()
+    make_video_dataset(data, 3, broken=False)
     command = [sys.executable, "-m", "vidcap", *EXTRACT, "--data", str(data), "--out", str(store), "--frames", "2"]
-    results = _run_nodes([command, command], [_srun_env(rank, port) for rank in (0, 1)], tmp_path / "logs")
+    results = run_nodes(lambda port: [command, command], lambda port: [srun_env(rank, port) for rank in (0, 1)],
+                        tmp_path / "logs")
     assert [code for code, _, _ in results] == [0, 0], results[0][2][-3000:] + results[1][2][-3000:]
     assert {vid: row["writer"] for vid, row in _manifest(store).items()} == {
         "good0": f"{HOST}:0", "good1": f"{HOST}:1", "good2": f"{HOST}:0"}
@@ -216,11 +161,11 @@ def test_a_world_the_launcher_did_not_start_is_refused_with_one_line(tmp_path, m
     """A SLURM job script that runs vidcap without srun: SLURM says 2 tasks, and only this process runs."""
     import vidcap.launcher
 
-    for key, value in _srun_env(0, free_port()).items():
+    for key, value in srun_env(0, free_port()).items():
         monkeypatch.setenv(key, value)
     monkeypatch.setattr(vidcap.launcher, "TIMEOUT", timedelta(seconds=2))
     data = tmp_path / "data"
-    _make_dataset(data, 1, broken=False)
+    make_video_dataset(data, 1, broken=False)
     assert main([*EXTRACT, "--data", str(data), "--out", str(tmp_path / "feats")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("vidcap extract: error: srun process 0 of 2: the others did not join within 0:00:02 (")

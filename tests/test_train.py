@@ -15,10 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import training_probe
 from vidcap.cli import main
 from vidcap.errors import UsageError
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.data import CaptionDataModule, collate
+from vidcap.training.lightning_cli import run_lightning
 
 REPO = Path(__file__).resolve().parents[1]
 T, DG, DL = 5, 6, 4
@@ -206,15 +208,29 @@ def test_config_files_compose(files, expected, tmp_path, capsys):
 # -- training through the CLI --------------------------------------------------------------------------------------
 @pytest.mark.parametrize("variant", ["basic", "local", "global", "local_global"])
 def test_fast_dev_run_each_variant(dataset, tmp_path, variant):
-    assert main(["fit", *cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", model=variant)]) == 0
+    probe = training_probe()
+    assert run_lightning("fit", cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", model=variant),
+                         callbacks=[probe]) == 0
+    seen = probe.seen
+    assert seen["variant"] == variant and seen["steps"] == 1
+    assert math.isfinite(seen["metrics"]["train/loss"]) and seen["metrics"]["train/loss"] > 0
+    assert any(name.startswith("lstm.") for name in seen["moved"])  # one optimiser step changed the decoder
+    assert seen["dtypes"]["lstm"] == torch.float32
 
 
 @pytest.mark.parametrize("encoder", ["bilstm", "position"])
 def test_bf16_autocast_trains(dataset, tmp_path, encoder):
-    """The GPU config's bf16-mixed, exercised on CPU autocast (the frame LSTM must stay float32 there)."""
+    """The GPU config's bf16-mixed, exercised on CPU autocast: the recurrent modules (the decoder's LSTM cell, and
+    the bilstm frame encoder) run in float32 even then."""
+    probe = training_probe()
     args = cli_args(dataset, tmp_path, "--trainer.fast_dev_run", "true", "--trainer.precision", "bf16-mixed",
                     "--model.architecture.encoder", encoder, model="local_global")
-    assert main(["fit", *args]) == 0
+    assert run_lightning("fit", args, callbacks=[probe]) == 0
+    seen = probe.seen
+    assert seen["steps"] == 1 and math.isfinite(seen["metrics"]["train/loss"])
+    recurrent = seen["dtypes"]
+    assert "lstm" in recurrent and (encoder != "bilstm" or len(recurrent) == 2), recurrent
+    assert set(recurrent.values()) == {torch.float32}
 
 
 @pytest.mark.slow

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "among its decoding workers)")
     parser.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
                         help="stop with an error naming the video when a decoding worker delivers nothing for\n"
-                        f"this long (default {WORKER_TIMEOUT:g}; needs --num-workers >= 1)")
+                        f"this long, its start-up included (default {WORKER_TIMEOUT:g}; needs --num-workers >= 1)")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="processes: one per GPU with --device cuda, or N CPU processes (default 1;\n"

@@ -1,6 +1,6 @@
 """Training callbacks that show what the model learns: one validation video's attention picture in TensorBoard.
 
-`ExplanationImage` is the `explanation` option group of `vidcap fit` (vidcap/cli/train.py). After every validation
+`ExplanationImage` is the `explanation` option group of `vidcap fit` (vidcap/training/lightning_cli.py). After every validation
 it captions one fixed validation video (the first by id, or `--explanation.video_id`) with the model's decoding
 options and logs its explanation picture (vidcap.report.explain: the sampled frames over the words x frames attention map,
 the caption as the title) as the image `val/explanation`: TensorBoard's IMAGES tab then shows, step by step, the

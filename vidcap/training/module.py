@@ -6,7 +6,7 @@
       decoding: {beam_size, max_len, ...}                 # vidcap.model.decoding.DecodingOptions, for val/test
       attention_penalty, optimizer, lr, weight_decay, caption_metrics
 The data-derived sizes of ModelConfig (`DATA_SIZES`), the vocabulary and the feature meta are linked from the data
-module (vidcap/cli/train.py), never written by hand.
+module (vidcap/training/lightning_cli.py), never written by hand.
 
 Logged values (slashes in keys; all computed once over the whole split, never averaged per batch):
     train/loss   sum of word NLL per caption (EOS included) + the regularisers (`CaptionModule.regularisers`)
@@ -61,7 +61,7 @@ log = logging.getLogger(__name__)
 
 # Metric names of vidcap.text.metrics.score_captions -> logged names.
 CAPTION_METRICS = {"Bleu_4": "BLEU4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr"}
-# ModelConfig field -> the data module attribute it is linked from (vidcap/cli/train.py).
+# ModelConfig field -> the data module attribute it is linked from (vidcap/training/lightning_cli.py).
 DATA_SIZES = {"vocab_size": "vocab_size", "global_dim": "global_dim", "local_dim": "local_dim",
               "max_frames": "num_frames"}
 # What a checkpoint fixes: every other field of ModelConfig.

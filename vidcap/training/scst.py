@@ -16,7 +16,7 @@ part of the policy: log p adds log alpha_t[s_t] of the frames taken, and the att
 vidcap.training.hard_attention stays.
 
 `init_from` (a cross-entropy checkpoint) gives the starting weights; the architecture comes from that checkpoint
-(vidcap/cli/train.py), the data-derived sizes from the data: a checkpoint whose vocabulary or feature widths differ
+(vidcap/training/lightning_cli.py), the data-derived sizes from the data: a checkpoint whose vocabulary or feature widths differ
 from the data's is a one-line error naming the file and the mismatch.
 """
 
