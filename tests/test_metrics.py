@@ -30,8 +30,8 @@ from vidcap.text.metrics import (
     TOKENIZER_JAR,
     MeteorProcess,
     check_inputs,
-    clean_caption,
     find_java,
+    line_safe_caption,
     perplexity,
     ptb_tokenize,
     score_captions,
@@ -206,10 +206,10 @@ def test_score_reproduces_published_values(published_cli):
 
 
 def test_clean_caption():
-    assert clean_caption("A man, is \"singing\" -- loudly!") == "A man, is \"singing\" -- loudly!"
-    assert clean_caption("caf\u00e9 na\u00efve \U0001F600") == "caf\u00e9 na\u00efve \U0001F600"
-    assert clean_caption("a\nb\r\nc\td\x0be\x0cf\x85g\u2028h\u2029i\x00j\ud83dk") == "a b  c d e f g h i j k"
-    assert clean_caption("") == ""
+    assert line_safe_caption("A man, is \"singing\" -- loudly!") == "A man, is \"singing\" -- loudly!"
+    assert line_safe_caption("caf\u00e9 na\u00efve \U0001F600") == "caf\u00e9 na\u00efve \U0001F600"
+    assert line_safe_caption("a\nb\r\nc\td\x0be\x0cf\x85g\u2028h\u2029i\x00j\ud83dk") == "a b  c d e f g h i j k"
+    assert line_safe_caption("") == ""
 
 
 @pytest.mark.java
@@ -255,8 +255,8 @@ def test_identical_to_pycocoevalcap(published_cli, hostile_result, pycoco_meteor
     from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
 
     # pycocoevalcap cannot take the hostile captions raw (that is the point); give it them cleaned.
-    hostile_refs = {k: [clean_caption(c) for c in v] for k, v in HOSTILE_REFERENCES.items()}
-    hostile_preds = {k: clean_caption(v) for k, v in HOSTILE_PREDICTIONS.items()}
+    hostile_refs = {k: [line_safe_caption(c) for c in v] for k, v in HOSTILE_REFERENCES.items()}
+    hostile_preds = {k: line_safe_caption(v) for k, v in HOSTILE_PREDICTIONS.items()}
     mine = {"nlg": json.loads(published_cli["stdout"]), "hostile": hostile_result["scores"]}
     for name, refs, preds in (("nlg", NLG_REFERENCES, NLG_PREDICTIONS), ("hostile", hostile_refs, hostile_preds)):
         tokenizer = PTBTokenizer()

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from vidcap.errors import VideoError
-from vidcap.report.page import THUMB_HEIGHT, Card, Sprite, frames_to_sprite, per_video_scores, write_report
+from vidcap.report.page import SPRITE_HEIGHT, Card, Sprite, frames_to_sprite, per_video_scores, write_report
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ NO_VIDEO_FILE = "no pictures: no video file (features only)"
 
 
 def video_sprite(path: str | os.PathLike, num_frames: int,
-                 height: int = THUMB_HEIGHT) -> tuple[Sprite, np.ndarray]:
+                 height: int = SPRITE_HEIGHT) -> tuple[Sprite, np.ndarray]:
     """The thumbnails of the K frames vidcap samples from a video, and their times (K,) seconds (padding of short
     videos dropped). Raises VideoError."""
     from vidcap.report.explain import thumbnails

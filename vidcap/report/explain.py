@@ -16,12 +16,12 @@ import numpy as np
 logger = logging.getLogger(__name__)
 
 # Thumbnails are shrunk before plotting: a 1080p strip of 26 frames would otherwise cost ~160 MB in matplotlib.
-THUMB_HEIGHT = 120
+PLOT_FRAME_HEIGHT = 120
 COLORMAP = "Blues"  # white = no attention, dark blue = most attention: reads like ink on paper
 HIGHLIGHT = "#e8590c"  # orange: the outline of each word's most-attended frame, visible on any blue
 
 
-def thumbnails(frames: np.ndarray, height: int = THUMB_HEIGHT) -> np.ndarray:
+def thumbnails(frames: np.ndarray, height: int = PLOT_FRAME_HEIGHT) -> np.ndarray:
     """Resize frames (K, H, W, 3) uint8 to (K, h, w, 3) uint8 with h = min(H, height), keeping the aspect ratio."""
     from PIL import Image
 

@@ -39,7 +39,7 @@ from vidcap.report.table import COLUMNS
 log = logging.getLogger(__name__)
 
 # 26 thumbnails 48 px high at JPEG quality 65 are ~20 kB a video, so MSVD's 670 test videos make a page of ~21 MB.
-THUMB_HEIGHT = 48
+SPRITE_HEIGHT = 48
 JPEG_QUALITY = 65
 # Per-video score key -> its name on the page (the keys of `per_video_scores`, and vidcap caption's log-prob).
 SCORE_LABELS = {"Bleu_4": "BLEU-4", "METEOR": "METEOR", "CIDEr": "CIDEr-D", "log_prob": "log-prob"}
@@ -104,7 +104,7 @@ class Card:
         return next(iter(counts.values()), 0)
 
 
-def frames_to_sprite(frames: np.ndarray, height: int = THUMB_HEIGHT, quality: int = JPEG_QUALITY) -> Sprite:
+def frames_to_sprite(frames: np.ndarray, height: int = SPRITE_HEIGHT, quality: int = JPEG_QUALITY) -> Sprite:
     """frames (K, H, W, 3) uint8 -> a Sprite of K thumbnails `height` pixels high (never enlarged), side by side."""
     from PIL import Image
 

@@ -9,7 +9,7 @@ classes are pycocoevalcap's own; only the two Java steps are driven from here, b
 - desynchronise on captions holding line breaks (the tokenizer splits `\\r`, `\\v`, `\\f`, U+2028... into extra
   lines and then pairs captions with the wrong video ids; METEOR's line protocol reads the wrong answer, raises
   ValueError and then deadlocks at exit on the lock it never released): captions are cleaned first
-  (`clean_caption`);
+  (`line_safe_caption`);
 - start METEOR's JVM in `Meteor.__init__` and stop it only in `__del__`: here one JVM is started per evaluation,
   fed, and always closed (stdin closed, waited for, killed on error or time-out);
 - inherit the user's locale (decimal commas break METEOR's number parsing, Turkish `I` lower-cases to `ı`): Java
@@ -57,7 +57,7 @@ METEOR_HEAP = "-Xmx2G"  # as coco-caption: the paraphrase table needs about 1 GB
 _MAX_NAMED = 5  # ids listed in an error message
 
 
-def clean_caption(text: str) -> str:
+def line_safe_caption(text: str) -> str:
     """Make a caption safe for the line-based Java tools, changing nothing else.
 
     Control characters (newlines, tabs, `\\r`, `\\v`, `\\f`, NEL...), the Unicode line and paragraph separators and
@@ -123,7 +123,7 @@ def ptb_tokenize(
     """pycocoevalcap's PTBTokenizer.tokenize on `{id: [caption, ...]}` -> `{id: [tokenized caption, ...]}`.
 
     The same java command and post-processing (lower-case, punctuation tokens dropped), but the temp file lives in a
-    temporary directory, captions are cleaned first (`clean_caption`) and the line count is checked, so a caption
+    temporary directory, captions are cleaned first (`line_safe_caption`) and the line count is checked, so a caption
     can never shift its neighbours onto the wrong id.
     """
     return _ptb_tokenize_many([captions], java or find_java(), timeout)[0]
@@ -139,7 +139,7 @@ def _ptb_tokenize_many(
         lines_per_group: list[list[str]] = []
         try:
             for index, group in enumerate(groups):
-                lines = [clean_caption(caption) for captions in group.values() for caption in captions]
+                lines = [line_safe_caption(caption) for captions in group.values() for caption in captions]
                 lines_per_group.append(lines)
                 if not lines:
                     procs.append(None)
