@@ -53,6 +53,7 @@ import torch
 import yaml
 
 import vidcap.metrics
+from vidcap.checkpoint import read_decoding, with_overrides
 from vidcap.cli.train import TRAINER_DEFAULTS
 from vidcap.data import CaptionDataModule
 from vidcap.datasets import prepare, read_videos, registry
@@ -370,7 +371,8 @@ def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
     vidcap.metrics.score_captions = timed
     checkpoint = tiny_checkpoint(root)
     start = time.perf_counter()
-    result = evaluate(checkpoint, root / "data", root / "feats", split="test", beam_size=5, progress=False)
+    beam5 = with_overrides(read_decoding(checkpoint), beam_size=5)
+    result = evaluate(checkpoint, root / "data", root / "feats", beam5, split="test", progress=False)
     return {"time": time.perf_counter() - start, "clips": len(result.predictions), "score_time": scoring["time"],
             "words": scoring["words"], "METEOR": result.metrics["METEOR"]}
 
