@@ -65,6 +65,7 @@ from vidcap.features.store import (
     write_manifest,
 )
 from vidcap.model.captioner import ModelConfig
+from vidcap.model.checkpoint import read_decoding, with_overrides
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.data import CaptionDataModule
 from vidcap.training.lightning_cli import TRAINER_DEFAULTS
@@ -370,7 +371,8 @@ def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
     vidcap.text.metrics.score_captions = timed
     checkpoint = tiny_checkpoint(root)
     start = time.perf_counter()
-    result = evaluate(checkpoint, root / "data", root / "feats", split="test", beam_size=5, progress=False)
+    beam5 = with_overrides(read_decoding(checkpoint), beam_size=5)
+    result = evaluate(checkpoint, root / "data", root / "feats", beam5, split="test", progress=False)
     return {"time": time.perf_counter() - start, "clips": len(result.predictions), "score_time": scoring["time"],
             "words": scoring["words"], "METEOR": result.metrics["METEOR"]}
 

@@ -280,6 +280,53 @@ def test_cli_skips_bad_files_captions_and_explains_the_rest(trained, videos, bad
     assert (out / "red.png").stat().st_size > 20_000
 
 
+def _with_decoding(trained, tmp_path: Path, **decoding) -> Path:
+    """The trained checkpoint as if it had been trained with these `model.decoding` options."""
+    return _variant(trained, tmp_path, lambda c: c["vidcap"]["decoding"].update(decoding))
+
+
+def test_caption_decodes_with_the_checkpoints_options(trained, videos, tmp_path, capsys):
+    """A checkpoint trained with decoding max_len 3 captions in at most 3 words (its captions have 5) unless
+    --max-len says otherwise: the API and the CLI take the checkpoint's options, the flags override them."""
+    short = _with_decoding(trained, tmp_path, max_len=3)
+    captioner = load_captioner(short)
+    assert captioner.decoding == DecodingOptions(max_len=3)
+    result = caption_video(videos["red"], captioner)
+    assert 1 <= len(result.caption.split()) <= 3 and CAPTIONS["red"].startswith(result.caption)
+    assert main(["caption", str(videos["red"]), "--checkpoint", str(short)]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{videos['red']}\t{result.caption}"]
+    assert main(["caption", str(videos["red"]), "--checkpoint", str(short), "--max-len", "30"]) == 0
+    assert capsys.readouterr().out.splitlines() == [f"{videos['red']}\t{CAPTIONS['red']}"]
+
+
+def test_caption_and_evaluate_decode_a_checkpoint_alike(trained, videos, tmp_path, monkeypatch, capsys):
+    """Default flags: `vidcap caption` on the video files and `vidcap evaluate` on their features give the same
+    captions, decoded with the checkpoint's options (here the original's shrinking beam, 3 wide, 3 steps)."""
+    import vidcap.text.metrics
+    from vidcap.text.vocab import Vocabulary
+
+    monkeypatch.setattr(vidcap.text.metrics, "score_captions",  # no METEOR JVM: the captions are what is compared
+                        lambda refs, preds: dict.fromkeys(("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), 0.0))
+    checkpoint = _with_decoding(trained, tmp_path, beam_size=3, max_len=3, shrinking_beam=True)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows = "".join(f"{key},test,{caption},{caption}\n" for key, caption in CAPTIONS.items())
+    (data / "captions.csv").write_text("video_id,split,caption,tokens\n" + rows, encoding="utf-8")
+    Vocabulary(" ".join(CAPTIONS.values()).split()).save(data / "vocab.json")
+
+    out = tmp_path / "eval"
+    assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--features",
+                 str(trained["store"]), "--out", str(out)]) == 0
+    evaluated = json.loads((out / "predictions.json").read_text())
+    options = json.loads((out / "evaluation.json").read_text())["options"]
+    assert (options["beam_size"], options["max_len"], options["shrinking_beam"]) == (3, 3, True)
+    capsys.readouterr()
+    assert main(["caption", str(videos["red"]), str(videos["blue"]), "--checkpoint", str(checkpoint)]) == 0
+    captioned = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    assert captioned == {str(videos[key]): evaluated[key] for key in CAPTIONS}
+    assert all(1 <= len(caption.split()) <= 3 for caption in evaluated.values())
+
+
 def test_explain_names():
     assert explain_names(["a/clip.mp4", "b/clip.avi", "clip-2.mkv", "x.mp4"]) == [
         "clip.png", "clip-2.png", "clip-2-2.png", "x.png"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -140,13 +141,23 @@ def test_store_with_other_features_is_exit_2(trained, tmp_path, capsys):
     (store / "meta.json").write_text(json.dumps(meta))
     assert _evaluate({**trained, "store": store}, "global", tmp_path / "eval") == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]
-    assert err == (f"vidcap evaluate: error: {store}: global features have dim={DG * 2}, but last.ckpt was trained "
-                   f"on dim={DG}")
+    assert err == (f"vidcap evaluate: error: {trained['global']}: cannot evaluate it on {store} and {trained['data']}: "
+                   f"trained on global features of width {DG} (the feature store: {DG * 2})")
+
+
+def test_data_with_another_vocabulary_is_exit_2(trained, tmp_path, capsys):
+    data = tmp_path / "data"
+    shutil.copytree(trained["data"], data)
+    Vocabulary(WORDS[::-1]).save(data / "vocab.json")
+    assert _evaluate({**trained, "data": data}, "global", tmp_path / "eval") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"vidcap evaluate: error: {trained['global']}: cannot evaluate it")
+    assert "trained with another vocabulary (15 tokens, the data's vocab.json 15; first difference at id 4" in err[0]
 
 
 def test_n_best_larger_than_beam_is_exit_2(trained, tmp_path, capsys):
     assert _evaluate(trained, "global", tmp_path / "eval", "--n-best", "4") == 2
-    assert "--n-best must be between 1 and the beam size (3), got 4" in capsys.readouterr().err
+    assert "n_best must be between 1 and beam_size (3), got 4" in capsys.readouterr().err
 
 
 @pytest.mark.java
@@ -194,27 +205,34 @@ def test_two_torchrun_nodes_give_the_same_result_as_one(trained, tmp_path):
     assert json.loads((two / "evaluation.json").read_text())["options"]["num_nodes"] == 2
 
 
-def test_store_check_looks_only_at_the_features_the_model_reads(tmp_path):
-    from vidcap.errors import UsageError
-    from vidcap.evaluation import _check_store
+def test_store_check_looks_only_at_the_features_the_model_reads():
+    from vidcap.model.checkpoint import store_mismatches
 
     trained = {"num_frames": T, "global": {"name": "g", "dim": DG}, "local": {"name": "l", "dim": 4}}
     global_only = {"num_frames": T, "global": {"name": "g", "dim": DG}, "local": None}
-    _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, global_only, tmp_path)
-    with pytest.raises(UsageError, match="the store has no local features, and a.ckpt was trained on l features"):
-        _check_store(tmp_path / "a.ckpt", {"variant": "local_global"}, trained, global_only, tmp_path)
+    model = {"global_dim": DG, "local_dim": 4, "max_frames": T}
+    assert store_mismatches({"model": {**model, "variant": "global"}, "features": trained}, global_only) == []
+    assert store_mismatches({"model": {**model, "variant": "local_global"}, "features": trained}, global_only) == [
+        "trained on local features (l) (the feature store: none)"]
+    other = {**global_only, "global": {"name": "h", "dim": DG, "image_size": 64}}
+    assert store_mismatches({"model": {**model, "variant": "global"}, "features": trained}, other) == [
+        "trained on global features with name='g' (the feature store: 'h')"]
 
 
-def test_store_sampled_otherwise_is_refused(tmp_path):
-    from vidcap.errors import UsageError
-    from vidcap.evaluation import _check_store
+def test_store_sampled_otherwise_is_refused():
+    from vidcap.model.checkpoint import store_mismatches
 
     trained = {"num_frames": T, "global": {"name": "g", "dim": DG}}  # an older store: the default rule
+    meta = {"model": {"variant": "global", "global_dim": DG, "max_frames": T}, "features": trained}
     store = {**trained, "sampling": {"rule": "uniform_middle", "num_frames": T}}
-    with pytest.raises(UsageError, match=r"frames sampled as .*uniform_middle.*but a\.ckpt was trained on"):
-        _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, store, tmp_path)
-    with pytest.raises(UsageError, match="frames sampled as"):
-        _check_store(tmp_path / "a.ckpt", {"variant": "global"}, trained, {**trained, "num_frames": T + 1}, tmp_path)
+    [problem] = store_mismatches(meta, store)
+    assert problem.startswith("trained on frames sampled as {") and "(the feature store: {'rule': 'uniform_middle'" in (
+        problem)
+    assert store_mismatches(meta, {**trained, "num_frames": T + 1})[0].startswith("trained on frames sampled as")
+    # A checkpoint that does not record its features: the frame count of its position table.
+    unrecorded = {**meta, "features": None}
+    assert store_mismatches(unrecorded, {**trained, "num_frames": T + 1}) == [
+        f"trained on {T} frames per video (the feature store: {T + 1})"]
 
 
 def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
@@ -222,6 +240,7 @@ def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
     import vidcap.text.metrics
     import vidcap.training.module
     from vidcap.evaluation import evaluate
+    from vidcap.model.checkpoint import read_decoding, with_overrides
 
     calls = []
 
@@ -233,7 +252,8 @@ def test_n_best_comes_from_the_one_beam_search(trained, tmp_path, monkeypatch):
     monkeypatch.setattr(vidcap.training.module, "decode", counting_decode)
     monkeypatch.setattr(vidcap.text.metrics, "score_captions",
                         lambda refs, preds: dict.fromkeys(("Bleu_4", "METEOR", "ROUGE_L", "CIDEr"), 0.0))
-    result = evaluate(trained["global"], trained["data"], trained["store"], n_best=2, progress=False)
+    decoding = with_overrides(read_decoding(trained["global"]), n_best=2)
+    result = evaluate(trained["global"], trained["data"], trained["store"], decoding, progress=False)
     assert [(o.beam_size, o.max_len, o.n_best) for o in calls] == [(3, 20, 2)]  # 5 test videos, one batch
     assert all(result.nbest[v][0]["caption"] == caption for v, caption in result.predictions.items())
     assert result.dataset == "msvd" and "reversal_changed" not in result.metrics

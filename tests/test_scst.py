@@ -351,7 +351,7 @@ def test_init_from_bad_checkpoints_are_one_line_errors(dataset, xe_checkpoint, t
         ((data, feats), tmp_path / "missing.ckpt", "checkpoint not found"),
         ((data, feats), tmp_path / "corrupt.ckpt", "not a "),
         ((other_vocab / "data", feats), xe_checkpoint, "another vocabulary"),
-        ((data, wide), xe_checkpoint, "global features of width 6, the feature store's are 7 wide"),
+        ((data, wide), xe_checkpoint, "trained on global features of width 6 (the feature store: 7)"),
     ]
     for data_and_feats, path, reason in cases:
         assert main(["fit", *scst_args(data_and_feats, tmp_path / "run", path)]) == 2

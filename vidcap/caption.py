@@ -1,13 +1,15 @@
 """Caption video files with a trained checkpoint: the Python API behind `vidcap caption`.
 
-    captioner = load_captioner("runs/best.ckpt")            # model, vocabulary, feature extractors, K
-    result = caption_video("clip.mp4", captioner, DecodingOptions(beam_size=5))
+    captioner = load_captioner("runs/best.ckpt")            # model, vocabulary, feature extractors, K, decoding
+    result = caption_video("clip.mp4", captioner)           # with the model's decoding options (captioner.decoding)
     result.caption, result.score, result.attention          # str, log-prob, (L, K) weights
+    greedy = with_overrides(captioner.decoding, beam_size=1)  # vidcap.model.checkpoint: flags in place of the model's
 
 A checkpoint alone rebuilds the captioner: `checkpoint["vidcap"]` (written by vidcap.training.module) holds the model
-sizes, the vocabulary and the feature store's meta.json, so the video is sampled and its features extracted exactly
-as `vidcap extract` did for training (same extractors, same weights, same frame count, same float16 rounding).
-Loading never executes code from the file: `torch.load(weights_only=True)` and a JSON-typed vocabulary.
+sizes, the vocabulary, the feature store's meta.json and the decoding options, so the video is sampled and its
+features extracted exactly as `vidcap extract` did for training (same extractors, same weights, same frame count,
+same float16 rounding) and decoded as `vidcap evaluate` decodes it. Loading never executes code from the file:
+`torch.load(weights_only=True)` and a JSON-typed vocabulary.
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ from vidcap.errors import CheckpointError, UsageError
 from vidcap.features.extractors import RANDOM_SEED, Extractor, build_extractors_from_meta, sampled_features
 from vidcap.features.store import sampling_of
 from vidcap.model.captioner import LOCAL_VARIANTS, CaptionModel
-from vidcap.model.checkpoint import load_checkpoint
-from vidcap.model.decoding import DecodingOptions, decode
+from vidcap.model.checkpoint import read_checkpoint, rebuild, store_mismatches, trained_decoding
+from vidcap.model.decoding import DecodingOptions, decode, words_and_attention
 from vidcap.precision import autocast, check_precision
 from vidcap.text.vocab import Vocabulary
 from vidcap.video.reader import SAMPLING_RULE, FrameRequest, SampledFrames, read_sampled_frames
@@ -46,7 +48,8 @@ class Captioner:
     extractors: {"global": Extractor, "local": Extractor} (the kinds the checkpoint's features have);
     num_frames: K, frames sampled per video; feature_dtype: the feature store's dtype (features are rounded
     through it, as training saw them); feature_meta: the store's meta.json as recorded in the checkpoint;
-    precision: the captioning model's, "32-true" or "bf16-mixed" (the extractors run as the store recorded).
+    precision: the captioning model's, "32-true" or "bf16-mixed" (the extractors run as the store recorded);
+    decoding: the decoding options the model was trained with (the checkpoint's), what `caption_video` uses by default.
     """
 
     model: CaptionModel
@@ -58,6 +61,7 @@ class Captioner:
     checkpoint: Path
     device: torch.device
     precision: str = "32-true"
+    decoding: DecodingOptions = field(default_factory=DecodingOptions)
 
 
 @dataclass
@@ -110,8 +114,8 @@ def _device(device: str | torch.device) -> torch.device:
 
 def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "cpu",
                    precision: str = "32-true") -> Captioner:
-    """Rebuild the captioner a checkpoint describes: model (eval mode), vocabulary, feature extractors, K.
-    precision: the model's (vidcap.precision.PRECISIONS).
+    """Rebuild the captioner a checkpoint describes: model (eval mode), vocabulary, feature extractors, K, and the
+    decoding options it was trained with. precision: the model's (vidcap.precision.PRECISIONS).
 
     Raises CheckpointError (naming the file and the reason) for a missing, corrupt or non-vidcap checkpoint, one of
     another format version, one whose pickle would need to run code, or one whose feature extractors cannot be
@@ -120,7 +124,9 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
     path = Path(checkpoint)
     dev = _device(device)
     check_precision(precision)
-    model, vocab, meta = load_checkpoint(path, map_location="cpu")  # weights_only: no pickled code runs
+    # weights_only: no pickled code runs
+    model, vocab, section = rebuild(read_checkpoint(path, map_location="cpu"), str(path))
+    meta, decoding = section["features"], trained_decoding(section, str(path))
     if not isinstance(meta, dict) or not (meta.get("global") or meta.get("local")):
         raise CheckpointError(f"{path}: the checkpoint does not describe its feature extractors "
                               "(checkpoint['vidcap']['features'] is empty)")
@@ -154,18 +160,18 @@ def load_captioner(checkpoint: str | os.PathLike, device: str | torch.device = "
         extractors = build_extractors_from_meta(used, device=dev)
     except (UsageError, KeyError, TypeError) as error:
         raise CheckpointError(f"{path}: cannot rebuild the feature extractors it was trained with: {error}") from None
-    expected = {"global": config.global_dim, "local": config.local_dim}
-    for kind, extractor in extractors.items():
-        if expected[kind] and extractor.dim != expected[kind]:
-            raise CheckpointError(f"{path}: {kind} extractor {extractor.name} gives {extractor.dim}-d features, "
-                                  f"the model expects {expected[kind]}")
-    if config.variant in LOCAL_VARIANTS and "local" not in extractors:
-        raise CheckpointError(f"{path}: model variant {config.variant} needs local features; none recorded")
+    # The features these extractors compute, checked against the model as a feature store would be.
+    computed = {**used, **{kind: {**(used.get(kind) or {}), "name": extractor.name, "dim": extractor.dim}
+                           for kind, extractor in extractors.items()}}
+    computed.update({kind: None for kind in ("global", "local") if kind not in extractors})
+    problems = store_mismatches(section, computed, label="its extractors")
+    if problems:
+        raise CheckpointError(f"{path}: its model cannot read the features it records: {'; '.join(problems)}")
     logger.info("loaded %s: %s/%s, V=%d, extractors %s, K=%d", path, config.variant, config.encoder, len(vocab),
                 ", ".join(f"{k}={e.name}({e.weights})" for k, e in extractors.items()), num_frames)
     return Captioner(model=model.to(dev).eval(), vocab=vocab, extractors=extractors, num_frames=num_frames,
                      feature_dtype=dtype, feature_meta=meta, checkpoint=path, device=dev,
-                     precision=precision)
+                     precision=precision, decoding=decoding)
 
 
 def _read(path: str | os.PathLike, captioner: Captioner, backend: str, with_frames: bool) -> SampledFrames:
@@ -203,11 +209,12 @@ def caption_video(
 ) -> CaptionResult:
     """Caption one video file. Only the K sampled frames (and the clips around them for local features) are decoded.
 
-    options: beam size, n-best, ... (vidcap.model.decoding.DecodingOptions; default beam 5, n_best 1).
+    options: beam size, n-best, ... (vidcap.model.decoding.DecodingOptions); None: `captioner.decoding`, the options the
+    model was trained with.
     with_frames: also return the sampled frames (for vidcap.report.explain), shrunk to at most FRAME_HEIGHT pixels high.
     Raises VideoError (missing, empty, unreadable file, no video stream, no decodable frame).
     """
-    options = options or DecodingOptions()
+    options = options or captioner.decoding
     sampled = _read(path, captioner, backend, with_frames)
     feats = _model_inputs(sampled, captioner)
     model, dev = captioner.model, captioner.device
@@ -220,14 +227,15 @@ def caption_video(
     valid = feats["mask"]
     best = hypotheses[0]
     vocab = captioner.vocab
+    words, attention = words_and_attention(best, vocab, valid)
     result = CaptionResult(
         path=str(path),
         caption=vocab.decode(best.tokens),
         score=float(best.log_prob),
         alternatives=[(vocab.decode(h.tokens), float(h.log_prob)) for h in hypotheses],
-        words=[vocab.id_to_token(t) for t in best.tokens] + ["<eos>"],
+        words=words,
         frame_times=feats["times"][valid].astype(np.float32),
-        attention=np.asarray(best.attention, dtype=np.float32)[:, valid],
+        attention=attention,
     )
     if model.config.attention == "hard":
         result.taken = result.attention.argmax(1).tolist()

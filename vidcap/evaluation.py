@@ -1,6 +1,6 @@
 """Evaluate a trained captioner on a split: captions, the coco-caption metrics and perplexity, the reversal test.
 
-`evaluate(checkpoint, data_dir, features_dir, split)` runs the LightningModule's own test loop (`Trainer.test`), so
+`evaluate(checkpoint, data_dir, features_dir, split=split)` runs the LightningModule's own test loop (`Trainer.test`), so
 that it works unchanged on several processes (DDP): every rank decodes its share of the videos, the per-video records
 are gathered, the duplicates that DistributedSampler adds to even out the ranks are dropped by video id, and the
 whole split is scored once on rank 0 (CIDEr's IDF comes from all the references of the split: docs/metrics.md).
@@ -33,8 +33,8 @@ from pytorch_lightning import Callback
 
 from vidcap import atomic, launcher
 from vidcap.errors import CheckpointError, UsageError
-from vidcap.model.captioner import LOCAL_VARIANTS, ModelConfig
-from vidcap.model.decoding import DecodingOptions, Hypothesis, decode
+from vidcap.model.captioner import ModelConfig
+from vidcap.model.decoding import DecodingOptions, Hypothesis, decode, words_and_attention
 from vidcap.precision import check_precision
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.module import CaptionModule
@@ -125,9 +125,7 @@ class EvaluationModule(CaptionModule):
         if self.config.attends:
             valid = mask.cpu().numpy()
             for i, (video_id, nbest) in enumerate(zip(video_ids, hypotheses, strict=True)):
-                best = nbest[0]
-                words = [vocab.id_to_token(t) for t in best.tokens] + ["<eos>"]
-                weights = np.asarray(best.attention, dtype=np.float32)[:, valid[i]]
+                words, weights = words_and_attention(nbest[0], vocab, valid[i])
                 if self.config.attention == "hard":  # at test time hard attention takes the most likely frame
                     weights = np.eye(weights.shape[1], dtype=np.float32)[weights.argmax(1)]
                 self._attention[video_id] = (words, weights)
@@ -174,30 +172,6 @@ class _Progress(Callback):
             self.bar = None
 
 
-def _check_store(checkpoint: Path, model: Mapping[str, Any], trained: Mapping[str, Any],
-                 store_meta: Mapping[str, Any], store: Path) -> None:
-    """The feature store must hold the features the model reads, as it was trained on them (same extractors, sizes,
-    frame sampling). A global-only model trained on a store with local features can be evaluated on a global-only
-    store."""
-    from vidcap.features.store import sampling_of
-
-    kinds = ("global", "local") if model.get("variant") in LOCAL_VARIANTS else ("global",)
-    for kind in kinds:
-        want, have = trained.get(kind) or {}, store_meta.get(kind) or {}
-        if not want:
-            continue
-        if not have:
-            raise UsageError(f"{store}: the store has no {kind} features, and {checkpoint.name} was trained on "
-                             f"{want.get('name')} features")
-        for key in ("name", "dim", "image_size", "clip_length", "clip_stride"):
-            if key in want and key in have and want[key] != have[key]:
-                raise UsageError(f"{store}: {kind} features have {key}={have[key]!r}, but {checkpoint.name} was "
-                                 f"trained on {key}={want[key]!r}")
-    if trained and sampling_of(trained) != sampling_of(store_meta):
-        raise UsageError(f"{store}: frames sampled as {sampling_of(store_meta)}, but {checkpoint.name} was trained "
-                         f"on {sampling_of(trained)}")
-
-
 def _build_module(checkpoint: Path, ckpt: Mapping[str, Any], meta: Mapping[str, Any], decoding: DecodingOptions,
                   reverse: bool) -> EvaluationModule:
     """The checkpoint's model, decoding with `decoding` (CheckpointError naming the file when it does not fit)."""
@@ -214,10 +188,9 @@ def evaluate(
     checkpoint: str | os.PathLike,
     data_dir: str | os.PathLike,
     features_dir: str | os.PathLike,
+    decoding: DecodingOptions | None = None,
+    *,
     split: str = "test",
-    beam_size: int | None = None,
-    max_len: int | None = None,
-    n_best: int = 1,
     reverse: bool = False,
     devices: int = 1,
     accelerator: str = "cpu",
@@ -229,27 +202,32 @@ def evaluate(
 ) -> EvaluationResult:
     """Decode `split` with a checkpoint and score it (see the module docstring).
 
-    beam_size: K of the beam search (1 = greedy); max_len: most words per caption. None: the decoding options the
-    model was trained with (its config's `model.decoding`; 5 and 30 for checkpoints that do not record them).
-    n_best: hypotheses kept per video in `result.nbest` (<= beam_size). reverse: also decode the reversed frames
-    (the reversal test). devices > 1 runs DDP with Lightning's launcher, which starts the current command again in
-    devices - 1 more processes: call it from `vidcap evaluate` (or a script that does nothing else before this
-    call); every rank returns, and only `result.rank == 0` should write files. Under torchrun or srun (any number of
-    nodes; vidcap/launcher.py) the processes the launcher started are the ranks, and `devices` may only repeat their
-    number per node.
+    decoding: beam size, most words per caption, n-best (`result.nbest` when n_best > 1), ...; None: the options
+    the model was trained with (vidcap.model.checkpoint.trained_decoding). `vidcap evaluate` passes those with its flags
+    in place (vidcap.model.checkpoint.with_overrides). reverse: also decode the reversed frames (the reversal test).
+    devices > 1 runs DDP with Lightning's launcher, which starts the current command again in devices - 1 more
+    processes: call it from `vidcap evaluate` (or a script that does nothing else before this call); every rank
+    returns, and only `result.rank == 0` should write files. Under torchrun or srun (any number of nodes;
+    vidcap/launcher.py) the processes the launcher started are the ranks, and `devices` may only repeat their number
+    per node.
     batch_size: videos per test batch, each with all its references.
     precision: "32-true" or "bf16-mixed" (vidcap.precision.PRECISIONS), Lightning's precision for the test loop; use
     the training run's `trainer.precision` to reproduce its val/ numbers.
     check_outputs: called with the checks, before anything is decoded, by the process that writes the results (rank
     0), e.g. to create the output folders.
-    Raises UsageError / CheckpointError naming the file and the reason; under a launcher, on every rank together
-    (launcher.agree) when any rank fails a check, so that none waits alone in the test loop's first collective call.
+    Raises UsageError / CheckpointError naming the file and the reason (vidcap.model.checkpoint.store_mismatches: a store
+    or vocabulary the model cannot read); under a launcher, on every rank together (launcher.agree) when any rank
+    fails a check, so that none waits alone in the test loop's first collective call.
     """
     import pytorch_lightning as pl
 
     from vidcap.datasets import content_metrics, dataset_module
-    from vidcap.features.store import read_meta
-    from vidcap.model.checkpoint import read_checkpoint, read_vidcap_section
+    from vidcap.model.checkpoint import (
+        read_checkpoint,
+        read_vidcap_section,
+        store_mismatches,
+        trained_decoding,
+    )
     from vidcap.training.data import CaptionDataModule, CaptionDataset
 
     checkpoint, data_dir, features_dir = Path(checkpoint), Path(data_dir), Path(features_dir)
@@ -268,35 +246,27 @@ def evaluate(
         meta = read_vidcap_section(ckpt, str(checkpoint))
         if not isinstance(meta.get("model"), dict) or "state_dict" not in ckpt:
             raise CheckpointError(f"{checkpoint}: not a checkpoint of vidcap's CaptionModule (no model)")
-        trained = DecodingOptions(**meta.get("decoding", {}))
-        beam = trained.beam_size if beam_size is None else beam_size
-        if beam < 1:
-            raise UsageError(f"--beam-size must be >= 1, got {beam}")
-        if not 1 <= n_best <= beam:
-            raise UsageError(f"--n-best must be between 1 and the beam size ({beam}), got {n_best}")
-        if max_len is not None and max_len < 1:
-            raise UsageError(f"--max-len must be >= 1, got {max_len}")
-        decoding = replace(trained, beam_size=beam, max_len=max_len or trained.max_len, n_best=n_best)
-        _check_store(checkpoint, meta["model"], meta.get("features") or {}, read_meta(features_dir), features_dir)
-        module = _build_module(checkpoint, ckpt, meta, decoding, reverse)
+        chosen = trained_decoding(meta, str(checkpoint)) if decoding is None else decoding
 
         # Perplexity counts the references as the model was trained on them (cut to the same max_caption_len).
         max_caption_len = int((ckpt.get("datamodule_hyper_parameters") or {}).get("max_caption_len") or 30)
         data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size,
                                  eval_batch_size=batch_size, num_workers=num_workers,
                                  max_caption_len=max_caption_len, test_split=split)
-        if data.vocab != module.vocab:
-            raise UsageError(f"{data_dir / 'vocab.json'}: differs from the vocabulary {checkpoint.name} was trained "
-                             "with (evaluate with the data directory it was trained on)")
+        problems = store_mismatches(meta, data.feature_meta, data.vocab)
+        if problems:
+            raise UsageError(f"{checkpoint}: cannot evaluate it on {features_dir} and {data_dir}: "
+                             + "; ".join(problems))
+        module = _build_module(checkpoint, ckpt, meta, chosen, reverse)
         data.setup("test")
         if split == "train":
             # The train split is one item per (video, reference) for training; evaluation wants one per video.
             data.datasets[split] = CaptionDataset(features_dir, data.datasets[split].captions, per_reference=False)
         if check_outputs is not None and (launched is None or launched.rank == 0):
             check_outputs()
-        return per_node, meta, decoding, module, data, max_caption_len
+        return per_node, meta, chosen, module, data, max_caption_len
 
-    devices, meta, decoding, module, data, max_caption_len = launcher.agree(launched, prepare)
+    devices, meta, chosen, module, data, max_caption_len = launcher.agree(launched, prepare)
     num_nodes = launched.num_nodes if launched is not None else 1
 
     trainer = pl.Trainer(
@@ -321,7 +291,7 @@ def evaluate(
         features=meta.get("features") or {}, dataset=dataset.NAME if dataset else None,
         nbest=module.last_nbest or None, reversed_predictions=reversed_predictions,
         attention=module.last_attention or None, rank=trainer.global_rank,
-        options={**asdict(decoding), "max_caption_len": max_caption_len, "devices": devices, "num_nodes": num_nodes,
+        options={**asdict(chosen), "max_caption_len": max_caption_len, "devices": devices, "num_nodes": num_nodes,
                  "precision": precision},
     )
     log.info("%s: %s", split, ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items()))

@@ -30,11 +30,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format FFmpeg reads)")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a checkpoint written by `vidcap fit` (it carries the vocabulary and the extractors)")
-    parser.add_argument("--beam-size", type=int, default=5, metavar="K", help="beam width; 1 = greedy (default 5)")
-    parser.add_argument("--n-best", type=int, default=1, metavar="N",
-                        help="captions per video, best first (at most --beam-size; default 1). Text output puts "
-                             "the alternatives after the best caption, tab-separated")
-    parser.add_argument("--max-len", type=int, default=30, metavar="L", help="most words per caption (default 30)")
+    parser.add_argument("--beam-size", type=int, default=None, metavar="K",
+                        help="beam width; 1 = greedy (default: the model's model.decoding.beam_size, usually 5)")
+    parser.add_argument("--n-best", type=int, default=None, metavar="N",
+                        help="captions per video, best first (at most the beam size; default: the model's "
+                             "model.decoding.n_best, usually 1). Text output puts the alternatives after the best "
+                             "caption, tab-separated")
+    parser.add_argument("--max-len", type=int, default=None, metavar="L",
+                        help="most words per caption (default: the model's model.decoding.max_len)")
     parser.add_argument("--json", action="store_true",
                         help="one JSON object per line: path, caption, score (log-prob), alternatives, "
                              "frame_times, words, attention (words x frames), explanation (the PNG, with --explain)")
@@ -76,16 +79,17 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from vidcap.caption import caption_video, explain_result, load_captioner
-    from vidcap.model.decoding import DecodingOptions
+    from vidcap.model.checkpoint import with_overrides
     from vidcap.report.cards import caption_card
     from vidcap.report.page import report_folder, write_report
 
-    options = DecodingOptions(beam_size=args.beam_size, n_best=args.n_best, max_len=args.max_len)
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         raise UsageError(f"--explain {args.explain}: exists and is not a folder")
+    captioner = load_captioner(args.checkpoint, device=args.device, precision=args.precision)
+    # The model's own decoding options, with the flags given in their place, as `vidcap evaluate` decodes.
+    options = with_overrides(captioner.decoding, beam_size=args.beam_size, max_len=args.max_len, n_best=args.n_best)
     if args.report is not None:
         report_folder(args.report)  # now, not after captioning every video
-    captioner = load_captioner(args.checkpoint, device=args.device, precision=args.precision)
     cards = []  # of the report: thumbnails as JPEG, the frames themselves are not kept
     names = explain_names(args.videos) if args.explain is not None else []
     failed = 0

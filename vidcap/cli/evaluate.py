@@ -31,8 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="beam size K; 1 = greedy (default: the model's model.decoding.beam_size, usually 5)")
     parser.add_argument("--max-len", type=positive_int, default=None,
                         help="most words per caption (default: the model's model.decoding.max_len)")
-    parser.add_argument("--n-best", type=positive_int, default=1,
-                        help="also write nbest.json with this many captions per video (<= beam size)")
+    parser.add_argument("--n-best", type=positive_int, default=None,
+                        help="also write nbest.json with this many captions per video (<= beam size; default: the "
+                             "model's model.decoding.n_best, usually 1)")
     parser.add_argument("--reverse", action="store_true",
                         help="reversal test: decode again with each video's frames in reverse order "
                              "(reversed_predictions.json, metrics.json reversal_changed)")
@@ -81,6 +82,7 @@ def table_rows(result, compare: bool) -> tuple[list, list[str]]:
 
 def run(args: argparse.Namespace) -> int:
     from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
+    from vidcap.model.checkpoint import read_decoding, with_overrides
     from vidcap.report.table import format_table
 
     def check_outputs() -> None:
@@ -89,11 +91,14 @@ def run(args: argparse.Namespace) -> int:
 
             report_folder(args.report)  # now, not after minutes of decoding
 
+    # The model's own decoding options (vidcap.model.checkpoint.trained_decoding), with the flags given in their place:
+    # `vidcap caption` decodes the same way.
+    decoding = with_overrides(read_decoding(args.checkpoint), beam_size=args.beam_size, max_len=args.max_len,
+                              n_best=args.n_best)
     result = evaluate(
-        args.checkpoint, args.data, args.features, split=args.split, beam_size=args.beam_size, max_len=args.max_len,
-        n_best=args.n_best, reverse=args.reverse, devices=args.devices, accelerator=args.accelerator,
-        batch_size=args.batch_size, num_workers=args.num_workers, precision=args.precision,
-        check_outputs=check_outputs,
+        args.checkpoint, args.data, args.features, decoding, split=args.split, reverse=args.reverse,
+        devices=args.devices, accelerator=args.accelerator, batch_size=args.batch_size,
+        num_workers=args.num_workers, precision=args.precision, check_outputs=check_outputs,
     )
     if result.rank != 0:  # DDP: the other ranks' results are the same; rank 0 reports them
         return 0

@@ -33,9 +33,13 @@ def _split_names(text: str) -> list[str]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name)."""
-    from vidcap.features.extract import WORKER_TIMEOUT
+    """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name); their defaults and
+    choices are ExtractOptions', DTYPES, DEVICES and vidcap.video.reader.BACKENDS."""
+    from vidcap.features.extract import DEVICES, DTYPES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.features.extractors import describe_registry, extractor_names
+    from vidcap.video.reader import BACKENDS
+
+    default = ExtractOptions()
 
     parser.formatter_class = argparse.RawTextHelpFormatter
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with videos.csv (vidcap prepare)")
@@ -48,38 +52,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--local", dest="local_name", metavar="NAME", choices=extractor_names("local"),
         help="local (clip) extractor:\n" + describe_registry("local"),
     )
-    parser.add_argument("--frames", dest="num_frames", type=int, default=26, metavar="K",
-                        help="frames sampled per video (default 26)")
-    parser.add_argument("--batch-size", type=int, default=64, metavar="N",
-                        help="frames (or clips) per forward pass, across videos (default 64)")
-    parser.add_argument("--num-workers", type=int, default=None, metavar="N",
+    parser.add_argument("--frames", dest="num_frames", type=int, default=default.num_frames, metavar="K",
+                        help=f"frames sampled per video (default {default.num_frames})")
+    parser.add_argument("--batch-size", type=int, default=default.batch_size, metavar="N",
+                        help=f"frames (or clips) per forward pass, across videos (default {default.batch_size})")
+    parser.add_argument("--num-workers", type=int, default=default.num_workers, metavar="N",
                         help="decoding workers per process (default: 1 on CPU, up to 8 per GPU)")
-    parser.add_argument("--threads", type=int, default=None, metavar="N",
+    parser.add_argument("--threads", type=int, default=default.threads, metavar="N",
                         help="torch threads per process (default: its share of the cores minus one per\n"
                         "decoding worker)")
-    parser.add_argument("--decoder-threads", type=int, default=None, metavar="N",
+    parser.add_argument("--decoder-threads", type=int, default=default.decoder_threads, metavar="N",
                         help="threads of each video decoder (default: the process's share of the cores divided\n"
                         "among its decoding workers)")
-    parser.add_argument("--worker-timeout", type=float, default=None, metavar="SECONDS",
+    parser.add_argument("--worker-timeout", type=float, default=default.worker_timeout, metavar="SECONDS",
                         help="stop with an error naming the video when a decoding worker delivers nothing for\n"
                         f"this long, its start-up included (default {WORKER_TIMEOUT:g}; needs --num-workers >= 1)")
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where the networks run")
-    parser.add_argument("--devices", type=int, default=1, metavar="N",
-                        help="processes: one per GPU with --device cuda, or N CPU processes (default 1;\n"
-                        "under torchrun or srun, the processes the launcher started)")
-    weights_help = "pretrained (default), random, or PATH to a state_dict saved with torch.save"
-    parser.add_argument("--global-weights", default="pretrained", metavar="W", help=weights_help)
-    parser.add_argument("--local-weights", default="pretrained", metavar="W", help=weights_help)
+    parser.add_argument("--device", choices=DEVICES, default=default.device,
+                        help=f"where the networks run (default {default.device})")
+    parser.add_argument("--devices", type=int, default=default.devices, metavar="N",
+                        help="processes: one per GPU with --device cuda, or N CPU processes (default "
+                        f"{default.devices};\nunder torchrun or srun, the processes the launcher started)")
+    weights_help = "pretrained, random, or PATH to a state_dict saved with torch.save (default {})"
+    parser.add_argument("--global-weights", default=default.global_weights, metavar="W",
+                        help=weights_help.format(default.global_weights))
+    parser.add_argument("--local-weights", default=default.local_weights, metavar="W",
+                        help=weights_help.format(default.local_weights))
     parser.add_argument("--global-size", type=int, default=None, metavar="PX",
                         help="input size of the global extractor (default: its own, e.g. 224)")
     parser.add_argument("--local-size", type=int, default=None, metavar="PX",
                         help="input size of the local extractor (default: its own, e.g. 182 for x3d_xs)")
-    parser.add_argument("--split", dest="splits", type=_split_names, default=None, metavar="S[,S]",
+    parser.add_argument("--split", dest="splits", type=_split_names, default=default.splits, metavar="S[,S]",
                         help="only these splits of videos.csv, e.g. train,val,test (default: all)")
-    parser.add_argument("--dtype", choices=("float16", "float32"), default="float16",
-                        help="stored feature type (default float16)")
-    parser.add_argument("--backend", choices=("auto", "decord", "pyav"), default="auto",
-                        help="video decoder (default: decord, PyAV when it fails)")
+    parser.add_argument("--dtype", choices=DTYPES, default=default.dtype,
+                        help=f"stored feature type (default {default.dtype})")
+    parser.add_argument("--backend", choices=BACKENDS, default=default.backend,
+                        help=f"video decoder (default {default.backend}: decord, PyAV when it fails)")
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast and TF32 on CUDA: faster, features ~1e-2 relative off float32's;\n"
                         "recorded in meta.json, and a store never mixes the two (default: float32, TF32 off)")

@@ -240,12 +240,11 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
 # The demo
 
 
-def _caption_one(data_dir: Path, checkpoint: Path, out: Path, predictions: dict[str, str],
-                 options: dict[str, Any]) -> dict[str, Any]:
-    """Caption the first test video from its file (as `vidcap caption` does) and draw its explanation."""
+def _caption_one(data_dir: Path, checkpoint: Path, out: Path, predictions: dict[str, str]) -> dict[str, Any]:
+    """Caption the first test video from its file (as `vidcap caption` does: with the checkpoint's decoding options,
+    as `evaluate` decoded the test split) and draw its explanation."""
     from vidcap.caption import caption_video, explain_result, load_captioner
     from vidcap.datasets import read_captions, read_videos
-    from vidcap.model.decoding import DecodingOptions
 
     videos = read_videos(data_dir)
     test = videos[videos["split"] == "test"].sort_values("video_id")
@@ -253,8 +252,7 @@ def _caption_one(data_dir: Path, checkpoint: Path, out: Path, predictions: dict[
         raise UsageError(f"{data_dir}: no test video to caption")
     row = test.iloc[0]
     captioner = load_captioner(checkpoint)
-    decoding = DecodingOptions(beam_size=options["beam_size"], max_len=options["max_len"])
-    result = caption_video(row["path"], captioner, decoding, with_frames=True)
+    result = caption_video(row["path"], captioner, with_frames=True)
     png = explain_result(result, out / "explain" / f"{row['video_id']}.png")
     captions = read_captions(data_dir)
     references = captions.loc[captions["video_id"] == row["video_id"], "caption"].tolist()
@@ -336,7 +334,7 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
                            "checkpoint": scst_checkpoint,
                            "samples": [(v, predictions.get(v), c) for v, c in sorted(scst_predictions.items())[:3]]}
     with stage("caption"):
-        caption = _caption_one(data_dir, checkpoint, out, predictions, evaluation["options"])
+        caption = _caption_one(data_dir, checkpoint, out, predictions)
     files = {"metrics": out / "metrics.json", "timings": out / "timings.json", "checkpoint": checkpoint,
              "predictions": eval_dir / "predictions.json", "report": report,
              "explanation": Path(caption["explanation"]), "config": run_dir / "config.yaml",

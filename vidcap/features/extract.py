@@ -46,6 +46,7 @@ from vidcap.video.reader import SAMPLING_RULE
 logger = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
+DEVICES = ("cpu", "cuda")  # where the extractors run
 # Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
 # have hours of videos left). A process that dies is noticed at once (its connection closes).
 BARRIER_TIMEOUT = timedelta(days=7)
@@ -116,8 +117,8 @@ class ExtractOptions:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.num_frames < 1 or self.batch_size < 1 or self.devices < 1:
             raise UsageError("--frames, --batch-size and --devices must be at least 1")
-        if self.device not in ("cpu", "cuda"):
-            raise UsageError(f"--device must be cpu or cuda, got {self.device!r}")
+        if self.device not in DEVICES:
+            raise UsageError(f"--device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if self.device == "cuda":
             available = torch.cuda.device_count() if torch.cuda.is_available() else 0
             if available < self.devices:

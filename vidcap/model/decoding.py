@@ -399,3 +399,15 @@ def shrinking_beam_search(
             score=scores[row] / length_normaliser(len(histories[row]), alpha_lp),
             attention=torch.stack(attention[row] + [alpha[row]]).numpy()))
     return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]
+
+
+def words_and_attention(hypothesis: Hypothesis, vocab, valid: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
+    """A hypothesis as explanations and reports show it: (words, attention).
+
+    vocab: the model's vidcap.text.vocab.Vocabulary. words: its tokens as words, then the EOS token ("<eos>"), one per
+    attention row. attention: (len(words), K) float32, row l the attention weights over the video's K valid frames
+    when words[l] was emitted; valid: (T,) bool, True on those frames (None: all T frames).
+    """
+    words = [vocab.id_to_token(t) for t in hypothesis.tokens] + [vocab.id_to_token(vocab.EOS)]
+    attention = np.asarray(hypothesis.attention, dtype=np.float32)
+    return words, attention if valid is None else attention[:, np.asarray(valid, dtype=bool)]

@@ -59,7 +59,7 @@ class ExplanationImage(Callback):
         logger = self._tensorboard(trainer)
         if self._index is None or logger is None or trainer.sanity_checking or not trainer.is_global_zero:
             return
-        from vidcap.model.decoding import decode
+        from vidcap.model.decoding import decode, words_and_attention
         from vidcap.report.explain import render_explanation
         from vidcap.text.vocab import Vocabulary
         from vidcap.training.data import collate
@@ -78,8 +78,7 @@ class ExplanationImage(Callback):
         finally:
             model.train(training)
         vocab = pl_module.vocab
-        words = [vocab.id_to_token(t) for t in best.tokens] + ["<eos>"]
-        attention = np.asarray(best.attention, dtype=np.float32)[:, sample["mask"]]
+        words, attention = words_and_attention(best, vocab, sample["mask"])
         subtitle = f"{sample['video_id']}  \u00b7  epoch {trainer.current_epoch}  \u00b7  step {trainer.global_step}"
         with tempfile.TemporaryDirectory() as folder:  # render_explanation draws to a file; the image is read back
             png = render_explanation(Path(folder) / "explanation.png", self._frames, self._times, words, attention,

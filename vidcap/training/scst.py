@@ -17,7 +17,8 @@ vidcap.training.hard_attention stays.
 
 `init_from` (a cross-entropy checkpoint) gives the starting weights; the architecture comes from that checkpoint
 (vidcap/training/lightning_cli.py), the data-derived sizes from the data: a checkpoint whose vocabulary or feature widths differ
-from the data's is a one-line error naming the file and the mismatch.
+from the data's is a one-line error naming the file and the mismatch (vidcap.model.checkpoint.store_mismatches, the checks
+of `vidcap evaluate` and `vidcap caption`).
 """
 
 from __future__ import annotations
@@ -34,8 +35,8 @@ import numpy as np
 import torch
 
 from vidcap.errors import CheckpointError, UsageError
-from vidcap.model.captioner import LOCAL_VARIANTS, CaptionModel, ModelConfig
-from vidcap.model.checkpoint import model_state, read_checkpoint, read_vidcap_section
+from vidcap.model.captioner import CaptionModel, ModelConfig
+from vidcap.model.checkpoint import model_state, read_checkpoint, read_vidcap_section, store_mismatches
 from vidcap.text.cider import CiderD
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.caption_sampling import sample
@@ -191,31 +192,15 @@ def initial_weights(path: str | os.PathLike, config: ModelConfig, vocab: Vocabul
                     feature_meta: Mapping[str, Any] | None) -> dict[str, torch.Tensor]:
     """The model weights of checkpoint `path`, checked against the model about to be trained on this data.
 
-    UsageError, one line naming the file and each mismatch: another vocabulary, other feature widths or extractors,
-    another frame count; CheckpointError when the file is missing, corrupt or not a vidcap checkpoint."""
+    UsageError, one line naming the file and each mismatch (vidcap.model.checkpoint.store_mismatches): another
+    vocabulary, other feature widths or extractors, frames sampled otherwise; CheckpointError when the file is
+    missing, corrupt or not a vidcap checkpoint. Without `feature_meta`, the store is known by the sizes `config`
+    took from it."""
     checkpoint = read_checkpoint(path)
     meta = read_vidcap_section(checkpoint, str(path))
-    saved, problems = meta["model"], []
-    if vocab is not None:
-        theirs = Vocabulary.from_dict(meta["vocab"])
-        if theirs.itos != vocab.itos:
-            at = next((i for i, (a, b) in enumerate(zip(theirs.itos, vocab.itos, strict=False)) if a != b),
-                      min(len(theirs), len(vocab)))
-            word = lambda v: repr(v.itos[at]) if at < len(v) else "none"  # noqa: E731
-            problems.append(f"another vocabulary ({len(theirs)} tokens, the data's vocab.json {len(vocab)}; first "
-                            f"difference at id {at}: {word(theirs)} vs {word(vocab)})")
-    kinds = ("global", "local") if config.variant in LOCAL_VARIANTS else ("global",)
-    trained_on = meta.get("features") or {}
-    for kind in kinds:
-        key = f"{kind}_dim"
-        if saved.get(key) != getattr(config, key):
-            problems.append(f"{kind} features of width {saved.get(key)}, the feature store's are "
-                            f"{getattr(config, key)} wide")
-        want, have = (trained_on.get(kind) or {}).get("name"), ((feature_meta or {}).get(kind) or {}).get("name")
-        if want and have and want != have:
-            problems.append(f"{kind} features from {want}, the feature store's from {have}")
-    if saved.get("max_frames") != config.max_frames:
-        problems.append(f"{saved.get('max_frames')} frames per video, the feature store has {config.max_frames}")
+    store = feature_meta or {"num_frames": config.max_frames, "global": {"dim": config.global_dim},
+                             "local": {"dim": config.local_dim} if config.local_dim else None}
+    problems = store_mismatches(meta, store, vocab)
     if problems:
         raise UsageError(f"{path}: cannot start from this checkpoint: {'; '.join(problems)}")
     return model_state(checkpoint)
