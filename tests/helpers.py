@@ -4,6 +4,7 @@ must import by module name: tiny videos written with PyAV, and a shrink that sta
 from __future__ import annotations
 
 import csv
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap.features.extractors.base import ResizeCrop
+from vidcap.text.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -280,3 +282,39 @@ def training_probe():
             self.seen["metrics"] = {k: float(v) for k, v in trainer.callback_metrics.items()}
 
     return TrainingProbe()
+
+# --------------------------------------------------------------------------------------------------------------------
+# A dataset of random features (no videos): tables, vocabulary and a feature store
+
+T, DG = 6, 8  # frames per video, feature width
+WORDS = "a man woman dog is cooking riding running playing the horse".split()
+SUBJECTS = ["man", "woman", "dog"]
+VERBS = ["cooking", "riding", "running", "playing"]
+
+
+def write_feature_dataset(root: Path) -> tuple[Path, Path]:
+    """12 train / 3 val / 5 test videos of random features (some shorter than T), 2 captions each."""
+    rng = np.random.default_rng(0)
+    data, store = root / "data", root / "feats"
+    (store / "features").mkdir(parents=True)
+    data.mkdir()
+    meta = {"format": 1, "num_frames": T, "dtype": "float16",
+            "global": {"name": "fake2d", "weights": "random", "dim": DG, "image_size": 32}, "local": None,
+            "versions": {}}
+    (store / "meta.json").write_text(json.dumps(meta))
+    rows = []
+    splits = ["train"] * 12 + ["val"] * 3 + ["test"] * 5
+    for i, split in enumerate(splits):
+        video_id = f"v{i:02d}"
+        n = T if i % 3 else T - 2
+        mask = np.arange(T) < n
+        arrays = {"global": (rng.standard_normal((T, DG)) * mask[:, None]).astype(np.float16), "mask": mask,
+                  "times": np.arange(T, dtype=np.float32)}
+        np.savez(store / "features" / f"{video_id}.npz", **arrays)
+        subject, verb = SUBJECTS[i % 3], VERBS[i % 4]
+        rows += [(video_id, split, f"a {subject} is {verb}"), (video_id, split, f"the {subject} is {verb}")]
+    with open(data / "captions.csv", "w", newline="") as handle:  # these captions are their own PTB tokens
+        csv.writer(handle).writerows([["video_id", "split", "caption", "tokens"], *[(*r, r[2]) for r in rows]])
+    Vocabulary(WORDS).save(data / "vocab.json")
+    (data / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
+    return data, store

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import write_video
+from tests.helpers import moving_square, write_video
 from vidcap.caption import CaptionResult, caption_video, load_captioner, video_features
 from vidcap.cli import main
 from vidcap.cli.caption import explain_names
@@ -33,37 +33,20 @@ NUM_FRAMES = 8
 IMAGE_SIZE = 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on the 2 shared cores of the test machine torch's threads spin against the other jobs
-    (the training loop below took 32 s with 2 threads under load, 1.7 s with 1)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-def square_video(n: int, color: tuple[int, int, int], direction: int) -> np.ndarray:
-    """(n, 48, 64, 3) frames: a 16x16 square of `color` sliding left-to-right (direction 1) or back (-1)."""
-    frames = np.full((n, *SIZE, 3), 30, dtype=np.uint8)
-    for i in range(n):
-        x = int(round((SIZE[1] - 16) * (i / max(n - 1, 1))))
-        x = x if direction > 0 else SIZE[1] - 16 - x
-        frames[i, 16:32, x : x + 16] = color
-    return frames
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
 def videos(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("videos")
     return {
-        "red": write_video(root / "red.mp4", square_video(40, (220, 30, 30), 1)),
-        "blue": write_video(root / "blue.avi", square_video(30, (30, 30, 220), -1), codec="mpeg4", fps=10),
+        "red": write_video(root / "red.mp4", moving_square(40, (220, 30, 30), 1)),
+        "blue": write_video(root / "blue.avi", moving_square(30, (30, 30, 220), -1), codec="mpeg4", fps=10),
     }
 
 
 @pytest.fixture(scope="module")
-def trained(videos, tmp_path_factory) -> dict[str, Path]:
+def trained(videos, tmp_path_factory, one_thread) -> dict[str, Path]:
     """{"checkpoint": Path, "store": Path}: the features of both videos and a model that learnt their captions."""
     from pytorch_lightning import Trainer
 
@@ -209,7 +192,7 @@ def test_n_best_lists_alternatives_best_first(captioner, videos):
 
 
 def test_one_frame_video(captioner, tmp_path):
-    path = write_video(tmp_path / "still.mp4", square_video(1, (220, 30, 30), 1))
+    path = write_video(tmp_path / "still.mp4", moving_square(1, (220, 30, 30), 1))
     result = caption_video(path, captioner, with_frames=True)
     assert result.frame_times.tolist() == [0.0]
     assert result.attention.shape == (len(result.words), 1)
@@ -246,7 +229,7 @@ def test_cli_json_equals_the_api(trained, captioner, videos, capsys):
 def test_cli_skips_bad_files_captions_and_explains_the_rest(trained, videos, bad_files, tmp_path, capsys):
     from PIL import Image
 
-    one = write_video(tmp_path / "one.mp4", square_video(1, (30, 30, 220), -1))
+    one = write_video(tmp_path / "one.mp4", moving_square(1, (30, 30, 220), -1))
     twin = tmp_path / "other" / "red.mp4"  # same stem as videos["red"]: its PNG must not overwrite the first
     twin.parent.mkdir()
     shutil.copy(videos["red"], twin)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import os
 import shutil
@@ -10,53 +9,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
+from tests.helpers import DG, WORDS, T, write_feature_dataset
 from vidcap.cli import main
 from vidcap.evaluation import reverse_frames
 from vidcap.experiments.demo import DEMO_CONFIG, train
 from vidcap.text.vocab import Vocabulary
 
-T, DG = 6, 8
-WORDS = "a man woman dog is cooking riding running playing the horse".split()
-SUBJECTS = ["man", "woman", "dog"]
-VERBS = ["cooking", "riding", "running", "playing"]
-
-
-def _write_dataset(root: Path) -> tuple[Path, Path]:
-    """12 train / 3 val / 5 test videos of random features (some shorter than T), 2 captions each."""
-    rng = np.random.default_rng(0)
-    data, store = root / "data", root / "feats"
-    (store / "features").mkdir(parents=True)
-    data.mkdir()
-    meta = {"format": 1, "num_frames": T, "dtype": "float16",
-            "global": {"name": "fake2d", "weights": "random", "dim": DG, "image_size": 32}, "local": None,
-            "versions": {}}
-    (store / "meta.json").write_text(json.dumps(meta))
-    rows = []
-    splits = ["train"] * 12 + ["val"] * 3 + ["test"] * 5
-    for i, split in enumerate(splits):
-        video_id = f"v{i:02d}"
-        n = T if i % 3 else T - 2
-        mask = np.arange(T) < n
-        arrays = {"global": (rng.standard_normal((T, DG)) * mask[:, None]).astype(np.float16), "mask": mask,
-                  "times": np.arange(T, dtype=np.float32)}
-        np.savez(store / "features" / f"{video_id}.npz", **arrays)
-        subject, verb = SUBJECTS[i % 3], VERBS[i % 4]
-        rows += [(video_id, split, f"a {subject} is {verb}"), (video_id, split, f"the {subject} is {verb}")]
-    with open(data / "captions.csv", "w", newline="") as handle:  # these captions are their own PTB tokens
-        csv.writer(handle).writerows([["video_id", "split", "caption", "tokens"], *[(*r, r[2]) for r in rows]])
-    Vocabulary(WORDS).save(data / "vocab.json")
-    (data / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
-    return data, store
-
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
-    data, store = _write_dataset(root)
+    data, store = write_feature_dataset(root)
     tiny = ["--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim", "16",
             "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "2",
             "--trainer.check_val_every_n_epoch", "2", "--model.decoding.beam_size", "3"]

@@ -125,9 +125,9 @@ def test_evaluate_stops_every_node_when_one_fails_its_checks(tmp_path):
     """Node 1 sees a store without the test split's features (a stale mount): both nodes exit 2 with its one line
     at once. Node 0 used to go on into the test loop alone: a traceback when gloo saw node 1 leave, and with NCCL
     across machines, 30 minutes of waiting first."""
-    from tests.test_evaluate import _write_dataset
+    from tests.helpers import write_feature_dataset
 
-    data, store = _write_dataset(tmp_path)
+    data, store = write_feature_dataset(tmp_path)
     checkpoint = _random_checkpoint(tmp_path / "random.ckpt", data, store)
     empty = tmp_path / "empty"
     (empty / "features").mkdir(parents=True)

@@ -108,7 +108,7 @@ def test_bf16_mixed_validation_metrics_equal_float32_evaluation(tmp_path):
     """The val/ numbers that pick a checkpoint under bf16-mixed are those `vidcap evaluate` reports in float32."""
     from pytorch_lightning import Callback
 
-    from tests.test_evaluate import _write_dataset
+    from tests.helpers import write_feature_dataset
     from vidcap.evaluation import evaluate
     from vidcap.experiments.demo import DEMO_CONFIG
     from vidcap.training.lightning_cli import run_lightning
@@ -119,7 +119,7 @@ def test_bf16_mixed_validation_metrics_equal_float32_evaluation(tmp_path):
         def on_validation_end(self, trainer, pl_module) -> None:
             self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
-    data, store = _write_dataset(tmp_path)
+    data, store = write_feature_dataset(tmp_path)
     args = ["--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim",
             "16", "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "3",
             "--trainer.check_val_every_n_epoch", "3", "--model.decoding.beam_size", "3", "--model.caption_metrics",

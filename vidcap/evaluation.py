@@ -36,14 +36,14 @@ from vidcap.errors import CheckpointError, UsageError
 from vidcap.model.captioner import ModelConfig
 from vidcap.model.decoding import DecodingOptions, Hypothesis, decode, words_and_attention
 from vidcap.precision import check_precision
+from vidcap.text.metrics import LOGGED_NAMES
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.module import CaptionModule
 
 log = logging.getLogger(__name__)
 
 # Logged name of CaptionModule's test loop (test/NAME) -> metrics.json key.
-LOGGED_METRICS = {"BLEU4": "Bleu_4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "ppl": "perplexity"}
-CONTENT_METRIC_KEYS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc")
+LOGGED_METRICS = {name: key for key, name in LOGGED_NAMES.items()}  # logged name -> coco key
 
 
 @dataclass

@@ -81,7 +81,8 @@ def table_rows(result, compare: bool) -> tuple[list, list[str]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    from vidcap.evaluation import CONTENT_METRIC_KEYS, evaluate, write_outputs
+    from vidcap.datasets.synthetic.events import CONTENT_METRIC_KEYS
+    from vidcap.evaluation import evaluate, write_outputs
     from vidcap.model.checkpoint import read_decoding, with_overrides
     from vidcap.report.table import format_table
 

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from vidcap.atomic import atomic_path
+from vidcap.datasets.synthetic.events import CONTENT_METRIC_KEYS, REVERSAL_KEY
 from vidcap.errors import UsageError
 from vidcap.experiments.demo import (
     DEMO_METRIC_KEYS,
@@ -68,8 +69,7 @@ ABLATION_RUNS: tuple[tuple[str, str, str], ...] = (
 METRIC_KEYS = DEMO_METRIC_KEYS + ("degenerate",)
 CSV_COLUMNS = ("variant", "encoder", "training", "seed") + METRIC_KEYS
 TRAINING_LABELS = {"xe": "", "hard": " + hard attention", "scst": " + SCST"}
-CONTENT_COLUMNS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc",
-                   "reversal_changed")
+CONTENT_COLUMNS = (*CONTENT_METRIC_KEYS, REVERSAL_KEY)
 # Issue 7's gates on the synthetic dataset (means over seeds): key -> threshold, for attention + position encoder.
 GATES = {"objects_order_acc": 0.80, "order_given_objects_acc": 0.90, "colour_acc": 0.90, "shape_acc": 0.90,
          "reversal_changed": 0.90}

@@ -35,14 +35,14 @@ from typing import Any
 import pytorch_lightning as pl
 
 from vidcap import atomic
+from vidcap.datasets.synthetic.events import CONTENT_METRIC_KEYS, REVERSAL_KEY
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
 
 STAGES = ("prepare", "extract", "fit", "evaluate", "caption")
 # metrics.json of the demo: these keys, in this order (fractions in 0..1 except CIDEr and perplexity).
-DEMO_METRIC_KEYS = ("Bleu_4", "METEOR", "CIDEr", "ROUGE_L", "perplexity", "objects_order_acc",
-                    "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc", "reversal_changed")
+DEMO_METRIC_KEYS = ("Bleu_4", "METEOR", "CIDEr", "ROUGE_L", "perplexity", *CONTENT_METRIC_KEYS, REVERSAL_KEY)
 GLOBAL_EXTRACTOR = "efficientnet_lite0"
 LOCAL_EXTRACTOR = "frame_delta_efficientnet_lite0"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"

@@ -43,6 +43,10 @@ from vidcap.errors import UsageError
 log = logging.getLogger(__name__)
 
 METRIC_KEYS = ("Bleu_1", "Bleu_2", "Bleu_3", "Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
+# The one table of metric names: coco-caption's key (score_captions, metrics.json) -> the name training logs it under
+# (val/<name>, test/<name>). The first four are computed from captions, perplexity from the references' likelihood.
+LOGGED_NAMES = {"Bleu_4": "BLEU4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr", "perplexity": "ppl"}
+CAPTION_METRICS = ("Bleu_4", "METEOR", "ROUGE_L", "CIDEr")
 
 TOKENIZER_JAR = Path(_coco_ptb.__file__).resolve().parent / _coco_ptb.STANFORD_CORENLP_3_4_1_JAR
 METEOR_DIR = Path(_coco_meteor.__file__).resolve().parent

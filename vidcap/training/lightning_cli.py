@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from vidcap.errors import UsageError
+from vidcap.text.metrics import CAPTION_METRICS, LOGGED_NAMES
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +58,7 @@ EXAMPLE = """\
 """
 
 # Monitors that exist only when the caption metrics are computed.
-_CAPTION_MONITORS = {f"val/{name}" for name in ("BLEU4", "METEOR", "ROUGE_L", "CIDEr")}
+_CAPTION_MONITORS = {f"val/{LOGGED_NAMES[key]}" for key in CAPTION_METRICS}
 SUBCOMMANDS = ("fit", "validate", "test")
 TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
 

@@ -46,7 +46,8 @@ from vidcap.errors import CheckpointError, UsageError
 from vidcap.model.captioner import CaptionModel, ModelConfig
 from vidcap.model.checkpoint import CHECKPOINT_FORMAT, read_vidcap_section
 from vidcap.model.decoding import DecodingOptions, Hypothesis, decode
-from vidcap.text.metrics import perplexity
+from vidcap.text.metrics import CAPTION_METRICS as CAPTION_METRIC_KEYS
+from vidcap.text.metrics import LOGGED_NAMES, perplexity
 from vidcap.text.vocab import Vocabulary
 from vidcap.training.hard_attention import HardAttentionObjective, HardAttentionOptions
 from vidcap.training.scst import (
@@ -60,7 +61,7 @@ from vidcap.training.scst import (
 log = logging.getLogger(__name__)
 
 # Metric names of vidcap.text.metrics.score_captions -> logged names.
-CAPTION_METRICS = {"Bleu_4": "BLEU4", "METEOR": "METEOR", "ROUGE_L": "ROUGE_L", "CIDEr": "CIDEr"}
+CAPTION_METRICS = {key: LOGGED_NAMES[key] for key in CAPTION_METRIC_KEYS}  # coco key -> logged name
 # ModelConfig field -> the data module attribute it is linked from (vidcap/training/lightning_cli.py).
 DATA_SIZES = {"vocab_size": "vocab_size", "global_dim": "global_dim", "local_dim": "local_dim",
               "max_frames": "num_frames"}

@@ -129,6 +129,11 @@ def _truth(events: Mapping[str, tuple[Event, Event]], video_id: str) -> tuple[Ev
         raise UsageError(f"content metrics: no ground-truth events for video {video_id!r}") from error
 
 
+# The content metrics, in the order they are printed and stored: score_events' keys, then the reversal test's.
+CONTENT_METRIC_KEYS = ("objects_order_acc", "order_given_objects_acc", "colour_acc", "shape_acc", "direction_acc")
+REVERSAL_KEY = "reversal_changed"
+
+
 def score_events(predictions: Mapping[str, str], events: Mapping[str, tuple[Event, Event]]) -> dict[str, float]:
     """Scores of predicted captions against the true events, over the videos in `predictions` (fractions in 0..1).
 
@@ -156,13 +161,9 @@ def score_events(predictions: Mapping[str, str], events: Mapping[str, tuple[Even
         if None not in (x for obj in pred_objects for x in obj) and sorted(pred_objects) == sorted(true_objects):
             matched += 1
             matched_in_order += in_order
-    return {
-        "objects_order_acc": objects_order / n,
-        "order_given_objects_acc": matched_in_order / matched if matched else 0.0,
-        "colour_acc": field_hits["colour"] / (2 * n),
-        "shape_acc": field_hits["shape"] / (2 * n),
-        "direction_acc": field_hits["action"] / (2 * n),
-    }
+    values = (objects_order / n, matched_in_order / matched if matched else 0.0, field_hits["colour"] / (2 * n),
+              field_hits["shape"] / (2 * n), field_hits["action"] / (2 * n))
+    return dict(zip(CONTENT_METRIC_KEYS, values, strict=True))
 
 
 def reversal_changed(predictions: Mapping[str, str], reversed_predictions: Mapping[str, str]) -> float:
