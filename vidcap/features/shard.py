@@ -18,6 +18,7 @@ import os
 import re
 import shutil
 import socket
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -81,6 +82,23 @@ class _InFlight:
     def index_of(self, pid: int) -> int | None:
         pairs = zip(self.slots[0::2], self.slots[1::2], strict=True)
         return next((index for worker, index in pairs if worker == pid), None)
+
+    def dead(self) -> tuple[int, int] | None:
+        """(pid, index) of a worker that has died (Linux: its /proc entry is gone or a zombie), or None."""
+        for pid, index in zip(self.slots[0::2], self.slots[1::2], strict=True):
+            if pid > 0 and not _alive(pid):
+                return pid, index
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    except OSError:  # no /proc (macOS): a zombie counts as alive here, and the run names the video it waited for
+        return True
+    return stat[stat.rindex(")") + 2] not in "ZX"
 
 
 class VideoDataset(torch.utils.data.Dataset):
@@ -173,6 +191,35 @@ def decoding_loader(dataset: VideoDataset, options: ExtractOptions, *, pin_memor
         multiprocessing_context=worker_context() if workers else None,
         timeout=options.worker_timeout if workers else 0,
     )
+
+
+def _stopped_worker(error: Exception, in_flight: _InFlight, timeout: float) -> tuple[str, int | None] | None:
+    """(the reason, the index of the item the worker was on, or None: the one the run waited for) when `error` says
+    a decoding worker hung or died; None for any other error.
+
+    A worker killed while it hands over a video shows as a ConnectionError (its tensors' file descriptors can no
+    longer be fetched) before its death is registered: then the dead worker is found among the ones in flight, and
+    DataLoader's SIGCHLD handler, which raises as the death registers, is let finish here.
+    """
+    if isinstance(error, ConnectionError):
+        found, deadline = None, time.monotonic() + 5
+        while found is None and time.monotonic() < deadline:
+            try:
+                found = in_flight.dead()
+                time.sleep(0.05)
+            except RuntimeError as late:  # the SIGCHLD handler: its message has the signal
+                error = late
+                break
+        if isinstance(error, ConnectionError):
+            if found is None:
+                return None
+            pid, index = found
+            return f"its decoding worker (pid {pid}) died while handing over a video (killed by a signal?)", index
+    failure = worker_failure(error, timeout)
+    if failure is None:
+        return None
+    reason, pid = failure
+    return reason, in_flight.index_of(pid) if pid is not None else None
 
 
 def worker_failure(error: RuntimeError, timeout: float) -> tuple[str, int | None] | None:
@@ -388,14 +435,13 @@ def _extract_shard(shard: Shard) -> int:
                 write(batcher.finished())
             batcher.run(flush=True)
             write(batcher.finished(wait=True))
-        except RuntimeError as error:
+        except (RuntimeError, ConnectionError) as error:
             # No flush: DataLoader's SIGCHLD handler may have cut the batcher short mid-batch, and its rows could
             # then go to the wrong videos. The videos not written are extracted again by the rerun.
-            failure = worker_failure(error, options.worker_timeout or 0)
+            failure = _stopped_worker(error, dataset.in_flight, options.worker_timeout or 0)
             if failure is None:
                 raise
-            reason, pid = failure
-            index = dataset.in_flight.index_of(pid) if pid is not None else None
+            reason, index = failure
             stopped = (*items[min(received, len(items) - 1) if index is None else index], reason)
     bar.close()
     if stopped is not None:
