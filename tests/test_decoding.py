@@ -277,3 +277,56 @@ def test_shrinking_beam_batched_equals_one_video_at_a_time_and_scores_sequences(
                 assert eos_log_prob == pytest.approx(0.0, abs=1e-5)
             else:
                 assert eos_log_prob < 0.0
+
+
+def test_one_loop_runs_every_search(monkeypatch):
+    """decode and the three search functions all go through `search_loop`, with the strategy the options name."""
+    from vidcap.model.captioner import decoding
+
+    seen, loop = [], decoding.search_loop
+
+    def spy(model, feats, mask, options, strategy, bos_id, eos_id):
+        seen.append(type(strategy))
+        return loop(model, feats, mask, options, strategy, bos_id, eos_id)
+
+    monkeypatch.setattr(decoding, "search_loop", spy)
+    model = ToyAttentionGRU(seed=1)
+    feats, mask = toy_batch(B=2)
+    for options in (DecodingOptions(beam_size=1, max_len=4), DecodingOptions(beam_size=3, max_len=4),
+                    DecodingOptions(beam_size=3, max_len=4, shrinking_beam=True)):
+        decode(model, feats, mask, options, BOS, EOS)
+    options = DecodingOptions(beam_size=2, max_len=4)
+    for search in (decoding.greedy_search, decoding.beam_search, decoding.shrinking_beam_search):
+        search(model, feats, mask, options, BOS, EOS)
+    assert seen == [decoding.Greedy, decoding.BeamSearch, decoding.ShrinkingBeam] * 2
+
+
+class LazyGRU(ToyAttentionGRU):
+    """Updates h on every other step only, returning on the others the very tensor it was given (`lazy`) or a copy:
+    a key step() once replaced holds each beam's own values and must follow its beam even when left unchanged."""
+
+    def __init__(self, lazy: bool, **kwargs):
+        super().__init__(**kwargs)
+        self.lazy = lazy
+
+    def init_state(self, feats, mask):
+        self.steps = 0
+        return super().init_state(feats, mask)
+
+    def step(self, prev, state):
+        self.steps += 1
+        log_probs, alpha, new_state = super().step(prev, state)
+        if self.steps % 2 == 0:
+            new_state["h"] = state["h"] if self.lazy else state["h"].clone()
+        return log_probs, alpha, new_state
+
+
+@pytest.mark.parametrize("options", [DecodingOptions(beam_size=1, max_len=8),
+                                     DecodingOptions(beam_size=3, max_len=8, n_best=3),
+                                     DecodingOptions(beam_size=3, max_len=8, n_best=3, shrinking_beam=True)])
+def test_state_a_step_leaves_unchanged_still_follows_its_beams(options):
+    feats, mask = toy_batch(B=3)
+    lazy = decode(LazyGRU(True, seed=6), feats, mask, options, BOS, EOS)
+    copied = decode(LazyGRU(False, seed=6), feats, mask, options, BOS, EOS)
+    assert [[(h.tokens, h.log_prob) for h in hyps] for hyps in lazy] == \
+        [[(h.tokens, h.log_prob) for h in hyps] for hyps in copied]

@@ -5,19 +5,22 @@ The model interface (vidcap.model.captioner.CaptionModel implements it; tests us
     state = model.init_state(feats (B, T, D), mask (B, T) bool)   # dict of tensors, all batch-first
     log_probs (B, V), alpha (B, T), state = model.step(prev_tokens (B,) long, state)
 
-`decode` runs greedy search when `beam_size == 1` and beam search otherwise. Beam search is batched: the B videos x
-K beams of a batch advance together, one `model.step` call per time step on B*K rows (the state is expanded with
-`repeat_interleave` and reordered with `index_select` over dim 0); videos whose best hypotheses are settled leave
-the batch. State tensors that `step` returns unchanged (the very object it was given, such as the encoded frames)
-are the same for every beam of a video, so they are only re-indexed when videos leave the batch: copying the
-(B*K, T, D) frame context at every step would cost as much as the model step itself. `shrinking_beam` runs the
-original code's beam search instead (`shrinking_beam_search`), whose beam narrows as hypotheses finish. Scores
-are summed log-probabilities, as in the original code (beam 5, no length normalisation), unless `length_penalty`
-is set.
+`decode` runs greedy search when `beam_size == 1` and beam search otherwise, or, with `shrinking_beam`, the
+original code's beam search, whose beam narrows as hypotheses finish. One loop (`search_loop`) runs all three: it
+owns the step (model call, log-probs, n-gram blocking, EOS forced at the length limit, finished hypotheses,
+attention, re-indexing the state), and a strategy (`Greedy`, `BeamSearch`, `ShrinkingBeam`) only chooses the
+extensions and says when a video is done. The search is batched: all live hypotheses of all videos advance
+together, one `model.step` call per time step on their R rows (B*K for beam search: the state is expanded with
+`repeat_interleave` and reordered with `index_select` over dim 0); videos that are done leave the batch. State
+tensors that `step` always returns unchanged (the very object it was given, such as the encoded frames) are the
+same for every row of a video, so they are only re-indexed when videos' rows change: copying the (B*K, T, D)
+frame context at every step would cost as much as the model step itself. Scores are summed log-probabilities, as
+in the original code (beam 5, no length normalisation), unless `length_penalty` is set.
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from dataclasses import dataclass
@@ -111,12 +114,7 @@ def decode(
         log.warning("decoding with a model in training mode (dropout is active); call model.eval() first")
     if feats.shape[0] == 0:
         return []
-    with torch.no_grad():
-        if options.shrinking_beam:
-            return shrinking_beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
-        if options.beam_size == 1:
-            return greedy_search(model, feats, mask.bool(), options, bos_id, eos_id)
-        return beam_search(model, feats, mask.bool(), options, bos_id, eos_id)
+    return search_loop(model, feats, mask.bool(), options, strategy_for(options), bos_id, eos_id)
 
 
 def _to_host(*tensors: torch.Tensor) -> list[torch.Tensor]:
@@ -172,233 +170,265 @@ def _force_eos(log_probs: torch.Tensor, eos_id: int) -> torch.Tensor:
     return forced
 
 
-@torch.no_grad()
-def greedy_search(
-    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
-) -> list[list[Hypothesis]]:
-    """The most likely next word at every step. feats (B, T, D), mask (B, T) bool -> B lists of 1 hypothesis."""
-    B = feats.shape[0]
-    device = feats.device
-    state = model.init_state(feats, mask)
-    active = list(range(B))  # the video of each state row
-    prev = torch.full((B,), bos_id, dtype=torch.long, device=device)
-    tokens: list[list[int]] = [[] for _ in range(B)]
-    log_probs_sum = [0.0] * B
-    attention: list[list[torch.Tensor]] = [[] for _ in range(B)]
-    results: list[list[Hypothesis]] = [[] for _ in range(B)]
-    for t in range(options.max_len + 1):
-        log_probs, alpha, state = model.step(prev, state)
-        log_probs = log_probs.double()
-        if options.no_repeat_ngram_size:
-            _block(log_probs, [tokens[b] for b in active], options.no_repeat_ngram_size)
-        if t == options.max_len:
-            log_probs = _force_eos(log_probs, eos_id)
-        best_log_prob, best = log_probs.max(dim=-1)
-        host_log_prob, host_best, alpha = _to_host(best_log_prob, best, alpha.float())
-        keep = []
-        for row, (video, word, word_log_prob) in enumerate(zip(active, host_best.tolist(), host_log_prob.tolist(), strict=True)):
-            log_probs_sum[video] += word_log_prob
-            attention[video].append(alpha[row])
-            if word == eos_id:
-                length = len(tokens[video]) + 1
-                results[video] = [Hypothesis(
-                    tokens=tokens[video],
-                    log_prob=log_probs_sum[video],
-                    score=log_probs_sum[video] / length_normaliser(length, options.length_penalty),
-                    attention=torch.stack(attention[video]).numpy(),
-                )]
-            else:
-                tokens[video].append(word)
-                keep.append(row)
-        if not keep:
-            break
-        if len(keep) < len(active):  # finished videos leave the batch
-            index = _to_device(keep, torch.long, device)
-            state, best = _select(state, index), best.index_select(0, index)
-            active = [active[row] for row in keep]
-        prev = best
-    return results
+# An extension of a hypothesis by one word: (summed log-prob including the word, source row, word).
+Extension = tuple[float, int, int]
 
 
-@torch.no_grad()
-def beam_search(
-    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
-) -> list[list[Hypothesis]]:
-    """Batched beam search. feats (B, T, D), mask (B, T) bool -> B lists of n_best hypotheses, best first.
+def _possible(extensions) -> list[Extension]:
+    """The extensions before the first impossible one (-inf: a dead row's, a blocked word's); best first."""
+    return list(itertools.takewhile(lambda e: e[0] != NEG_INF, extensions))
 
-    The state has A*K rows, beam k of the a-th active video at row a*K + k. Each step ranks the K*V extensions of a
-    video's beams and walks them best first: an extension ending in EOS becomes a finished hypothesis, the others
-    fill the K beams of the next step (the best 2K extensions always hold K that do not end in EOS). A video is
-    settled when it has n_best finished hypotheses that no live beam can beat: log-probs only decrease, so a live
-    beam's final score is at most its log-prob divided by the largest length normaliser it can still reach.
+
+@dataclass
+class _Rows:
+    """The hypotheses a search holds, one per row of the decoder state (R rows), a video's rows consecutive.
+
+    videos: the video of each row. scores: summed log-probs, -inf on dead rows. live: False on the dead rows that
+    pad a video to a strategy's fixed width (they take part in the model step but never extend into anything).
+    histories: the words so far. attention: one host (T,) float32 row per step taken.
     """
-    B = feats.shape[0]
-    K = options.beam_size
-    alpha_lp = options.length_penalty
-    device = feats.device
-    state = _select(model.init_state(feats, mask), torch.arange(B, device=device).repeat_interleave(K))
-    active = list(range(B))
-    # Beams 1..K-1 start at -inf so that the K identical copies of a video do not become K identical beams.
-    beam_log_prob = torch.full((B, K), NEG_INF, dtype=torch.float64, device=device)
-    beam_log_prob[:, 0] = 0.0
-    prev = torch.full((B * K,), bos_id, dtype=torch.long, device=device)
-    histories: list[list[int]] = [[] for _ in range(B * K)]
-    attention: list[list[torch.Tensor]] = [[] for _ in range(B * K)]
-    live_row = [True] * (B * K)
+
+    videos: list[int]
+    scores: list[float]
+    live: list[bool]
+    histories: list[list[int]]
+    attention: list[list[torch.Tensor]]
+
+    def groups(self) -> list[tuple[int, int, int]]:
+        """(video, first row, end row) of each video, in row order."""
+        groups = []
+        start = 0
+        for row in range(1, len(self.videos) + 1):
+            if row == len(self.videos) or self.videos[row] != self.videos[start]:
+                groups.append((self.videos[start], start, row))
+                start = row
+        return groups
+
+
+class SearchStrategy:
+    """How a search picks among the extensions of its hypotheses, and when a video's search is over.
+
+    `search_loop` owns the step (model call, log-probs, n-gram blocking, forced EOS, finished hypotheses, attention,
+    the state's rows); each step it asks the strategy to reduce the (R, V) float64 log-probs to the few candidates
+    the host needs (`rank`, on the model's device, scores added as it sees fit), then for each video the extensions
+    to try, best first (`select`, on the host), and whether the video is done given the live extensions the loop
+    kept (`is_finished`). The loop turns extensions ending in EOS into hypotheses, keeps at most K others, and
+    stops when every video is done.
+    """
+
+    # Rows per video that `rank` expects. A video with fewer live extensions is padded with dead rows (-inf), and
+    # starts as one hypothesis plus width - 1 dead rows. None: any number of rows per video.
+    width: int | None = 1
+    # At the length limit: True, a last step (max_len + 1) in which only EOS may follow. False (the original's
+    # rule), hypotheses open after max_len steps end as they are, without EOS; a last model step gives the last
+    # row of their attention.
+    force_eos: bool = True
+
+    def rank(self, log_probs: torch.Tensor, rows: _Rows) -> tuple[torch.Tensor, ...]:
+        """log_probs: (R, V) float64, blocked words and forced EOS applied -> tensors for `select` (one transfer)."""
+        raise NotImplementedError
+
+    def select(self, ranked: list[torch.Tensor], rows: _Rows, groups: list[tuple[int, int, int]],
+               finished: list[list[Hypothesis]]) -> list[list[Extension]]:
+        """`rank`'s tensors on the host -> for each group of `rows.groups()`, the extensions to try, best first."""
+        raise NotImplementedError
+
+    def is_finished(self, t: int, beams: list[Extension], done: list[Hypothesis]) -> bool:
+        """Whether a video stops after step t, given the live extensions kept (best first) and its hypotheses."""
+        return not beams
+
+
+class Greedy(SearchStrategy):
+    """The most likely next word of each video's single hypothesis, until EOS."""
+
+    def rank(self, log_probs, rows):
+        return tuple(log_probs.max(dim=-1))  # (R,) float64 log-prob and (R,) word of each row's best word
+
+    def select(self, ranked, rows, groups, finished):
+        best_log_prob, best = (x.tolist() for x in ranked)
+        # No -inf cut: greedy takes the best word even when every word is impossible (a model giving -inf).
+        return [[(rows.scores[row] + best_log_prob[row], row, best[row])] for _, row, _ in groups]
+
+
+class BeamSearch(SearchStrategy):
+    """Batched beam search: K rows per video, beam k of the a-th video at row a*K + k.
+
+    Each step ranks the K*V extensions of a video's beams; the best 2K always hold K that do not end in EOS. A
+    video is settled when it has n_best finished hypotheses that no live beam can beat: log-probs only decrease,
+    so a live beam's final score is at most its log-prob divided by the largest length normaliser it can reach.
+    """
+
+    def __init__(self, options: DecodingOptions):
+        self.width = options.beam_size
+        self.n_best, self.max_len, self.alpha = options.n_best, options.max_len, options.length_penalty
+
+    def rank(self, log_probs, rows):
+        K, (R, V) = self.width, log_probs.shape
+        beam_log_prob = _to_device(rows.scores, torch.float64, log_probs.device).view(R, 1)
+        top_log_prob, top_index = (beam_log_prob + log_probs).view(R // K, K * V).topk(min(2 * K, K * V), dim=1)
+        # (A, 2K) each: summed log-prob, source row a*K + k, word; divided on the device, so the host needs no V.
+        first_row = torch.arange(0, R, K, device=log_probs.device).unsqueeze(1)
+        return top_log_prob, first_row + torch.div(top_index, V, rounding_mode="floor"), top_index % V
+
+    def select(self, ranked, rows, groups, finished):
+        top_log_prob, source, word = (x.tolist() for x in ranked)
+        return [_possible(zip(*columns, strict=True)) for columns in zip(top_log_prob, source, word, strict=True)]
+
+    def is_finished(self, t, beams, done):
+        if not beams:
+            return True
+        if len(done) < self.n_best:
+            return False
+        # After step t a live beam has t + 1 words; it can still end with L = t + 2 .. max_len + 1 tokens.
+        best_normaliser = max(length_normaliser(t + 2, self.alpha), length_normaliser(self.max_len + 1, self.alpha))
+        nth_best = sorted((h.score for h in done), reverse=True)[self.n_best - 1]
+        return nth_best >= beams[0][0] / best_normaliser
+
+
+class ShrinkingBeam(SearchStrategy):
+    """The original code's beam search (arctic-capgen-vid's `gen_sample`): a video starts from one hypothesis,
+    each step keeps the best K - F extensions of its live hypotheses (F: its finished ones), those ending in EOS
+    finish; it stops when F reaches K or nothing is live, and after max_len steps its live hypotheses count as
+    they are, without EOS's log-prob."""
+
+    width = None
+    force_eos = False
+
+    def __init__(self, options: DecodingOptions):
+        self.K = options.beam_size
+
+    def rank(self, log_probs, rows):
+        scores = _to_device(rows.scores, torch.float64, log_probs.device).unsqueeze(1)
+        # (R, K) summed log-probs and words: a video's best K extensions are among the best K of each of its rows.
+        return tuple((scores + log_probs).topk(min(self.K, log_probs.shape[1]), dim=1))
+
+    def select(self, ranked, rows, groups, finished):
+        top_log_prob, top_index = (x.tolist() for x in ranked)
+        return [_possible(sorted(
+            ((log_prob, row, word) for row in range(start, end)
+             for log_prob, word in zip(top_log_prob[row], top_index[row], strict=True)),
+            key=lambda e: -e[0])[: self.K - len(finished[video])])
+            for video, start, end in groups]
+
+
+def strategy_for(options: DecodingOptions) -> SearchStrategy:
+    """The strategy `decode` runs for `options`: shrinking beam, greedy (beam_size 1) or beam search."""
+    if options.shrinking_beam:
+        return ShrinkingBeam(options)
+    return Greedy() if options.beam_size == 1 else BeamSearch(options)
+
+
+def _finish(rows: _Rows, row: int, log_prob: float, alpha: torch.Tensor, eos: bool, alpha_lp: float) -> Hypothesis:
+    """The hypothesis of `row` ended at this step (with EOS, or open at the length limit); alpha: (R, T) host."""
+    tokens = list(rows.histories[row])
+    return Hypothesis(tokens=tokens, log_prob=log_prob,
+                      score=log_prob / length_normaliser(len(tokens) + int(eos), alpha_lp),
+                      attention=torch.stack(rows.attention[row] + [alpha[row]]).numpy())
+
+
+@torch.no_grad()
+def search_loop(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, strategy: SearchStrategy,
+    bos_id: int, eos_id: int,
+) -> list[list[Hypothesis]]:
+    """The one decoding loop, with `strategy` choosing the extensions. feats (B, T, D), mask (B, T) bool -> B lists
+    of at most n_best hypotheses, best first (sorted() is stable: among equal scores the one found first wins)."""
+    B, device, K = feats.shape[0], feats.device, options.beam_size
+    width = strategy.width or 1
+    state = model.init_state(feats, mask)
+    if width > 1:
+        state = _select(state, torch.arange(B, device=device).repeat_interleave(width))
+    # Rows 1..width-1 of a video start dead, at -inf, so that its identical copies do not become identical beams.
+    live = [k == 0 for _ in range(B) for k in range(width)]
+    rows = _Rows(videos=[video for video in range(B) for _ in range(width)],
+                 scores=[0.0 if ok else NEG_INF for ok in live], live=live,
+                 histories=[[] for _ in live], attention=[[] for _ in live])
+    prev = torch.full((len(live),), bos_id, dtype=torch.long, device=device)
+    # Keys step() has always returned unchanged (the encoded frames): equal on all rows of a video, so they need
+    # new rows only when the videos' rows change, not when beams are reordered (a (R, T, D) copy per step would
+    # cost as much as the model step).
+    constant = set(state)
     finished: list[list[Hypothesis]] = [[] for _ in range(B)]
 
     for t in range(options.max_len + 1):
         given = state
         log_probs, alpha, state = model.step(prev, state)
-        V = log_probs.shape[-1]
+        constant = {key for key in constant if state.get(key) is given[key]}
+        if t == options.max_len and not strategy.force_eos:
+            (alpha,) = _to_host(alpha.float())
+            for row, video in enumerate(rows.videos):
+                finished[video].append(_finish(rows, row, rows.scores[row], alpha, False, options.length_penalty))
+            break
         log_probs = log_probs.double()
         if options.no_repeat_ngram_size:
-            _block(log_probs, [h if ok else None for h, ok in zip(histories, live_row, strict=True)], options.no_repeat_ngram_size)
+            _block(log_probs, [h if ok else None for h, ok in zip(rows.histories, rows.live, strict=True)],
+                   options.no_repeat_ngram_size)
         if t == options.max_len:
             log_probs = _force_eos(log_probs, eos_id)
-        A = len(active)
-        candidates = (beam_log_prob.view(A * K, 1) + log_probs).view(A, K * V)
-        top_log_prob, top_index = candidates.topk(min(2 * K, K * V), dim=1)
-        top_log_prob, top_index, alpha = _to_host(top_log_prob, top_index, alpha.float())
-        top_log_prob, top_index = top_log_prob.tolist(), top_index.tolist()
-
-        # After this step a live beam has t + 1 words; it can still end with L = t + 2 .. max_len + 1 tokens.
-        best_normaliser = max(length_normaliser(t + 2, alpha_lp), length_normaliser(options.max_len + 1, alpha_lp))
-        next_active, rows, words, scores = [], [], [], []
-        for a, video in enumerate(active):
-            beams = []  # (source row, word, log-prob), best first
-            for log_prob, index in zip(top_log_prob[a], top_index[a], strict=True):
-                if log_prob == NEG_INF:
-                    break
-                k, word = divmod(index, V)
-                row = a * K + k
+        *ranked, alpha = _to_host(*strategy.rank(log_probs, rows), alpha.float())
+        groups = rows.groups()
+        chosen: list[tuple[int, int, float, bool]] = []  # (source row, word, score, live) of the next rows
+        videos: list[int] = []
+        for (video, _, _), extensions in zip(groups, strategy.select(ranked, rows, groups, finished), strict=True):
+            beams: list[Extension] = []
+            for log_prob, row, word in extensions:
                 if word == eos_id:
-                    length = len(histories[row]) + 1
-                    finished[video].append(Hypothesis(
-                        tokens=list(histories[row]),
-                        log_prob=log_prob,
-                        score=log_prob / length_normaliser(length, alpha_lp),
-                        attention=torch.stack(attention[row] + [alpha[row]]).numpy(),
-                    ))
+                    finished[video].append(_finish(rows, row, log_prob, alpha, True, options.length_penalty))
                 else:
-                    beams.append((row, word, log_prob))
+                    beams.append((log_prob, row, word))
                     if len(beams) == K:
                         break
-            if not beams:
+            if strategy.is_finished(t, beams, finished[video]):
                 continue
-            done = finished[video]
-            if len(done) >= options.n_best:
-                nth_best = sorted((h.score for h in done), reverse=True)[options.n_best - 1]
-                if nth_best >= beams[0][2] / best_normaliser:
-                    continue
-            # Fewer than K extensions (tiny vocabularies, blocked n-grams): pad with dead beams at -inf.
-            beams += [(beams[0][0], eos_id, NEG_INF)] * (K - len(beams))
-            next_active.append(video)
-            for row, word, log_prob in beams:
-                rows.append(row)
-                words.append(word)
-                scores.append(log_prob)
-        if not next_active:
+            # Fewer than `width` extensions (tiny vocabularies, blocked n-grams): pad with dead rows.
+            pads = max(0, (strategy.width or 0) - len(beams))
+            chosen += [(row, word, log_prob, True) for log_prob, row, word in beams]
+            chosen += [(beams[0][1], eos_id, NEG_INF, False)] * pads
+            videos += [video] * (len(beams) + pads)
+        if not chosen:
             break
-        histories = [histories[row] + [word] for row, word in zip(rows, words, strict=True)]
-        attention = [attention[row] + [alpha[row]] for row in rows]
-        live_row = [score != NEG_INF for score in scores]
-        # Beams are reordered within their video only; a tensor step() left alone holds the same values for all K
-        # beams of a video, so it needs a copy only when videos leave the batch.
-        index = _to_device(rows, torch.long, device)
-        shrunk = len(next_active) < A
-        if shrunk:
-            position = {video: a for a, video in enumerate(active)}
-            video_rows = _to_device([position[video] * K + k for video in next_active for k in range(K)], torch.long,
-                                    device)
-        state = {
-            key: value.index_select(0, index) if value is not given.get(key)
-            else value.index_select(0, video_rows) if shrunk else value
-            for key, value in state.items()
-        }
+        source = [row for row, _, _, _ in chosen]
+        words = [word for _, word, _, _ in chosen]
+        state = _reindex(state, source, constant, rows.videos != videos, device)
+        rows = _Rows(videos=videos, scores=[score for _, _, score, _ in chosen], live=[ok for *_, ok in chosen],
+                     histories=[rows.histories[row] + [word] for row, word in zip(source, words, strict=True)],
+                     attention=[rows.attention[row] + [alpha[row]] for row in source])
         prev = _to_device(words, torch.long, device)
-        beam_log_prob = _to_device(scores, torch.float64, device).view(-1, K)
-        active = next_active
 
-    # sorted() is stable: among equal scores the hypothesis found first (the shorter one) wins.
     return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]
 
 
-@torch.no_grad()
+def _reindex(state: dict[str, torch.Tensor], source: list[int], constant: set[str], regrouped: bool,
+             device: torch.device) -> dict[str, torch.Tensor]:
+    """The state of the next rows, row i a copy of row source[i]. `constant` keys hold the same values on every
+    row of a video: they change only when the videos' rows do (`regrouped`)."""
+    if source == list(range(len(source))) and not regrouped:  # greedy while no video finishes: nothing moves
+        return state
+    index = _to_device(source, torch.long, device)
+    return {key: value if key in constant and not regrouped else value.index_select(0, index)
+            for key, value in state.items()}
+
+
+def greedy_search(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
+) -> list[list[Hypothesis]]:
+    """The most likely next word at every step. feats (B, T, D), mask (B, T) bool -> B lists of 1 hypothesis."""
+    return search_loop(model, feats, mask, options, Greedy(), bos_id, eos_id)
+
+
+def beam_search(
+    model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
+) -> list[list[Hypothesis]]:
+    """Batched beam search (`BeamSearch`). feats (B, T, D), mask (B, T) bool -> B lists of n_best hypotheses."""
+    return search_loop(model, feats, mask, options, BeamSearch(options), bos_id, eos_id)
+
+
 def shrinking_beam_search(
     model, feats: torch.Tensor, mask: torch.Tensor, options: DecodingOptions, bos_id: int, eos_id: int
 ) -> list[list[Hypothesis]]:
-    """The original code's beam search (arctic-capgen-vid's `gen_sample`), batched over videos. feats (B, T, D),
-    mask (B, T) bool -> B lists of n_best hypotheses, best first.
-
-    A video starts from one hypothesis. Each step extends its live hypotheses by every word and keeps the best
-    K - F extensions (F: its finished hypotheses): those ending in EOS finish, the others stay live. A video
-    stops when F reaches K or nothing is live; after max_len steps its live hypotheses count as they are, without
-    EOS's log-prob (the last row of their attention is that of the step that would have ended them). Ranked by the
-    summed log-probabilities, divided by the length normaliser when `length_penalty` is set (the original has none).
-    """
-    K, alpha_lp = options.beam_size, options.length_penalty
-    device = feats.device
-    state = model.init_state(feats, mask)
-    video = list(range(feats.shape[0]))  # the video of each state row; a video's rows are consecutive
-    histories: list[list[int]] = [[] for _ in video]
-    attention: list[list[torch.Tensor]] = [[] for _ in video]
-    scores = [0.0 for _ in video]
-    prev = torch.full((len(video),), bos_id, dtype=torch.long, device=device)
-    finished: list[list[Hypothesis]] = [[] for _ in video]
-
-    for _ in range(options.max_len):
-        log_probs, alpha, state = model.step(prev, state)
-        log_probs = log_probs.double()
-        if options.no_repeat_ngram_size:
-            _block(log_probs, histories, options.no_repeat_ngram_size)
-        candidates = torch.tensor(scores, dtype=torch.float64, device=device).unsqueeze(1) + log_probs
-        # A video's best K extensions are among the best K of each of its rows: one top-k and one copy per step.
-        top_log_prob, top_index = candidates.topk(min(K, candidates.shape[1]), dim=1)
-        top_log_prob, top_index = top_log_prob.tolist(), top_index.tolist()
-        alpha = alpha.float().cpu()
-        rows, words, next_scores, next_video = [], [], [], []
-        start = 0
-        while start < len(video):
-            v, end = video[start], start
-            while end < len(video) and video[end] == v:
-                end += 1
-            extensions = sorted(
-                ((lp, row, word) for row in range(start, end)
-                 for lp, word in zip(top_log_prob[row], top_index[row], strict=True)),
-                key=lambda e: -e[0])[: K - len(finished[v])]
-            for log_prob, row, word in extensions:
-                if log_prob == NEG_INF:
-                    break
-                if word == eos_id:
-                    length = len(histories[row]) + 1
-                    finished[v].append(Hypothesis(
-                        tokens=list(histories[row]), log_prob=log_prob,
-                        score=log_prob / length_normaliser(length, alpha_lp),
-                        attention=torch.stack(attention[row] + [alpha[row]]).numpy()))
-                else:
-                    rows.append(row)
-                    words.append(word)
-                    next_scores.append(log_prob)
-                    next_video.append(v)
-            start = end
-        histories = [histories[row] + [word] for row, word in zip(rows, words, strict=True)]
-        attention = [attention[row] + [alpha[row]] for row in rows]
-        scores, video = next_scores, next_video
-        if not rows:
-            break
-        state = _select(state, torch.tensor(rows, device=device))
-        prev = torch.tensor(words, dtype=torch.long, device=device)
-
-    if video:  # hypotheses still open after max_len steps
-        _, alpha, _ = model.step(prev, state)
-        alpha = alpha.float().cpu()
-    for row, v in enumerate(video):
-        finished[v].append(Hypothesis(
-            tokens=histories[row], log_prob=scores[row],
-            score=scores[row] / length_normaliser(len(histories[row]), alpha_lp),
-            attention=torch.stack(attention[row] + [alpha[row]]).numpy()))
-    return [sorted(done, key=lambda h: h.score, reverse=True)[: options.n_best] for done in finished]
+    """The original code's beam search (`ShrinkingBeam`), batched over videos. feats (B, T, D), mask (B, T) bool
+    -> B lists of at most n_best hypotheses, best first, ranked as `DecodingOptions.length_penalty` says."""
+    return search_loop(model, feats, mask, options, ShrinkingBeam(options), bos_id, eos_id)
 
 
 def words_and_attention(hypothesis: Hypothesis, vocab, valid: np.ndarray | None = None) -> tuple[list[str], np.ndarray]:
