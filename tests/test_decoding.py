@@ -281,7 +281,7 @@ def test_shrinking_beam_batched_equals_one_video_at_a_time_and_scores_sequences(
 
 def test_one_loop_runs_every_search(monkeypatch):
     """decode and the three search functions all go through `search_loop`, with the strategy the options name."""
-    from vidcap.model.captioner import decoding
+    from vidcap.model import decoding
 
     seen, loop = [], decoding.search_loop
 
