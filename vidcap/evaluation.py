@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.distributed as dist
 from pytorch_lightning import Callback
 
 from vidcap import atomic, launcher
@@ -137,12 +136,9 @@ class EvaluationModule(CaptionModule):
                 self._reversed[video_id] = vocab.decode(nbest[0].tokens)
 
     def on_test_epoch_end(self) -> None:
-        parts = (self._nbest, self._reversed, self._attention)
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, parts)
-            # Merging dicts drops the videos DistributedSampler repeated (same id, same caption).
-            parts = tuple({k: v for rank in gathered for k, v in rank[n].items()} for n in range(len(parts)))
+        gathered = launcher.gather((self._nbest, self._reversed, self._attention))
+        # Merging dicts drops the videos DistributedSampler repeated (same id, same caption).
+        parts = tuple({k: v for rank in gathered for k, v in rank[n].items()} for n in range(len(gathered[0])))
         self.last_nbest, self.last_reversed, self.last_attention = (dict(sorted(part.items())) for part in parts)
         super().on_test_epoch_end()
 

@@ -71,6 +71,20 @@ def _environment() -> tuple[str, Any] | None:
     return None
 
 
+def distributed() -> bool:
+    """True inside a process group of more than one process (Lightning's DDP, or join() under a launcher)."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def gather(value: Any) -> list[Any]:
+    """Every rank's `value`, in rank order ([value] outside a process group). Every rank must call it."""
+    if not distributed():
+        return [value]
+    gathered: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
+
+
 def _leave() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

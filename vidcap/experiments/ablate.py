@@ -196,7 +196,8 @@ def run_ablation(
             on_run(index, len(todo), *run, seed)
         run_dir = _run_dir(out, *run, seed)
         checkpoint, trained = _train_run(out, data_dir, features_dir, settings, run, seed, progress)
-        metrics, predictions, _ = evaluate_run(checkpoint, data_dir, features_dir, run_dir / "eval", trained, progress)
+        evaluated = evaluate_run(checkpoint, data_dir, features_dir, run_dir / "eval", trained, progress)
+        metrics, predictions = evaluated.metrics, evaluated.predictions
         rows.append({"variant": run[0], "encoder": run[1], "training": run[2], "seed": seed,
                      **{k: metrics.get(k) for k in DEMO_METRIC_KEYS},
                      "degenerate": degenerate_share(list(predictions.values())), "local_features": local_name})

@@ -133,18 +133,36 @@ def demo_stages(scst: bool = False) -> tuple[str, ...]:
     return STAGES[:4] + ("scst",) + STAGES[4:] if scst else STAGES
 
 
-def evaluate_run(checkpoint: Path, data_dir: Path, store: Path, eval_dir: Path, trained: bool,
-                 progress: bool = True) -> tuple[dict[str, Any], dict[str, str], bool]:
-    """The test split's metrics and predictions of `checkpoint` (vidcap.evaluation, with the reversal test), written to
-    EVAL_DIR, or read back from it when the checkpoint was not retrained: (metrics, predictions, whether reused)."""
-    from vidcap.evaluation import evaluate, write_outputs
+@dataclass
+class Evaluated:
+    """What evaluate_run gives: the test split's metrics and predictions, the evaluated model's description and
+    decoding options (evaluation.json's "model" and "options"), and whether they were read back from a finished run."""
 
-    metrics, predictions = (_read_json(eval_dir / f"{name}.json") for name in ("metrics", "predictions"))
-    if not trained and isinstance(metrics, dict) and isinstance(predictions, dict):
-        return metrics, predictions, True
+    metrics: dict[str, Any]
+    predictions: dict[str, str]
+    evaluation: dict[str, Any]
+    reused: bool
+
+
+def evaluate_run(checkpoint: Path, data_dir: Path, store: Path, eval_dir: Path, trained: bool,
+                 progress: bool = True, report_dir: Path | None = None) -> Evaluated:
+    """The test split of `checkpoint` evaluated (vidcap.evaluation, with the reversal test) into EVAL_DIR, and its
+    report page into REPORT_DIR when given; or read back from EVAL_DIR when the checkpoint was not retrained and
+    everything asked for is there."""
+    from vidcap.evaluation import evaluate, write_outputs
+    from vidcap.report.cards import write_evaluation_report
+
+    metrics, predictions, evaluation = (_read_json(eval_dir / f"{name}.json")
+                                        for name in ("metrics", "predictions", "evaluation"))
+    have_report = report_dir is None or (report_dir / "index.html").is_file()
+    if not trained and have_report and all(isinstance(part, dict) for part in (metrics, predictions, evaluation)):
+        return Evaluated(metrics, predictions, evaluation, reused=True)
     result = evaluate(checkpoint, data_dir, store, split="test", reverse=True, progress=progress)
     write_outputs(result, eval_dir)
-    return result.metrics, result.predictions, False
+    if report_dir is not None:
+        write_evaluation_report(result, data_dir, report_dir)
+    return Evaluated(result.metrics, result.predictions, {"model": result.model, "options": result.options},
+                     reused=False)
 
 
 def _read_json(path: Path) -> Any:
@@ -270,9 +288,7 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
     stage of `demo_stages(scst)`, for a progress display. `scst`: fine-tune the model by self-critical training
     (configs/experiment/scst.yaml) into OUT/scst/ (run/, eval/) and evaluate it, after the evaluate stage.
     """
-    from vidcap.evaluation import evaluate, write_outputs
     from vidcap.model.captioner import LOCAL_VARIANTS
-    from vidcap.report.cards import write_evaluation_report
 
     settings = settings or DemoSettings()
     args = settings.training_args()
@@ -311,28 +327,21 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
         checkpoint, trained = train(data_dir, store, run_dir, args, progress)
         st.reused = not trained
     with stage("evaluate") as st:
-        cached = [_read_json(eval_dir / f"{name}.json") for name in ("metrics", "predictions", "evaluation")]
         report = out / "report" / "index.html"
-        if trained or not all(isinstance(part, dict) for part in cached) or not report.is_file():
-            result = evaluate(checkpoint, data_dir, store, split="test", reverse=True, progress=progress)
-            write_outputs(result, eval_dir)
-            write_evaluation_report(result, data_dir, report.parent)
-            cached = [result.metrics, result.predictions, {"model": result.model, "options": result.options}]
-        else:
-            st.reused = True
-        found, predictions, evaluation = cached
-        metrics = {key: found[key] for key in DEMO_METRIC_KEYS if key in found}
+        evaluated = evaluate_run(checkpoint, data_dir, store, eval_dir, trained, progress, report_dir=report.parent)
+        st.reused, predictions, evaluation = evaluated.reused, evaluated.predictions, evaluated.evaluation
+        metrics = {key: evaluated.metrics[key] for key in DEMO_METRIC_KEYS if key in evaluated.metrics}
     scst_result = None
     if scst:
         with stage("scst") as st:
             scst_dir = out / "scst"
             scst_checkpoint, scst_trained = train(data_dir, store, scst_dir / "run", settings.scst_args(checkpoint),
                                                   progress)
-            scst_metrics, scst_predictions, st.reused = evaluate_run(scst_checkpoint, data_dir, store,
-                                                                     scst_dir / "eval", scst_trained, progress)
-            scst_result = {"metrics": {k: scst_metrics[k] for k in DEMO_METRIC_KEYS if k in scst_metrics},
+            scst_run = evaluate_run(scst_checkpoint, data_dir, store, scst_dir / "eval", scst_trained, progress)
+            st.reused = scst_run.reused
+            scst_result = {"metrics": {k: scst_run.metrics[k] for k in DEMO_METRIC_KEYS if k in scst_run.metrics},
                            "checkpoint": scst_checkpoint,
-                           "samples": [(v, predictions.get(v), c) for v, c in sorted(scst_predictions.items())[:3]]}
+                           "samples": [(v, predictions.get(v), c) for v, c in sorted(scst_run.predictions.items())[:3]]}
     with stage("caption"):
         caption = _caption_one(data_dir, checkpoint, out, predictions)
     files = {"metrics": out / "metrics.json", "timings": out / "timings.json", "checkpoint": checkpoint,

@@ -42,6 +42,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from pytorch_lightning import LightningModule
 
+from vidcap import launcher
 from vidcap.errors import CheckpointError, UsageError
 from vidcap.model.captioner import CaptionModel, ModelConfig
 from vidcap.model.checkpoint import CHECKPOINT_FORMAT, read_vidcap_section
@@ -273,12 +274,9 @@ class CaptionModule(LightningModule):
             self._predictions[video_id] = vocab.decode(nbest[0].tokens)
 
     def _eval_epoch_end(self, split: str) -> None:
-        records, predictions = self._records, self._predictions
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered: list[Any] = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, (records, predictions))
-            records = [r for part, _ in gathered for r in part]
-            predictions = {k: v for _, part in gathered for k, v in part.items()}
+        gathered = launcher.gather((self._records, self._predictions))
+        records = [r for part, _ in gathered for r in part]
+        predictions = {k: v for _, part in gathered for k, v in part.items()}
         # DistributedSampler repeats videos to even out the ranks: keep one record per video.
         unique = {r[0]: r for r in records}
         if not unique:
@@ -305,7 +303,7 @@ class CaptionModule(LightningModule):
 
             result = score_captions(references, predictions)
             scores[0] = {CAPTION_METRICS[k]: float(result[k]) for k in CAPTION_METRICS}
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if launcher.distributed():
             dist.broadcast_object_list(scores, src=0)
         return scores[0]
 
