@@ -209,7 +209,7 @@ class EpochRecorder(Callback):
 
 
 def fit_args(data: Path, store: Path, run: Path, device: str, precision: str, *extra: str) -> list[str]:
-    return ["--config", str(REPO / "configs/experiment/demo.yaml"), "--data.data_dir", str(data),
+    return ["--config", str(REPO / "configs/data/synthetic.yaml"), "--config", str(REPO / "configs/experiment/demo.yaml"), "--data.data_dir", str(data),
             "--data.features_dir", str(store), "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1",
             "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",
             "--trainer.accelerator", "gpu" if device == "cuda" else "cpu", "--trainer.precision", precision,

@@ -65,14 +65,21 @@ def test_demo_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
         train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training_args())
 
 
-def test_synthetic_data_config_is_the_demos():
-    """configs/experiment/demo.yaml stands alone, so it repeats the synthetic dataset's data settings: they agree."""
+def test_experiment_configs_compose_the_data_config():
+    """The experiment configs hold no data settings of their own: the demo composes configs/data/synthetic.yaml with
+    them, and the resolved data settings are that file's."""
     import yaml
 
-    from vidcap.experiments.demo import CONFIGS, DEMO_CONFIG
+    from vidcap.experiments.demo import CONFIGS, DATA_CONFIG, DemoSettings
+    from vidcap.training.lightning_cli import resolved_config
 
-    demo = yaml.safe_load(DEMO_CONFIG.read_text())
-    assert demo["data"] == yaml.safe_load((CONFIGS / "data" / "synthetic.yaml").read_text())["data"]
+    for name in ("demo", "scst", "hard"):
+        assert "data" not in yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()), name
+    args = DemoSettings().training_args("--data.data_dir", ".", "--data.features_dir", ".")
+    assert args[:4] == ["--config", str(DATA_CONFIG), "--config", str(CONFIGS / "experiment" / "demo.yaml")]
+    data = yaml.safe_load(resolved_config("fit", args))["data"]
+    assert {k: data[k] for k in yaml.safe_load(DATA_CONFIG.read_text())["data"]} == yaml.safe_load(
+        DATA_CONFIG.read_text())["data"]
 
 
 def tiny_dataset(root):
@@ -113,7 +120,7 @@ def test_fit_with_the_demo_config_trains_the_demos_model(tmp_path, monkeypatch):
 
     import vidcap.text.metrics
     from vidcap.evaluation import evaluate
-    from vidcap.experiments.demo import DEMO_CONFIG, DemoSettings, train
+    from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG, DemoSettings, train
 
     monkeypatch.setattr(vidcap.text.metrics, "score_captions", lambda refs, preds: {
         "Bleu_4": len(set(preds.values())) / 10, "METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0})  # no Java
@@ -125,7 +132,7 @@ def test_fit_with_the_demo_config_trains_the_demos_model(tmp_path, monkeypatch):
                                progress=False)
     assert trained and (tmp_path / "demo" / "config.yaml").is_file()
     root = tmp_path / "fit"
-    assert main(["fit", "--config", str(DEMO_CONFIG), "--data.data_dir", str(data), "--data.features_dir", str(store),
+    assert main(["fit", "--config", str(DATA_CONFIG), "--config", str(DEMO_CONFIG), "--data.data_dir", str(data), "--data.features_dir", str(store),
                  *tiny, "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]) == 0
     fit_ckpt = root / "checkpoints" / "last.ckpt"
     weights = [torch.load(path, weights_only=True)["state_dict"] for path in (demo_ckpt, fit_ckpt)]

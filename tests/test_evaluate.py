@@ -15,7 +15,7 @@ import torch
 from tests.helpers import DG, WORDS, T, write_feature_dataset
 from vidcap.cli import main
 from vidcap.evaluation import reverse_frames
-from vidcap.experiments.demo import DEMO_CONFIG, train
+from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG, train
 from vidcap.text.vocab import Vocabulary
 
 
@@ -23,7 +23,7 @@ from vidcap.text.vocab import Vocabulary
 def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     data, store = write_feature_dataset(root)
-    tiny = ["--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim", "16",
+    tiny = ["--config", str(DATA_CONFIG), "--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim", "16",
             "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "2",
             "--trainer.check_val_every_n_epoch", "2", "--model.decoding.beam_size", "3"]
     out = {"data": data, "store": store, "root": root}

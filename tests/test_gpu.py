@@ -171,7 +171,7 @@ def test_smoke_extract_fit_bf16_and_caption_through_the_cli(tmp_path):
     meta = json.loads((feats / "meta.json").read_text())
     assert (meta["compute"]["device"], meta["compute"]["precision"], meta["compute"]["tf32"]) == ("cuda", "32-true",
                                                                                                   False)
-    assert main(["fit", "--config", str(REPO / "configs/experiment/demo.yaml"), "--config",
+    assert main(["fit", "--config", str(REPO / "configs/data/synthetic.yaml"), "--config", str(REPO / "configs/experiment/demo.yaml"), "--config",
                  str(REPO / "configs/trainer/gpu.yaml"), "--data.data_dir", str(data), "--data.features_dir",
                  str(feats), "--trainer.default_root_dir", str(run), "--trainer.max_epochs", "1",
                  "--trainer.check_val_every_n_epoch", "1", "--trainer.enable_progress_bar", "false",

@@ -110,7 +110,7 @@ def test_bf16_mixed_validation_metrics_equal_float32_evaluation(tmp_path):
 
     from tests.helpers import write_feature_dataset
     from vidcap.evaluation import evaluate
-    from vidcap.experiments.demo import DEMO_CONFIG
+    from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG
     from vidcap.training.lightning_cli import run_lightning
 
     class LastValidation(Callback):
@@ -120,7 +120,7 @@ def test_bf16_mixed_validation_metrics_equal_float32_evaluation(tmp_path):
             self.metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}
 
     data, store = write_feature_dataset(tmp_path)
-    args = ["--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim",
+    args = ["--config", str(DATA_CONFIG), "--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim",
             "16", "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "3",
             "--trainer.check_val_every_n_epoch", "3", "--model.decoding.beam_size", "3", "--model.caption_metrics",
             "true", "--trainer.precision", "bf16-mixed", "--trainer.enable_progress_bar", "false",

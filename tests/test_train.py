@@ -358,7 +358,7 @@ def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):
     script = tmp_path / "vidcap_counting.py"
     script.write_text(
         "import sys\nimport vidcap.text.metrics\n"
-        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        f"sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
         "from test_train import count_score\n"
         "vidcap.text.metrics.score_captions = count_score\n"
         "from vidcap.cli import main\n"

@@ -85,11 +85,11 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         raise UsageError(f"--explain {args.explain}: exists and is not a folder")
+    if args.report is not None:
+        report_folder(args.report)  # now, not after loading the model and captioning every video
     captioner = load_captioner(args.checkpoint, device=args.device, precision=args.precision)
     # The model's own decoding options, with the flags given in their place, as `vidcap evaluate` decodes.
     options = with_overrides(captioner.decoding, beam_size=args.beam_size, max_len=args.max_len, n_best=args.n_best)
-    if args.report is not None:
-        report_folder(args.report)  # now, not after captioning every video
     cards = []  # of the report: thumbnails as JPEG, the frames themselves are not kept
     names = explain_names(args.videos) if args.explain is not None else []
     failed = 0

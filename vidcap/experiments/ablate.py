@@ -12,7 +12,7 @@ Runs (`ABLATION_RUNS`, variant, frame encoder and training):
 
 Every cross-entropy run (`xe`, `hard`) is `vidcap fit` with the demo's config (configs/experiment/demo.yaml) and its
 row's values:
-    --config configs/experiment/demo.yaml [--config configs/experiment/hard.yaml] --model.architecture.variant V
+    --config configs/data/synthetic.yaml --config configs/experiment/demo.yaml [--config configs/experiment/hard.yaml] --model.architecture.variant V
     --model.architecture.encoder E --seed_everything S
 (hard.yaml: hard attention and its REINFORCE weights);
 an `scst` run is `vidcap fit --config configs/experiment/scst.yaml --model.init_from XE_RUN/checkpoints/last.ckpt

@@ -5,7 +5,7 @@ Stages (each reuses what a previous run of the same settings finished, so an int
               vocab.json, prepare.json, events.csv
     extract   pretrained EfficientNet-Lite0 features of 26 sampled frames per video (vidcap.features.extract), at 112 px:
               the videos are 112 x 112, and 224 px would cost 4x the time for no new detail
-    fit       `vidcap fit --config configs/experiment/demo.yaml` (the attention model with the time-position frame
+    fit       `vidcap fit --config configs/data/synthetic.yaml --config configs/experiment/demo.yaml` (the attention model with the time-position frame
               encoder), through the same LightningCLI as every other training run
     evaluate  the test split: BLEU-4, METEOR, CIDEr, ROUGE-L, perplexity, the content metrics, the reversal test
               (vidcap.evaluation), and its HTML report, report/index.html (vidcap.report.cards)
@@ -47,7 +47,8 @@ GLOBAL_EXTRACTOR = "efficientnet_lite0"
 LOCAL_EXTRACTOR = "frame_delta_efficientnet_lite0"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIG = CONFIGS / "experiment" / "demo.yaml"
-SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"  # `vidcap demo --scst`, the ablation's SCST row
+SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"
+DATA_CONFIG = CONFIGS / "data" / "synthetic.yaml"  # what the experiment configs compose with  # `vidcap demo --scst`, the ablation's SCST row
 HARD_CONFIG = CONFIGS / "experiment" / "hard.yaml"  # on top of the demo's: the ablation's hard-attention row
 
 
@@ -63,14 +64,19 @@ class DemoSettings:
     image_size: int = 112  # EfficientNet input size (the frames are 112 px)
     workers: int = 2  # processes that render and encode the videos
     config: str = str(DEMO_CONFIG)
+    data_config: str = str(DATA_CONFIG)
     overrides: tuple[str, ...] = ()
 
     def training_args(self, *extra: str) -> list[str]:
-        """The `vidcap fit` options of these settings, then `extra`."""
-        if not Path(self.config).is_file():
-            raise UsageError(f"{self.config}: config not found (the demo reads configs/ from a vidcap source "
-                             "checkout installed with `pip install -e .`)")
-        return ["--config", str(self.config), *self.overrides, *extra]
+        """The `vidcap fit` options of these settings (the data config, then the experiment's), then `extra`."""
+        return [*self._configs(self.config), *self.overrides, *extra]
+
+    def _configs(self, experiment: str | os.PathLike) -> list[str]:
+        for config in (self.data_config, experiment):
+            if not Path(config).is_file():
+                raise UsageError(f"{config}: config not found (the demo reads configs/ from a vidcap source "
+                                 "checkout installed with `pip install -e .`)")
+        return ["--config", str(self.data_config), "--config", str(experiment)]
 
     def hard_args(self, *extra: str) -> list[str]:
         """`training_args` with hard attention: configs/experiment/hard.yaml (which sets only the attention and its
@@ -80,7 +86,7 @@ class DemoSettings:
     def scst_args(self, init_from: str | os.PathLike, *extra: str) -> list[str]:
         """The `vidcap fit` options of self-critical training from checkpoint `init_from` (configs/experiment/
         scst.yaml, then these settings' overrides), then `extra`."""
-        return ["--config", str(SCST_CONFIG), *self.overrides, "--model.init_from", str(init_from), *extra]
+        return [*self._configs(SCST_CONFIG), *self.overrides, "--model.init_from", str(init_from), *extra]
 
 
 @dataclass

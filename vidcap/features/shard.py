@@ -214,7 +214,8 @@ def _stopped_worker(error: Exception, in_flight: _InFlight, timeout: float) -> t
             if found is None:
                 return None
             pid, index = found
-            return f"its decoding worker (pid {pid}) died while handing over a video (killed by a signal?)", index
+            return (f"its decoding worker (pid {pid}) died while handing over a video (killed by the out-of-memory "
+                    "killer?)"), index
     failure = worker_failure(error, timeout)
     if failure is None:
         return None
@@ -239,10 +240,10 @@ def worker_failure(error: RuntimeError, timeout: float) -> tuple[str, int | None
     pid = int(found.group(1)) if found else None
     who = f"its decoding worker (pid {pid})" if pid else "its decoding worker"
     killed = re.search(r"killed by signal: ([^.]+)", text)
-    if killed:
-        name = killed.group(1).strip()
-        return f"{who} was killed by signal: {name}{' (the out-of-memory killer?)' if name == 'Killed' else ''}", pid
-    return f"{who} exited unexpectedly", pid
+    signal = killed.group(1).strip() if killed else None
+    if signal is None:
+        return f"{who} died unexpectedly (killed by the out-of-memory killer?)", pid
+    return f"{who} died: killed by signal {signal}{' (the out-of-memory killer?)' if signal == 'Killed' else ''}", pid
 
 
 # --------------------------------------------------------------------------------------------------------------------

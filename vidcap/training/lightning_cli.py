@@ -50,7 +50,7 @@ EXAMPLE = """\
       --config configs/trainer/gpu.yaml --data.data_dir data/msvd --data.features_dir features/msvd
   vidcap fit --config configs/data/synthetic.yaml --config configs/model/global.yaml --config configs/debug.yaml \\
       --data.data_dir demo/data --data.features_dir demo/features --trainer.fast_dev_run true
-  vidcap fit --config configs/experiment/demo.yaml \
+  vidcap fit --config configs/data/synthetic.yaml --config configs/experiment/demo.yaml \
       --data.data_dir demo_out/data --data.features_dir demo_out/features   # the demo's model
   vidcap fit ... --ckpt_path last                      # resume an interrupted run
   vidcap test --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
