@@ -72,6 +72,7 @@ def test_paper_row_and_table_layout():
     assert lines[2].split("|")[2:6] == [" 0.5000 ", " 0.2500 ", " 1.0000 ", "       3.14 "]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", LIGHTNING_SUBCOMMANDS)
 def test_lightning_subcommand_help_ends_with_examples(name):
     result = subprocess.run([sys.executable, "-m", "vidcap", name, "--help"], capture_output=True, text=True)
@@ -80,6 +81,7 @@ def test_lightning_subcommand_help_ends_with_examples(name):
     assert "vidcap fit --config configs/data/msvd.yaml" in result.stdout.split("example")[-1]
 
 
+@pytest.mark.slow
 def test_fit_resumes_with_weights_only_loading():
     result = subprocess.run([sys.executable, "-m", "vidcap", "fit", "--print_config"], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

@@ -46,6 +46,7 @@ def test_doctor_without_java_or_decord_says_so_on_one_line_each(capsys, monkeypa
     assert "  ok  decode with PyAV" in out and "decode with decord" not in out
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_the_self_test_catches_a_worker_forked_after_a_conversion(monkeypatch):
     """With the fork start method the self-test's worker inherits this process's swscale threads and hangs (av

@@ -37,6 +37,7 @@ def _extract(data, store, *extra) -> list[str]:
     return ["extract", "--data", str(data), "--out", str(store), "--no-progress", "--threads", "1", *extra]
 
 
+@pytest.mark.slow
 def test_extract_end_to_end_failures_resume_and_same_features_as_caption(tmp_path, capsys):
     data, store = tmp_path / "data", tmp_path / "feats"
     paths = make_video_dataset(data, 4)
@@ -190,6 +191,7 @@ def test_stale_temp_files_are_cleaned_live_ones_kept(tmp_path):
     assert not stale.exists() and live.exists() and foreign.exists()
 
 
+@pytest.mark.slow
 def test_kill_during_a_write_leaves_complete_files_and_a_rerun_completes_the_store(tmp_path):
     data, store = tmp_path / "data", tmp_path / "feats"
     make_video_dataset(data, 6, broken=False)
@@ -223,6 +225,7 @@ def test_kill_during_a_write_leaves_complete_files_and_a_rerun_completes_the_sto
     assert set(_manifest(store).values()) == {("ok", "")}
 
 
+@pytest.mark.slow
 def test_python_api_and_old_stores(tmp_path):
     """run_extract with ExtractOptions is what the CLI runs; a store written before meta.json recorded "sampling"
     accepts more videos extracted with the same K."""
@@ -272,6 +275,7 @@ def test_two_processes_give_the_same_store_as_one(tmp_path, capsys):
 # Decoding workers: started clean, watched
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 def test_extraction_after_this_process_converted_frames_with_pyav(tmp_path):
     """The hang of av 18.1.1 (FFmpeg 8.1.3): once a process has converted a frame to RGB with PyAV's default threads,
@@ -299,6 +303,7 @@ def _stalling_dataset(data: Path) -> Path:
     return stuck
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 @pytest.mark.parametrize("action", ["hang", "kill"])
 def test_a_hung_or_killed_worker_ends_the_run_with_one_line_and_a_rerun_completes(tmp_path, capsys, monkeypatch,
