@@ -318,3 +318,42 @@ def write_feature_dataset(root: Path) -> tuple[Path, Path]:
     Vocabulary(WORDS).save(data / "vocab.json")
     (data / "prepare.json").write_text(json.dumps({"dataset": "msvd"}))
     return data, store
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# A small captioner that learnt one caption per video, saved as a real checkpoint
+
+
+def learn_captions(store: Path, captions: dict[str, str], vocab: Vocabulary, checkpoint: Path) -> Path:
+    """Train a small global-attention CaptionModule on the features in `store` until it says captions[video_id] for
+    each video, and save it with Lightning's own save_checkpoint (so `checkpoint["vidcap"]` is what training stores).
+    Returns the checkpoint's path."""
+    import torch
+    from pytorch_lightning import Trainer
+
+    from vidcap.features.store import load_features, read_meta
+    from vidcap.model.captioner import ModelConfig
+    from vidcap.training.module import CaptionModule
+
+    torch.manual_seed(0)
+    architecture = ModelConfig(vocab_size=len(vocab), global_dim=1280, variant="global", embed_dim=32, hidden_dim=64,
+                               attention_dim=32, dropout=0.0)
+    module = CaptionModule(architecture, caption_metrics=False, vocab=vocab.to_dict(), feature_meta=read_meta(store))
+    feats = {k: load_features(store, k) for k in captions}
+    x = torch.stack([torch.from_numpy(feats[k]["global"].astype(np.float32)) for k in captions])
+    mask = torch.stack([torch.from_numpy(feats[k]["mask"]) for k in captions])
+    targets = torch.tensor([vocab.encode(c.split()) for c in captions.values()])
+    inputs = torch.cat([torch.full((len(captions), 1), vocab.BOS), targets[:, :-1]], dim=1)
+    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-2)
+    for _ in range(60):
+        logits, _ = module.model(x, mask, inputs)
+        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert loss.item() < 0.05, f"the model did not learn its captions (loss {loss.item():.3f})"
+    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                      accelerator="cpu", devices=1)
+    trainer.strategy.connect(module)
+    trainer.save_checkpoint(checkpoint)
+    return checkpoint

@@ -6,12 +6,10 @@ import json
 import subprocess
 import sys
 
-import numpy as np
 import pytest
-import torch
 
 import vidcap
-from tests.helpers import moving_square, write_video
+from tests.helpers import learn_captions, moving_square, write_video
 
 pytestmark = [pytest.mark.java, pytest.mark.usefixtures("one_thread")]
 CAPTIONS = {"red": "a red square moves right", "blue": "a blue square moves left"}
@@ -21,12 +19,7 @@ NUM_FRAMES, IMAGE_SIZE = 6, 64
 @pytest.fixture(scope="module")
 def run(tmp_path_factory, one_thread) -> dict:
     """Two real videos, their features through vidcap.run_extract, and a small model that learnt their captions."""
-    from pytorch_lightning import Trainer
-
-    from vidcap.features.store import load_features, read_meta
-    from vidcap.model.captioner import ModelConfig
     from vidcap.text.vocab import Vocabulary
-    from vidcap.training.module import CaptionModule
 
     root = tmp_path_factory.mktemp("api")
     data, store = root / "data", root / "feats"
@@ -44,26 +37,7 @@ def run(tmp_path_factory, one_thread) -> dict:
     summary = vidcap.run_extract(data, store, options, progress=False)
     assert (summary.extracted, summary.failed) == (2, [])
 
-    torch.manual_seed(0)
-    architecture = ModelConfig(vocab_size=len(vocab), global_dim=1280, variant="global", embed_dim=32, hidden_dim=64,
-                               attention_dim=32, dropout=0.0)
-    module = CaptionModule(architecture, caption_metrics=False, vocab=vocab.to_dict(), feature_meta=read_meta(store))
-    feats = {k: load_features(store, k) for k in CAPTIONS}
-    x = torch.stack([torch.from_numpy(feats[k]["global"].astype(np.float32)) for k in CAPTIONS])
-    mask = torch.stack([torch.from_numpy(feats[k]["mask"]) for k in CAPTIONS])
-    targets = torch.tensor([vocab.encode(c.split()) for c in CAPTIONS.values()])
-    inputs = torch.cat([torch.full((len(CAPTIONS), 1), vocab.BOS), targets[:, :-1]], dim=1)
-    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-2)
-    for _ in range(60):
-        logits, _ = module.model(x, mask, inputs)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
-                      accelerator="cpu", devices=1)
-    trainer.strategy.connect(module)
-    trainer.save_checkpoint(root / "model.ckpt")
+    learn_captions(store, CAPTIONS, vocab, root / "model.ckpt")
     return {"checkpoint": root / "model.ckpt", "data": data, "store": store, "paths": paths}
 
 

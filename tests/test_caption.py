@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import moving_square, write_video
+from tests.helpers import learn_captions, moving_square, write_video
 from vidcap.caption import CaptionResult, caption_video, load_captioner, video_features
 from vidcap.cli import main
 from vidcap.cli.caption import explain_names
@@ -48,13 +48,9 @@ def videos(tmp_path_factory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def trained(videos, tmp_path_factory, one_thread) -> dict[str, Path]:
     """{"checkpoint": Path, "store": Path}: the features of both videos and a model that learnt their captions."""
-    from pytorch_lightning import Trainer
 
     from vidcap.features.extract import ExtractOptions, run_extract
-    from vidcap.features.store import load_features, read_meta
-    from vidcap.model.captioner import ModelConfig
     from vidcap.text.vocab import Vocabulary
-    from vidcap.training.module import CaptionModule
 
     root = tmp_path_factory.mktemp("trained")
     data = root / "data"
@@ -69,29 +65,7 @@ def trained(videos, tmp_path_factory, one_thread) -> dict[str, Path]:
     assert summary.extracted == 2 and not summary.failed
 
     vocab = Vocabulary(" ".join(CAPTIONS.values()).split())
-    torch.manual_seed(0)
-    architecture = ModelConfig(vocab_size=len(vocab), global_dim=1280, variant="global", embed_dim=32, hidden_dim=64,
-                               attention_dim=32, dropout=0.0)
-    module = CaptionModule(architecture, caption_metrics=False, vocab=vocab.to_dict(), feature_meta=read_meta(store))
-    feats = {k: load_features(store, k) for k in CAPTIONS}
-    x = torch.stack([torch.from_numpy(feats[k]["global"].astype(np.float32)) for k in CAPTIONS])
-    mask = torch.stack([torch.from_numpy(feats[k]["mask"]) for k in CAPTIONS])
-    targets = torch.tensor([vocab.encode(c.split()) for c in CAPTIONS.values()])
-    inputs = torch.cat([torch.full((len(CAPTIONS), 1), vocab.BOS), targets[:, :-1]], dim=1)
-    optimizer = torch.optim.Adam(module.model.parameters(), lr=1e-2)
-    for _ in range(60):
-        logits, _ = module.model(x, mask, inputs)
-        loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten())
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    assert loss.item() < 0.05
-
-    trainer = Trainer(logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                      enable_model_summary=False, accelerator="cpu", devices=1)
-    trainer.strategy.connect(module)
-    checkpoint = root / "model.ckpt"
-    trainer.save_checkpoint(checkpoint)
+    checkpoint = learn_captions(store, CAPTIONS, vocab, root / "model.ckpt")
     return {"checkpoint": checkpoint, "store": store}
 
 
