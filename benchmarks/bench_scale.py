@@ -361,7 +361,7 @@ def stage_evaluate(root: Path, args: argparse.Namespace) -> dict:
     scoring = {}
     score_captions = vidcap.text.metrics.score_captions
 
-    def timed(references, predictions, **kwargs):  # lit_module imports it at call time: this wrapper is seen
+    def timed(references, predictions, **kwargs):  # the LightningModule imports it at call time: this wrapper is seen
         start = time.perf_counter()
         result = score_captions(references, predictions, **kwargs)
         scoring["time"] = time.perf_counter() - start

@@ -93,7 +93,7 @@ class CaptionModule(LightningModule):
         weight_decay_in_loss: see weight_decay.
         caption_metrics: decode val/test and compute BLEU/METEOR/ROUGE/CIDEr (needs Java). False: only loss/ppl.
         vocab, feature_meta: linked from the data module (or restored from a checkpoint).
-        init_from: a checkpoint to take the starting weights from (its architecture: vidcap/cli/train.py).
+        init_from: a checkpoint to take the starting weights from (its architecture: vidcap/training/lightning_cli.py).
         scst: train with the self-critical loss instead of cross-entropy (vidcap.training.scst; configs/experiment/scst.yaml).
         hard_attention: REINFORCE for `attention: hard` models (vidcap.training.hard_attention).
     """
