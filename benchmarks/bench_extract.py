@@ -36,31 +36,26 @@ sys.path.insert(0, str(REPO))
 from vidcap.features.extract import ExtractOptions, default_num_workers, default_threads, run_extract  # noqa: E402
 from vidcap.features.extractors import build_extractor, resize_and_crop  # noqa: E402
 from vidcap.video.reader import read_sampled_frames, sample_frame_indices  # noqa: E402
+from vidcap.video.writer import write_frames  # noqa: E402
 
 
 def make_videos(folder: Path, n: int, seconds: float, fps: int = 25, size=(240, 320)) -> list[Path]:
     """n H.264 videos of moving gradients plus a little noise (decodes like real footage, not like flat colour)."""
-    import av
-
     height, width = size
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     rng = np.random.default_rng(0)
     paths = []
     for i in range(n):
         path = folder / f"video{i:02d}.mp4"
-        with av.open(str(path), "w") as container:
-            stream = container.add_stream("libx264", rate=fps)
-            stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"preset": "veryfast"}
+
+        def frames(i=i):
             for t in range(int(seconds * fps)):
                 base = np.sin((x + 4 * t + 13 * i) / 17) * np.cos((y - 3 * t) / 11 + i) * 100 + 128
                 frame = np.stack([base, np.roll(base, 20 * i, axis=1), 255 - base], axis=-1)
                 frame += rng.normal(0, 6, frame.shape).astype(np.float32)
-                image = av.VideoFrame.from_ndarray(np.clip(frame, 0, 255).astype(np.uint8), format="rgb24")
-                for packet in stream.encode(image):
-                    container.mux(packet)
-            for packet in stream.encode():
-                container.mux(packet)
+                yield np.clip(frame, 0, 255).astype(np.uint8)
+
+        write_frames(path, frames(), fps=fps, options={"preset": "veryfast"})
         paths.append(path)
     return paths
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from vidcap.errors import VideoError
 from vidcap.video.reader import read_sampled_frames
+from vidcap.video.writer import write_frames
 
 
 def _frames(n: int, height: int, width: int, seed: int) -> np.ndarray:
@@ -39,19 +40,7 @@ def _frames(n: int, height: int, width: int, seed: int) -> np.ndarray:
 
 
 def _write(path: Path, frames: np.ndarray, codec: str, options: dict[str, str], fps: int = 25) -> Path:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width, stream.height = frames.shape[2], frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        stream.options = options
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_frames(path, frames, fps=fps, codec=codec, options=options)
 
 
 def _naive_pyav(path: Path, k: int) -> np.ndarray:

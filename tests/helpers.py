@@ -33,24 +33,12 @@ def write_video(
     options: dict[str, str] | None = None,
 ) -> Path:
     """Encode `frames` (N, H, W, 3) uint8 RGB to `path` with PyAV; the container comes from the suffix."""
-    import av
+    from vidcap.video.writer import write_frames
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    frames = np.asarray(frames, dtype=np.uint8)
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=fps)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
-        stream.pix_fmt = pix_fmt
-        if options:
-            stream.options = dict(options)
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return path
+    return write_frames(path, np.asarray(frames, dtype=np.uint8), fps=fps, codec=codec, pix_fmt=pix_fmt,
+                        options=options)
 
 
 def numbered_frames(n: int, height: int = 64, width: int = 64) -> np.ndarray:

@@ -159,20 +159,6 @@ def _test_frames(n: int = 8, size: int = 32) -> np.ndarray:
     return np.broadcast_to(levels[:, None, None, None], (n, size, size, 3)).copy()
 
 
-def _write_test_video(path: Path, frames: np.ndarray) -> None:
-    import av
-
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=25)
-        stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "0"}
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def _frames_match(decoded: np.ndarray, expected: np.ndarray) -> str | None:
     """None when decoded frames are the expected ones (lossless H.264, so within 2 grey levels); else why not."""
     if decoded.shape != expected.shape:
@@ -198,12 +184,13 @@ def self_test(folder: str | os.PathLike) -> list[Check]:
     """Write a tiny video into `folder`, decode it with PyAV and decord (where installed), then in an extraction
     loader worker after this process converted frames with PyAV's default threads. One Check per step."""
     from vidcap.video.reader import read_sampled_frames
+    from vidcap.video.writer import write_frames
 
     path = Path(folder) / "doctor.mp4"
     expected = _test_frames()
 
     def write():
-        _write_test_video(path, expected)
+        write_frames(path, expected, options={"crf": "0"})  # lossless
         return None, f"{len(expected)} frames"
 
     def decode(backend: str):

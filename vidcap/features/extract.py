@@ -68,7 +68,9 @@ class ExtractOptions:
     extractor's own). threads: torch threads per process (None: default_threads). amp: run the extractors in bf16
     autocast with TensorFloat-32 on CUDA (faster; features differ by ~1e-2 relative, so meta.json records it and a
     store never mixes it with float32 features; vidcap.precision). decoder_threads: threads of each video decoder
-    (None: default_decoder_threads).
+    (None: default_decoder_threads). worker_timeout: seconds a decoding worker may go without delivering a video,
+    its start-up included, before the run stops with a WorkerError naming it (None: WORKER_TIMEOUT; needs
+    num_workers >= 1).
     """
 
     global_name: str | None = None

@@ -161,11 +161,16 @@ def _shared_memory_hint(in_flight: int) -> Iterator[None]:
     try:
         yield
     except RuntimeError as error:
-        if "Bus error" not in str(error) and "out of shared memory" not in str(error):
+        if not _out_of_shared_memory(str(error)):
             raise
         raise UsageError(f"decoding workers ran out of shared memory (/dev/shm: {total >> 20} MB, ~{in_flight >> 20} "
                          "MB of decoded videos in flight): give the container more (docker run --shm-size=8g ...) or "
                          "lower --num-workers") from None
+
+
+def _out_of_shared_memory(text: str) -> bool:
+    """Whether DataLoader's error says a worker died of a full /dev/shm (SIGBUS)."""
+    return "Bus error" in text or "out of shared memory" in text
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -205,8 +210,8 @@ def _stopped_worker(error: Exception, in_flight: _InFlight, timeout: float) -> t
         found, deadline = None, time.monotonic() + 5
         while found is None and time.monotonic() < deadline:
             try:
-                found = in_flight.dead()
-                time.sleep(0.05)
+                if (found := in_flight.dead()) is None:
+                    time.sleep(0.05)
             except RuntimeError as late:  # the SIGCHLD handler: its message has the signal
                 error = late
                 break
@@ -231,7 +236,7 @@ def worker_failure(error: RuntimeError, timeout: float) -> tuple[str, int | None
     # A death seen by SIGCHLD ("... is killed by signal: Killed.") while the loader waits for data makes it raise
     # "... exited unexpectedly" from that error: read both.
     text = " ".join(f"{error} {error.__cause__ or ''}".split())
-    if not text.startswith("DataLoader") or "Bus error" in text or "shared memory" in text:
+    if not text.startswith("DataLoader") or _out_of_shared_memory(text):
         return None
     if "timed out" in text:
         return (f"its decoding worker delivered nothing for {timeout:g} s (a hung decoder or file system; "
@@ -400,9 +405,8 @@ def _extract_shard(shard: Shard) -> int:
     prefetch = prefetch_factor(size, options.num_workers)
     in_flight = size * options.num_workers * prefetch
     writer = f"{socket.gethostname()}:{shard.rank}"  # manifest.csv's writer column
-    requests = {kind: ext.request for kind, ext in extractors.items()}
-    loader = decoding_loader(VideoDataset(items, requests, options), options, pin_memory=device.type == "cuda",
-                             prefetch=prefetch)
+    dataset = VideoDataset(items, {kind: ext.request for kind, ext in extractors.items()}, options)
+    loader = decoding_loader(dataset, options, pin_memory=device.type == "cuda", prefetch=prefetch)
     batcher = _Batcher(extractors, options.batch_size, device)
     written = 0
     desc = "extract" if shard.world_size == 1 else f"extract [{shard.rank}]"
@@ -418,7 +422,6 @@ def _extract_shard(shard: Shard) -> int:
             written += 1
             bar.update(1)
 
-    dataset = loader.dataset
     received, stopped = 0, None
     with torch.inference_mode(), _shared_memory_hint(in_flight):
         try:

@@ -18,6 +18,7 @@ from vidcap.datasets.synthetic.specs import (
     scaled,
     slot_layout,
 )
+from vidcap.video.writer import write_frames
 
 
 def _background(spec: VideoSpec) -> np.ndarray:
@@ -114,24 +115,12 @@ def render_frames(spec: VideoSpec, indices: Sequence[int] | np.ndarray | None = 
 
 
 def _encode(path: Path, frames: np.ndarray, fps: int) -> None:
-    import av
-
-    with av.open(str(path), mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=fps)
-        stream.width = frames.shape[2]
-        stream.height = frames.shape[1]
-        stream.pix_fmt = "yuv420p"
-        # Every frame an I-frame at a constant quantiser: a frame's decoded pixels then depend on its content alone.
-        # With inter-frame coding (P-frames, CRF) the same picture decodes slightly differently depending on where it
-        # sits in the stream (a mean 0.5 grey levels here), which told a model blind to frame order which event came
-        # first. ultrafast and one thread: fast at this size, and the bitstream is identical from run to run.
-        stream.options = {"preset": "ultrafast", "x264-params": "keyint=1:qp=18"}
-        stream.codec_context.thread_count = 1
-        for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    # Every frame an I-frame at a constant quantiser: a frame's decoded pixels then depend on its content alone.
+    # With inter-frame coding (P-frames, CRF) the same picture decodes slightly differently depending on where it
+    # sits in the stream (a mean 0.5 grey levels here), which told a model blind to frame order which event came
+    # first. ultrafast and one thread: fast at this size, and the bitstream is identical from run to run.
+    write_frames(path, frames, fps=fps, options={"preset": "ultrafast", "x264-params": "keyint=1:qp=18"},
+                 container_format="mp4", threads=1)
 
 
 def write_video(spec: VideoSpec, video_dir: Path, fps: int) -> None:
