@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml $(LOCK)
 	@touch $(STAMP)
 
 lock: $(STAMP)
-	$(PY) -m piptools compile --quiet --upgrade --extra dev --strip-extras --allow-unsafe --no-emit-index-url \
+	$(PY) -m piptools compile --quiet --upgrade --extra dev --extra app --extra ray --extra torchcodec --strip-extras --allow-unsafe --no-emit-index-url \
 	  --no-emit-find-links -o $(LOCK) pyproject.toml
 
 doctor: $(STAMP)
