@@ -229,8 +229,8 @@ def data_options() -> dict:
 
 def stage_prepare(root: Path, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
-    report = prepare("lsmdc", ["--annotations", str(root / "annotations"), "--videos", str(root / "videos"),
-                               "--out", str(root / "data")])
+    report = prepare("lsmdc", annotations=str(root / "annotations"), videos=str(root / "videos"),
+                     out=str(root / "data"))
     return {"time": time.perf_counter() - start, "captions": report["captions_kept"], "vocab": report["vocab_size"]}
 
 

@@ -124,8 +124,8 @@ def make_dataset(root: Path, sizes: Sizes) -> Path:
     from vidcap.datasets import prepare
 
     data = root / "data"
-    prepare("synthetic", ["--out", str(data), "--num-videos", str(sizes.videos), "--num-frames", str(sizes.frames),
-                          "--frame-size", str(sizes.frame_size), "--workers", "4", "--no-progress"])
+    prepare("synthetic", out=str(data), num_videos=sizes.videos, num_frames=sizes.frames, frame_size=sizes.frame_size,
+            workers=4, no_progress=True)
     return data
 
 

@@ -7,7 +7,6 @@ their raw bytes as a string), so the Python-2 path is tested without a Python 2.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import pickle
@@ -19,6 +18,7 @@ import pandas as pd
 import pytest
 
 from vidcap.datasets import youtube2text_arctic as arctic
+from vidcap.datasets.options import dataset_options
 from vidcap.datasets.safe_pickle import load_pickle, py2_text
 from vidcap.errors import UsageError
 from vidcap.features import store
@@ -201,14 +201,9 @@ def pkl_dir(tmp_path) -> Path:
     return folder
 
 
-def _args(pkl_dir: Path, tmp_path: Path, **extra) -> argparse.Namespace:
-    parser = argparse.ArgumentParser()
-    arctic.add_arguments(parser)
-    parser.add_argument("--max-vocab", type=int, default=None)
-    argv = ["--pkl-dir", str(pkl_dir), "--features", str(tmp_path / "feats")]
-    for key, value in extra.items():
-        argv += [f"--{key.replace('_', '-')}", str(value)]
-    return parser.parse_args(argv)
+def _args(pkl_dir: Path, tmp_path: Path, **extra) -> dict:
+    """The module's options as `vidcap.datasets.prepare` hands them over."""
+    return dataset_options(arctic, {"pkl_dir": pkl_dir, "features": tmp_path / "feats", **extra})
 
 
 def test_fixed_split_rule():
@@ -218,7 +213,7 @@ def test_fixed_split_rule():
 
 
 def test_load_keeps_the_original_tokens_and_splits(pkl_dir, tmp_path, caplog):
-    captions, videos, report = arctic.load(_args(pkl_dir, tmp_path))
+    captions, videos, report = arctic.load(tmp_path, **_args(pkl_dir, tmp_path))
     assert list(captions.columns[:4]) == ["video_id", "split", "caption", "tokens"]
     assert videos["video_id"].tolist() == TRAIN + VAL + TEST  # numeric order; vid1971 is outside the standard ids
     assert set(videos["path"]) == {""}
@@ -228,7 +223,7 @@ def test_load_keeps_the_original_tokens_and_splits(pkl_dir, tmp_path, caplog):
     assert by_id.loc[("vid2", "1"), "caption"] == "Un café chaud" and by_id.loc[("vid2", "1"), "tokens"] == "a café"
     assert by_id.loc[("vid1", "0"), "tokens"] == "a man is playing guitar a"
     assert ("vid3", "2") not in by_id.index  # not in train.pkl
-    assert report["captions_per_split"] == {"train": 11, "val": 6, "test": 9}
+    assert captions["split"].value_counts().to_dict() == {"train": 11, "val": 6, "test": 9}
     assert report["train_captions_not_in_train_pkl"] == 1
     assert report["split_lists"]["train.pkl"] == {
         "entries": 14, "pairs_kept": 11, "videos": 4, "outside_split": 1, "not_in_cap": 1, "malformed": 1,
@@ -242,34 +237,34 @@ def test_load_keeps_the_original_tokens_and_splits(pkl_dir, tmp_path, caplog):
 
 def test_a_missing_needed_file_is_named_before_any_work(pkl_dir, tmp_path):
     (pkl_dir / "dict_youtube_mapping.pkl").unlink()  # not needed
-    arctic.load(_args(pkl_dir, tmp_path))
+    arctic.load(tmp_path, **_args(pkl_dir, tmp_path))
     (pkl_dir / "worddict.pkl").unlink()
     with pytest.raises(UsageError, match=r"youtube2text_iccv15/worddict\.pkl: needed file not found"):
-        arctic.load(_args(pkl_dir, tmp_path))
+        arctic.load(tmp_path, **_args(pkl_dir, tmp_path))
     with pytest.raises(UsageError, match="is not a folder"):
-        arctic.load(_args(tmp_path / "nowhere", tmp_path))
+        arctic.load(tmp_path, **_args(tmp_path / "nowhere", tmp_path))
 
 
 def test_a_malicious_caption_file_stops_load(pkl_dir, tmp_path):
     marker = tmp_path / "pwned"
     (pkl_dir / "CAP.pkl").write_bytes(pickle.dumps({"vid1": _Call(os.system, f"touch {marker}")}, protocol=2))
     with pytest.raises(UsageError, match=r"^refused: .*CAP\.pkl wants to load .*\.system;"):
-        arctic.load(_args(pkl_dir, tmp_path))
+        arctic.load(tmp_path, **_args(pkl_dir, tmp_path))
     assert not marker.exists()
 
 
 def test_vocab_keeps_the_worddict_order_shifted_by_two(pkl_dir, tmp_path):
     args = _args(pkl_dir, tmp_path)
-    captions, _, _ = arctic.load(args)
-    vocab = arctic.build_vocab(args, captions)
+    captions, _, _ = arctic.load(tmp_path, **args)
+    vocab = arctic.build_vocab(captions, max_vocab=None, **args)
     assert vocab.itos == ["<pad>", "<bos>", "<eos>", "<unk>", *WORDS]
     assert all(vocab.token_to_id(word) == index + 2 for index, word in enumerate(WORDS, start=2))
     assert Vocabulary.from_dict(vocab.to_dict()) == vocab
-    capped = arctic.build_vocab(_args(pkl_dir, tmp_path, max_vocab=7), captions)
+    capped = arctic.build_vocab(captions, max_vocab=7, **args)
     assert capped.itos[4:] == WORDS[:3]
     (pkl_dir / "worddict.pkl").write_bytes(py2_pickle({"a": 2, "man": 1}))
     with pytest.raises(UsageError, match=r"worddict\.pkl: word 'man' has index 1, reserved for <eos> and UNK"):
-        arctic.build_vocab(args, captions)
+        arctic.build_vocab(captions, max_vocab=None, **args)
 
 
 def _original_sampling(frames: np.ndarray, k: int) -> np.ndarray:
@@ -281,8 +276,8 @@ def _original_sampling(frames: np.ndarray, k: int) -> np.ndarray:
 
 def test_write_features_samples_as_the_original(pkl_dir, tmp_path):
     args = _args(pkl_dir, tmp_path, num_frames=26)
-    captions, videos, _ = arctic.load(args)
-    report = arctic.write_features(args, captions, videos)
+    captions, videos, _ = arctic.load(tmp_path, **args)
+    report = arctic.write_features(captions, videos, **args)
     feats = tmp_path / "feats"
     assert report["features_written"] == 8 and report["missing_features"] == {"test": 1}
     assert store.list_features(feats) == sorted(FRAMES)
@@ -303,17 +298,17 @@ def test_write_features_samples_as_the_original(pkl_dir, tmp_path):
 
 def test_write_features_resumes_without_reading_the_features_again(pkl_dir, tmp_path):
     args = _args(pkl_dir, tmp_path, num_frames=5)
-    captions, videos, _ = arctic.load(args)
+    captions, videos, _ = arctic.load(tmp_path, **args)
     videos = videos[videos["video_id"] != "vid1970"]
-    arctic.write_features(args, captions, videos.iloc[:3])
+    arctic.write_features(captions, videos.iloc[:3], **args)
     written = store.feature_path(tmp_path / "feats", "vid1").stat().st_mtime_ns
-    report = arctic.write_features(args, captions, videos)
+    report = arctic.write_features(captions, videos, **args)
     assert (report["features_written"], report["features_already_there"]) == (5, 3)
     assert store.feature_path(tmp_path / "feats", "vid1").stat().st_mtime_ns == written
     (pkl_dir / "FEAT_key_vidID_value_features.pkl").write_bytes(b"garbage")  # never read when nothing is left
-    assert arctic.write_features(args, captions, videos)["features_already_there"] == 8
+    assert arctic.write_features(captions, videos, **args)["features_already_there"] == 8
     with pytest.raises(UsageError, match="this store holds other features"):
-        arctic.write_features(_args(pkl_dir, tmp_path, num_frames=6), captions, videos)
+        arctic.write_features(captions, videos, **_args(pkl_dir, tmp_path, num_frames=6))
 
 
 def test_write_features_records_unusable_arrays(pkl_dir, tmp_path):
@@ -322,8 +317,8 @@ def test_write_features_records_unusable_arrays(pkl_dir, tmp_path):
     features["vid2"] = features["vid2"][:, :10]
     features["vid3"] = np.full((3, DIM), np.nan, np.float32)
     (pkl_dir / "FEAT_key_vidID_value_features.pkl").write_bytes(py2_pickle(features))
-    captions, videos, _ = arctic.load(args)
-    report = arctic.write_features(args, captions, videos)
+    captions, videos, _ = arctic.load(tmp_path, **args)
+    report = arctic.write_features(captions, videos, **args)
     assert report["missing_features"] == {"train": 2, "test": 1}
     failures = store.read_failures(tmp_path / "feats")
     assert failures["vid2"][0] == f"shape (26, 10), expected (n_frames >= 1, {DIM})"
@@ -333,7 +328,7 @@ def test_write_features_records_unusable_arrays(pkl_dir, tmp_path):
 def test_captions_table_round_trips_through_prepare_tables(pkl_dir, tmp_path):
     from vidcap.datasets import read_captions, write_tables
 
-    captions, videos, report = arctic.load(_args(pkl_dir, tmp_path))
+    captions, videos, report = arctic.load(tmp_path, **_args(pkl_dir, tmp_path))
     write_tables(tmp_path / "data", captions, videos, report)
     back = read_captions(tmp_path / "data")
     pd.testing.assert_series_equal(back["tokens"], captions["tokens"])

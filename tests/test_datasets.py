@@ -30,6 +30,7 @@ from vidcap.datasets import (
     read_videos,
     registry,
     split_sizes,
+    split_table,
     standard_split,
     write_tables,
     write_vocab,
@@ -139,8 +140,10 @@ def test_msvd_csv_keeps_english_non_empty_rows_of_clips_with_videos(msvd_files):
     assert report["clips_without_video"] == 1
     assert report["videos_not_in_annotations"] == 1
     assert report["clips_kept"] == 5
-    assert report["clips_per_split"] == {"train": 2, "val": 1, "test": 2}
-    assert report["captions_per_split"] == {"train": 2, "val": 1, "test": 3}
+    assert split_table(captions, videos, report["missing_videos"]) == {
+        "train": {"clips": 2, "captions": 2, "missing_videos": 0}, "val": {"clips": 1, "captions": 1, "missing_videos": 0},
+        "test": {"clips": 2, "captions": 3, "missing_videos": 0}, "unassigned": {"clips": 0, "captions": 0,
+                                                                                 "missing_videos": 1}}
     assert report["split_rule"].startswith("proportional")
 
 
@@ -326,8 +329,8 @@ def test_lsmdc_keeps_well_formed_rows_and_counts_the_rest(lsmdc_files):
                                       "empty_sentence": 1, "clip_in_two_splits": 0}
     assert report["rows_per_source"] == {"mvad": 7, "mpii": 1, "other": 0}
     assert report["clips_without_video"] == 1
-    assert report["clips_per_split"] == {"train": 3, "val": 1, "test": 0, "blindtest": 2}
-    assert report["captions_per_split"] == {"train": 4, "val": 1, "test": 0}
+    assert videos["split"].value_counts().to_dict() == {"train": 3, "val": 1, "blindtest": 2}
+    assert captions["split"].value_counts().to_dict() == {"train": 4, "val": 1}
 
 
 @pytest.mark.parametrize(("source", "kept", "dropped"), [("mvad", 3, 1), ("mpii", 1, 7)])
@@ -526,8 +529,7 @@ def test_prepare_stores_the_tokens_of_coco_captions_ptb_tokenizer(tmp_path):
 
     annotations, videos, by_clip = _awkward_msvd(tmp_path)
     out = tmp_path / "data"
-    report = prepare("msvd", ["--annotations", str(annotations), "--videos", str(videos), "--out", str(out),
-                              "--min-count", "1"])
+    report = prepare("msvd", annotations=str(annotations), videos=str(videos), out=str(out), min_count=1)
     expected = PTBTokenizer().tokenize({clip: [{"caption": c} for c in texts] for clip, texts in by_clip.items()})
     stored = read_captions(out)
     assert {clip: list(group["tokens"]) for clip, group in stored.groupby("video_id")} == {
@@ -589,12 +591,12 @@ def add_arguments(parser):
     parser.add_argument("--clips", type=int, default=3)
 
 
-def load(args):
-    ids = [f"t{i}" for i in range(args.clips)]
-    splits = ["train", "val", "test"] * args.clips
-    captions = pd.DataFrame({"video_id": ids, "split": splits[:args.clips], "caption": ["A toy."] * args.clips})
-    videos = pd.DataFrame({"video_id": ids, "split": splits[:args.clips], "path": [f"{i}.mp4" for i in ids]})
-    return captions, videos, {"toys": args.clips}
+def load(out, *, clips):
+    ids = [f"t{i}" for i in range(clips)]
+    splits = ["train", "val", "test"] * clips
+    captions = pd.DataFrame({"video_id": ids, "split": splits[:clips], "caption": ["A toy."] * clips})
+    videos = pd.DataFrame({"video_id": ids, "split": splits[:clips], "path": [f"{i}.mp4" for i in ids]})
+    return captions, videos, {"toys": clips}
 
 
 def content_metrics(data_dir, predictions, reversed_predictions):
@@ -620,13 +622,13 @@ def test_a_new_dataset_module_is_found_and_parsed_without_an_edit(toy_dataset, c
     with pytest.raises(SystemExit):
         main(["prepare", "toy", "--help"])
     assert "vidcap prepare toy --out data/toy" in capsys.readouterr().out.split("example:")[1]
-    args = vidcap.datasets.prepare_parser("toy").parse_args(["--out", "o", "--clips", "5", "--max-vocab", "9"])
+    args = vidcap.datasets.prepare_parser(toy_dataset).parse_args(["--out", "o", "--clips", "5", "--max-vocab", "9"])
     assert isinstance(args, argparse.Namespace) and (args.clips, args.max_vocab, args.min_count) == (5, 9, 2)
 
 
 @needs_java
 def test_prepare_runs_a_new_dataset_end_to_end(toy_dataset, tmp_path):
-    report = prepare("toy", ["--out", str(tmp_path), "--clips", "4", "--min-count", "1"])
+    report = prepare("toy", out=str(tmp_path), clips=4, min_count=1)
     assert report["dataset"] == "toy" and report["toys"] == 4 and report["captions_without_tokens"] == 0
     assert report["splits"] == {"train": {"clips": 2, "captions": 2, "missing_videos": 0},
                                 "val": {"clips": 1, "captions": 1, "missing_videos": 0},
@@ -650,5 +652,5 @@ def test_dataset_module_and_content_metrics_follow_prepare_json(toy_dataset, tmp
 
 def test_prepare_refuses_an_unknown_dataset():
     with pytest.raises(UsageError, match="unknown dataset 'nope' \\(choose from .*msvd"):
-        prepare("nope", ["--out", "x"])
+        prepare("nope", out="x")
 

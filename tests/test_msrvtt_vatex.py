@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import shutil
@@ -33,7 +32,7 @@ MSRVTT_WITH_VIDEO = {"train": ["video0", "video6512"], "val": ["video6513", "vid
 
 
 def _load(module, annotations, videos) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    return module.load(argparse.Namespace(annotations=[str(p) for p in annotations], videos=[str(v) for v in videos]))
+    return module.load(Path("unused"), annotations=[str(p) for p in annotations], videos=[str(v) for v in videos])
 
 
 def _videos(folder: Path, clips) -> Path:
@@ -93,7 +92,7 @@ def test_msrvtt_other_sizes_are_a_warning_and_a_file_may_name_videos_of_another(
     assert "msrvtt: the annotations hold 1/1/1 clips and 3/2/2 captions (train/val/test), not the official " \
            "6513/497/2990 and 130260/9940/59800" in caplog.text
     assert captions.loc[captions["video_id"] == "video1", "caption"].tolist()[-1] == "A late sentence about video1."
-    assert report["captions_per_split"] == {"train": 3, "val": 2, "test": 2}
+    assert captions["split"].value_counts().to_dict() == {"train": 3, "val": 2, "test": 2}
 
 
 def test_msrvtt_bad_entries_are_counted_by_reason_in_one_line(tmp_path, caplog):
@@ -187,7 +186,7 @@ def test_vatex_full_size_keeps_the_clips_with_videos(tmp_path, caplog):
     assert report["videos_not_in_annotations"] == 1
     assert videos["video_id"].tolist() == [c for s in VATEX_SIZES for c in sorted(with_video[s], key=str.encode)]
     assert videos["split"].tolist() == [s for s in VATEX_SIZES for _ in range(2)]
-    assert report["captions_per_split"] == {"train": 20, "val": 20, "test": 20}
+    assert captions["split"].value_counts().to_dict() == {"train": 20, "val": 20, "test": 20}
     # all ten English captions are references, in file order; no Chinese, no blind-test clip
     first = vatex_clip(0)
     assert captions.loc[captions["video_id"] == first, "caption"].tolist() == [caption(k) for k in range(10)]

@@ -56,5 +56,6 @@ def _summary(report: dict[str, Any]) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(_summary(datasets.prepare_args(args.dataset, args)))
+    options = {key: value for key, value in vars(args).items() if key != "dataset"}
+    print(_summary(datasets.prepare(args.dataset, **options)))
     return 0

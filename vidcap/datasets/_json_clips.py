@@ -7,11 +7,10 @@ the counts differ from the official release. Private module: the dataset registr
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,9 +100,7 @@ def build_tables(
         "missing_videos": missing,
         "videos_not_in_annotations": sum(1 for c in paths if c not in split_of),
         "clips_kept": len(clips),
-        "clips_per_split": _per_split(videos["split"], splits),
         "captions_kept": len(captions),
-        "captions_per_split": _per_split(captions["split"], SPLITS),
     }
     dataset_log = logging.getLogger(f"vidcap.datasets.{name}")
     bad = {reason: n for reason, n in report["skipped"].items() if n}
@@ -134,17 +131,18 @@ def warn_unofficial_sizes(name: str, report: Mapping[str, Any], clips: Mapping[s
 
 def load_clips(
     name: str,
-    args: argparse.Namespace,
+    annotation_files: Sequence[str | Path],
+    video_dirs: Sequence[str | Path],
     read_annotations: Callable[[list[Path], Counter[str]], tuple[dict[str, str], list[tuple[str, str]]]],
     reasons: tuple[str, ...],
     splits: tuple[str, ...],
     official_clips: Mapping[str, int],
     official_captions: Mapping[str, int],
 ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """A dataset's `load`: args.annotations through `read_annotations` (-> clip -> split, (clip, caption) rows,
-    counting what it skips), args.videos through `find_videos`, then `build_tables` and `warn_unofficial_sizes`."""
-    annotations = [Path(p) for p in args.annotations]
-    paths = find_videos(args.videos)
+    """A dataset's `load`: the annotation files through `read_annotations` (-> clip -> split, (clip, caption) rows,
+    counting what it skips), the video folders through `find_videos`, then `build_tables` and `warn_unofficial_sizes`."""
+    annotations = [Path(p) for p in annotation_files]
+    paths = find_videos(video_dirs)
     skipped: Counter[str] = Counter()
     split_of, rows = read_annotations(annotations, skipped)
     if not split_of:
@@ -153,7 +151,7 @@ def load_clips(
     report = {
         "dataset": name,
         "annotations": [str(p.resolve()) for p in annotations],
-        "videos": [str(Path(d).resolve()) for d in args.videos],
+        "videos": [str(Path(d).resolve()) for d in video_dirs],
         **counts,
     }
     warn_unofficial_sizes(name, report, official_clips, official_captions)

@@ -19,7 +19,7 @@ from typing import Any
 
 import pandas as pd
 
-from vidcap.datasets import SPLITS, VIDEO_SPLITS, clean_caption, list_videos, order_captions
+from vidcap.datasets import VIDEO_SPLITS, clean_caption, list_videos, order_captions
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -69,9 +69,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="keep only M-VAD clips (ids starting with 3), only MPII-MD (0/1), or all (default)")
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The dataset protocol (vidcap.datasets): `read_tables(args.annotations, args.videos, args.source)`."""
-    return read_tables(args.annotations, args.videos, source=args.source)
+def load(out: Path, *, annotations: str | Path, videos: str | Path, source: str = "all"
+         ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The dataset protocol (vidcap.datasets.catalog): `read_tables(annotations, videos, source=source)`."""
+    return read_tables(annotations, videos, source=source)
 
 
 def read_tables(
@@ -180,9 +181,7 @@ def read_tables(
         "clips_without_video": len(without_video),
         "missing_videos": {s: sum(1 for c in without_video if split_of[c] == s) for s in VIDEO_SPLITS},
         "clips_kept": len(clips),
-        "clips_per_split": {s: sum(1 for c in clips if split_of[c] == s) for s in VIDEO_SPLITS},
         "captions_kept": len(captions),
-        "captions_per_split": {s: int((captions["split"] == s).sum()) for s in SPLITS},
     }
     if without_video:
         log.info("lsmdc: %d clips have no video, e.g. %s", len(without_video), without_video[0])

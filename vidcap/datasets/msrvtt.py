@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -117,9 +118,10 @@ def _read_annotations(paths: list[Path], skipped: Counter[str]) -> tuple[dict[st
     return split_of, rows
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def load(out: Path, *, annotations: Sequence[str | Path], videos: Sequence[str | Path]
+         ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """MSR-VTT -> (captions[video_id, split, caption], videos[video_id, split, path], report); see the module doc.
 
-    args: annotations (list of JSON files), videos (list of folders).
+    annotations: the JSON files, videos: the folders of <video_id>.mp4.
     """
-    return load_clips(NAME, args, _read_annotations, REASONS, SPLITS, OFFICIAL_VIDEOS, OFFICIAL_SENTENCES)
+    return load_clips(NAME, annotations, videos, _read_annotations, REASONS, SPLITS, OFFICIAL_VIDEOS, OFFICIAL_SENTENCES)

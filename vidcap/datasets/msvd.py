@@ -23,12 +23,10 @@ import pandas as pd
 
 from vidcap.datasets import (
     MSVD_NUM_CLIPS,
-    SPLITS,
     byte_order,
     clean_caption,
     list_videos,
     order_captions,
-    split_sizes,
     standard_split,
 )
 from vidcap.errors import UsageError
@@ -185,9 +183,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", required=True, metavar="DIR", help="folder of <VideoID>_<Start>_<End>.avi")
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The dataset protocol (vidcap.datasets): `read_tables(args.annotations, args.videos)`."""
-    return read_tables(args.annotations, args.videos)
+def load(out: Path, *, annotations: str | Path, videos: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The dataset protocol (vidcap.datasets.catalog): `read_tables(annotations, videos)`."""
+    return read_tables(annotations, videos)
 
 
 def read_tables(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -213,7 +211,6 @@ def read_tables(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.Dat
             f"(expected files like {next(iter(sorted(clips_seen)), 'CLIPID')}.avi)"
         )
     split_of = standard_split(with_video)
-    n_train, n_val, n_test = split_sizes(len(with_video))
     base = videos_dir.resolve()
     videos = pd.DataFrame(
         {
@@ -244,8 +241,6 @@ def read_tables(annotations: str | Path, videos_dir: str | Path) -> tuple[pd.Dat
             if len(with_video) == MSVD_NUM_CLIPS
             else f"proportional (1200:100:670) over {len(with_video)} clips instead of {MSVD_NUM_CLIPS}"
         ),
-        "clips_per_split": {"train": n_train, "val": n_val, "test": n_test},
-        "captions_per_split": {s: int((captions["split"] == s).sum()) for s in SPLITS},
     }
     log.info("msvd: %d captions of %d clips kept", len(captions), len(with_video))
     return captions, videos, report

@@ -21,6 +21,7 @@ import argparse
 import logging
 import re
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,12 +128,12 @@ def _read_annotations(paths: list[Path], skipped: Counter[str]) -> tuple[dict[st
     return split_of, rows
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+def load(out: Path, *, annotations: Sequence[str | Path], videos: Sequence[str | Path]) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     """VATEX -> (captions[video_id, split, caption], videos[video_id, split, path], report); see the module doc.
 
-    args: annotations (list of JSON files), videos (list of folders). report["file_splits"]: file -> its split.
+    annotations: the JSON files, videos: the folders of <videoID>.mp4. report["file_splits"]: file -> its split.
     """
-    captions, videos, report = load_clips(NAME, args, _read_annotations, REASONS, VIDEO_SPLITS, OFFICIAL_CLIPS,
+    captions, videos, report = load_clips(NAME, annotations, videos, _read_annotations, REASONS, VIDEO_SPLITS, OFFICIAL_CLIPS,
                                           OFFICIAL_CAPTIONS)
-    report["file_splits"] = {Path(p).name: split_of_file(Path(p)) for p in args.annotations}
+    report["file_splits"] = {Path(p).name: split_of_file(Path(p)) for p in annotations}
     return captions, videos, report

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from vidcap.datasets import MSVD_SPLIT_SIZES, SPLITS, clean_caption
+from vidcap.datasets import MSVD_SPLIT_SIZES, clean_caption
 from vidcap.datasets.safe_pickle import load_pickle, py2_text
 from vidcap.errors import UsageError
 from vidcap.features import store
@@ -95,13 +95,13 @@ def _needed(pkl_dir: Path, name: str) -> Path:
     return path
 
 
-def _check_args(args: argparse.Namespace) -> None:
-    if args.num_frames < 1:
-        raise UsageError(f"--num-frames must be at least 1, got {args.num_frames}")
-    if not Path(args.pkl_dir).is_dir():
-        raise UsageError(f"{args.pkl_dir}: --pkl-dir is not a folder")
+def _check_options(pkl_dir: Path, num_frames: int) -> None:
+    if num_frames < 1:
+        raise UsageError(f"--num-frames must be at least 1, got {num_frames}")
+    if not pkl_dir.is_dir():
+        raise UsageError(f"{pkl_dir}: --pkl-dir is not a folder")
     for name in NEEDED_FILES:
-        _needed(Path(args.pkl_dir), name)
+        _needed(pkl_dir, name)
 
 
 def _mapping(path: Path) -> dict:
@@ -169,11 +169,12 @@ def _read_captions(path: Path) -> tuple[dict[str, dict[str, dict]], Counter]:
     return out, skipped
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """The dataset protocol (vidcap.datasets): captions [video_id, split, caption, tokens, cap_id], videos
+def load(out: Path, *, pkl_dir: str | Path, features: str | Path, num_frames: int = DEFAULT_NUM_FRAMES
+         ) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
+    """The dataset protocol (vidcap.datasets.catalog): captions [video_id, split, caption, tokens, cap_id], videos
     [video_id, split, path=""], report. See the module docstring."""
-    _check_args(args)  # every needed file, before minutes of loading
-    pkl_dir = Path(args.pkl_dir)
+    pkl_dir = Path(pkl_dir)
+    _check_options(pkl_dir, num_frames)  # every needed file, before minutes of loading
     cap_path = pkl_dir / CAPTIONS_FILE
     captions, skipped = _read_captions(cap_path)
     pairs, lists = {}, {}
@@ -202,17 +203,16 @@ def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict[str
         "videos_without_captions": {split: sum(f"vid{n}" not in kept for n in range(_FIRST_OF[split],
                                                                                    _FIRST_OF[split] + size))
                                     for split, size in MSVD_SPLIT_SIZES.items()},
-        "clips_per_split": {s: int((videos["split"] == s).sum()) for s in SPLITS},
-        "captions_per_split": {s: int((table["split"] == s).sum()) for s in SPLITS},
     }
     log.info("%s: %d captions of %d videos", NAME, len(table), len(videos))
     return table, videos, report
 
 
-def build_vocab(args: argparse.Namespace, captions: pd.DataFrame) -> Vocabulary:
+def build_vocab(captions: pd.DataFrame, *, max_vocab: int | None, pkl_dir: str | Path, features: str | Path,
+                num_frames: int = DEFAULT_NUM_FRAMES) -> Vocabulary:
     """worddict.pkl as a Vocabulary: its words in index order, vidcap id = original index + 2 (module docstring);
-    `args.max_vocab` caps V (special tokens included), `args.min_count` does not apply."""
-    path = _needed(Path(args.pkl_dir), WORDS_FILE)
+    `max_vocab` caps V (special tokens included), `min_count` does not apply."""
+    path = _needed(Path(pkl_dir), WORDS_FILE)
     by_index: dict[int, str] = {}
     for word, index in _mapping(path).items():
         if not isinstance(word, str) or isinstance(index, bool) or not isinstance(index, (int, np.integer)):
@@ -228,9 +228,9 @@ def build_vocab(args: argparse.Namespace, captions: pd.DataFrame) -> Vocabulary:
     if words and sorted(by_index)[-1] != len(words) + 1:
         log.warning("%s: indices are not 2..%d without gaps: vidcap keeps the words' order, not the indices",
                     path, len(words) + 1)
-    if args.max_vocab is not None:
-        words = words[: args.max_vocab - len(SPECIAL_TOKENS)]
-    vocab = Vocabulary(words, min_count=1, max_size=args.max_vocab)
+    if max_vocab is not None:
+        words = words[: max_vocab - len(SPECIAL_TOKENS)]
+    vocab = Vocabulary(words, min_count=1, max_size=max_vocab)
     train = captions.loc[captions["split"] == "train", "tokens"]
     unknown = sum(token not in vocab for tokens in train for token in str(tokens).split())
     log.info("%s: %d words kept from %s (--min-count does not apply); %d train tokens map to <unk>",
@@ -276,15 +276,16 @@ def _check_frames(frames: Any, dim: int) -> str | None:
     return None
 
 
-def write_features(args: argparse.Namespace, captions: pd.DataFrame, videos: pd.DataFrame) -> dict[str, Any]:
-    """Write the store at `args.features` for every video of `videos` (the addendum hook prepare calls after the
+def write_features(captions: pd.DataFrame, videos: pd.DataFrame, *, pkl_dir: str | Path, features: str | Path,
+                   num_frames: int = DEFAULT_NUM_FRAMES) -> dict[str, Any]:
+    """Write the store at `features` for every video of `videos` (the addendum hook prepare calls after the
     tables). Resumable: videos whose feature file exists are skipped, and FEAT_key_vidID_value_features.pkl (GBs)
     is not even read when none is left. A video without usable features is recorded in the store's failed/ folder.
     Returns counts for prepare.json."""
     from tqdm import tqdm
 
-    feats_dir, num_frames = Path(args.features), args.num_frames
-    source = _needed(Path(args.pkl_dir), FEATURES_FILE)
+    feats_dir = Path(features)
+    source = _needed(Path(pkl_dir), FEATURES_FILE)
     store.clean_temp_files(feats_dir)
     split_of = dict(zip(videos["video_id"], videos["split"], strict=True))
     for video in split_of:

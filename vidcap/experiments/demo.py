@@ -110,10 +110,9 @@ def prepare_synthetic(data_dir: str | os.PathLike, settings: DemoSettings, progr
     Returns how many videos this call wrote."""
     from vidcap.datasets import prepare
 
-    argv = ["--out", str(data_dir), "--num-videos", str(settings.num_videos), "--seed", str(settings.data_seed),
-            "--num-frames", str(settings.num_frames), "--frame-size", str(settings.frame_size),
-            "--workers", str(settings.workers)]
-    report = prepare("synthetic", argv + ([] if progress else ["--no-progress"]))
+    report = prepare("synthetic", out=str(data_dir), num_videos=settings.num_videos, seed=settings.data_seed,
+                     num_frames=settings.num_frames, frame_size=settings.frame_size, workers=settings.workers,
+                     no_progress=not progress)
     return int(report["videos_written"])
 
 

@@ -35,7 +35,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from vidcap.atomic import write_json
-from vidcap.datasets import positive_int
+from vidcap.datasets.options import positive_int
 from vidcap.datasets.synthetic.events import (
     parse_caption,
     read_events,
@@ -93,10 +93,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def load(args: argparse.Namespace) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """The dataset protocol (vidcap.datasets): `generate` into args.out."""
-    return generate(args.out, num_videos=args.num_videos, seed=args.seed, num_frames=args.num_frames,
-                    size=args.frame_size, workers=args.workers, progress=not args.no_progress)
+def load(out: Path, *, num_videos: int, seed: int, num_frames: int, frame_size: int, workers: int,
+         no_progress: bool) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    """The dataset protocol (vidcap.datasets.catalog): `generate` into `out`."""
+    return generate(out, num_videos=num_videos, seed=seed, num_frames=num_frames, size=frame_size, workers=workers,
+                    progress=not no_progress)
 
 
 def content_metrics(data_dir: Path, predictions: Mapping[str, str],
