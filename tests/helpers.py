@@ -9,6 +9,7 @@ import os
 import signal
 import socket
 import subprocess
+import tempfile
 import sys
 import time
 import wave
@@ -345,3 +346,73 @@ def learn_captions(store: Path, captions: dict[str, str], vocab: Vocabulary, che
     trainer.strategy.connect(module)
     trainer.save_checkpoint(checkpoint)
     return checkpoint
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# video2dataset-shaped tar shards (vidcap prepare webdataset)
+
+SHARD_CAPTIONS = {"right": "a red square moves right", "left": "a blue square moves left"}
+
+
+def _add_member(tar, name: str, data: bytes) -> None:
+    import io
+    import tarfile
+
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def write_video2dataset_shards(root: Path, samples_per_shard: int = 4, num_shards: int = 4, frames: int = 12
+                               ) -> list[Path]:
+    """Shards as video2dataset writes them: `{shard:05d}.tar` with `<key>.mp4`, `<key>.txt`, `<key>.json` per sample
+    (key: 5 digits of the shard, 4 of the sample), `{shard:05d}.parquet` and `{shard:05d}_stats.json` beside. Sample 1 of
+    every shard failed to download (json status, no mp4); shard 1's sample 2 is clipped into `<key>_0`, `<key>_1`;
+    the last shard is truncated inside its third sample's video. Videos alternate a red square moving right and a
+    blue one moving left (SHARD_CAPTIONS). No video is left on disk outside the shards."""
+    import io
+    import tarfile
+
+    import pandas as pd
+
+    root.mkdir(parents=True, exist_ok=True)
+    shards = []
+    for shard in range(num_shards):
+        path = root / f"{shard:05d}.tar"
+        rows = []
+        with tarfile.open(path, "w") as tar:
+            for sample in range(samples_per_shard):
+                key = f"{shard:05d}{sample:04d}"
+                if sample == 1:
+                    meta = {"url": f"https://example.com/{key}.mp4", "key": key, "status": "failed_to_download",
+                            "error_message": "HTTP 404", "caption": "never downloaded"}
+                    _add_member(tar, f"{key}.json", json.dumps(meta).encode())
+                    rows.append(meta)
+                    continue
+                clips = [f"{key}_0", f"{key}_1"] if (shard, sample) == (1, 2) else [key]
+                for n, clip in enumerate(clips):
+                    direction = "right" if (sample + n) % 2 == 0 else "left"
+                    colour = (220, 30, 30) if direction == "right" else (30, 30, 220)
+                    buffer = io.BytesIO()
+                    with tempfile.TemporaryDirectory() as folder:
+                        video = write_video(Path(folder) / "v.mp4", moving_square(frames, colour,
+                                                                                  1 if direction == "right" else -1))
+                        buffer.write(video.read_bytes())
+                    caption = SHARD_CAPTIONS[direction]
+                    meta = {"url": f"https://example.com/{key}.mp4", "key": clip, "status": "success",
+                            "caption": caption, "width": 64, "height": 48}
+                    _add_member(tar, f"{clip}.mp4", buffer.getvalue())
+                    _add_member(tar, f"{clip}.txt", caption.encode())
+                    _add_member(tar, f"{clip}.json", json.dumps(meta).encode())
+                    rows.append(meta)
+        pd.DataFrame(rows).to_parquet(root / f"{shard:05d}.parquet")
+        (root / f"{shard:05d}_stats.json").write_text(json.dumps({"count": samples_per_shard,
+                                                                   "successes": len(rows) - 1}))
+        shards.append(path)
+    # Truncate the last shard inside its last sample's video: samples 0 and 2 stay complete, 1 failed anyway.
+    last = shards[-1]
+    with tarfile.open(last) as tar:
+        cut = next(m for m in tar.getmembers() if m.name == f"{num_shards - 1:05d}0003.mp4")
+    data = last.read_bytes()
+    last.write_bytes(data[: cut.offset_data + cut.size // 2])
+    return shards

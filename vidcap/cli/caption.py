@@ -27,7 +27,8 @@ _DECODER_ERRORS = (OSError, RuntimeError, ValueError, IndexError, EOFError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (any format FFmpeg reads)")
+    parser.add_argument("videos", nargs="+", metavar="VIDEO",
+                        help="video files (any format FFmpeg reads), or videos inside tar shards: SHARD.tar::MEMBER")
     parser.add_argument("--checkpoint", required=True, metavar="CKPT",
                         help="a checkpoint written by `vidcap fit` (it carries the vocabulary and the extractors)")
     parser.add_argument("--beam-size", type=int, default=None, metavar="K",
@@ -55,11 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def explain_names(videos: list[str]) -> list[str]:
     """A distinct PNG file name per input: the video's stem, numbered from its second use on
-    (a/clip.mp4, b/clip.mp4 -> clip.png, clip-2.png)."""
+    (a/clip.mp4, b/clip.mp4 -> clip.png, clip-2.png; shard.tar::000000012.mp4 -> 000000012.png)."""
+    from vidcap.video.tar_members import member_stem
+
     used: set[str] = set()
     names = []
     for video in videos:
-        stem = Path(video).stem or "video"
+        stem = member_stem(video) or "video"
         name, n = stem, 1
         while name in used:
             n += 1

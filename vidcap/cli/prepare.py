@@ -6,6 +6,7 @@ One sub-parser per module of `vidcap.datasets.registry()`: a new dataset module 
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ def _summary(report: dict[str, Any]) -> str:
     rows = report.get("rows_read")
     if rows is not None:
         lines.append(f"  annotation rows read: {sum(rows.values()) if isinstance(rows, dict) else rows}")
-    skipped = {**report.get("skipped_rows", {}), **report.get("skipped", {})}
+    skipped = {**report.get("skipped_rows", {}), **report.get("skipped", {}), **report.get("skipped_samples", {})}
     skipped = {k: v for k, v in skipped.items() if v}
     if skipped:
         lines.append("  rows skipped: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in skipped.items()))
@@ -57,5 +58,9 @@ def _summary(report: dict[str, Any]) -> str:
 
 def run(args: argparse.Namespace) -> int:
     options = {key: value for key, value in vars(args).items() if key != "dataset"}
-    print(_summary(datasets.prepare(args.dataset, **options)))
-    return 0
+    report = datasets.prepare(args.dataset, **options)
+    print(_summary(report))
+    # Damaged inputs (a truncated tar shard): what was complete before the damage is prepared, and the run fails.
+    for shard, reason in report.get("damaged_shards", {}).items():
+        print(f"vidcap prepare: {shard}: {reason}", file=sys.stderr)
+    return 1 if report.get("damaged_shards") else 0

@@ -55,3 +55,13 @@ def dataset_options(module: ModuleType, given: dict[str, Any]) -> dict[str, Any]
     if missing:
         raise UsageError(f"{module.NAME}: {', '.join(missing)} required")
     return {dest: given.get(dest, action.default) for dest, action in actions.items()}
+
+
+def fractions(text: str) -> tuple[float, float, float]:
+    """argparse type: "train,val,test" fractions (vidcap.datasets.splits.parse_fractions)."""
+    from vidcap.datasets.splits import parse_fractions
+
+    try:
+        return parse_fractions(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None

@@ -68,3 +68,66 @@ def split_table(captions: pd.DataFrame, videos: pd.DataFrame,
     table = {name: {"clips": int(clips.get(name, 0)), "captions": int(caps.get(name, 0)),
                     "missing_videos": int(missing.get(name, 0))} for name in names}
     return {name: row for name, row in table.items() if any(row.values())}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Seeded splits of one's own data (vidcap prepare captions / webdataset)
+
+DEFAULT_FRACTIONS = (0.9, 0.05, 0.05)
+
+
+def parse_fractions(text: str) -> tuple[float, float, float]:
+    """"0.9,0.05,0.05" -> (train, val, test) fractions: three non-negative numbers with a positive train share,
+    normalised to sum to 1. ValueError (argparse turns it into a usage error) otherwise."""
+    parts = [p.strip() for p in str(text).split(",")]
+    if len(parts) != 3:
+        raise ValueError(f"expected three fractions train,val,test, got {text!r}")
+    values = [float(p) for p in parts]
+    if any(v < 0 for v in values) or values[0] <= 0:
+        raise ValueError(f"fractions must be >= 0 with a positive train share, got {text!r}")
+    total = sum(values)
+    return values[0] / total, values[1] / total, values[2] / total
+
+
+def seeded_split(video_ids: Iterable[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
+    """video id -> split, every video in exactly one split: the distinct ids in byte order, shuffled by a seeded
+    generator, then cut into round(n * val) val and round(n * test) test videos (at least one each when its fraction
+    is positive and n >= 3) and the rest train. The same ids, fractions and seed give the same split on any machine."""
+    import numpy as np
+
+    ordered = byte_order(video_ids)
+    n = len(ordered)
+    sizes = [round(n * f) for f in fractions[1:]]
+    if n >= 3:
+        sizes = [max(1, size) if fraction > 0 else 0 for size, fraction in zip(sizes, fractions[1:], strict=True)]
+    n_val, n_test = sizes
+    if n_val + n_test >= n:
+        raise UsageError(f"only {n} video(s): too few for a train/val/test split of {fractions}")
+    shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
+    return {video: "val" if i < n_val else "test" if i < n_val + n_test else "train"
+            for i, video in enumerate(shuffled)}
+
+
+def hashed_split(key: str, fractions: tuple[float, float, float], seed: int) -> str:
+    """The split of one key by a seeded hash (blake2b of seed and key, as a number in [0, 1)): needs no other key,
+    so a sample keeps its split when shards are added, and splits a million keys in one pass."""
+    import hashlib
+
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    point = int.from_bytes(digest, "big") / 2**64
+    return "train" if point < fractions[0] else "val" if point < fractions[0] + fractions[1] else "test"
+
+
+def shard_split(shards: list[str], fractions: tuple[float, float, float]) -> dict[str, str]:
+    """shard -> split: the shards in the order given, the first ones train, then val, then test, in the fractions'
+    proportions (at least one shard each for a positive fraction when there are at least three shards)."""
+    n = len(shards)
+    sizes = [round(n * f) for f in fractions[1:]]
+    if n >= 3:
+        sizes = [max(1, size) if fraction > 0 else 0 for size, fraction in zip(sizes, fractions[1:], strict=True)]
+    n_val, n_test = sizes
+    if n_val + n_test >= n:
+        raise UsageError(f"only {n} shard(s): too few to split whole shards {fractions} (drop --split-shards)")
+    n_train = n - n_val - n_test
+    return {shard: "train" if i < n_train else "val" if i < n_train + n_val else "test"
+            for i, shard in enumerate(shards)}

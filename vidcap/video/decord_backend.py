@@ -5,6 +5,7 @@ decord's random access is fast but only trusted for the containers and codecs wh
 
 from __future__ import annotations
 
+import io
 import logging
 from typing import Any
 
@@ -40,9 +41,11 @@ def _to_uint8_batch(batch: Any) -> np.ndarray:
 class DecordBackend:
     name = "decord"
 
-    def __init__(self, path: str, expected_size: tuple[int, int] | None = None, threads: int = 0):
+    def __init__(self, path: str, expected_size: tuple[int, int] | None = None, threads: int = 0,
+                 data: bytes | None = None):
         """`expected_size` (height, width) from the container header; decord's frames must have it. threads: decoding
-        threads (0: decord's default, every core)."""
+        threads (0: decord's default, every core). data: the file's bytes when it has no path of its own (a member
+        of a tar shard); `path` then only names it."""
         try:
             import decord
         except ImportError as exc:  # decord has no wheel for this platform (macOS, ARM)
@@ -56,7 +59,8 @@ class DecordBackend:
         )
         self.frames_decoded = 0
         try:
-            self._vr = decord.VideoReader(path, ctx=decord.cpu(0), num_threads=threads)
+            source = path if data is None else io.BytesIO(data)
+            self._vr = decord.VideoReader(source, ctx=decord.cpu(0), num_threads=threads)
             self.num_frames = len(self._vr)
             self.fps = float(self._vr.get_avg_fps() or 0.0)
             if self.num_frames <= 0:

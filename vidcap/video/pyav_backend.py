@@ -3,6 +3,7 @@ the last one, and long gaps are crossed by seeking to keyframes."""
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass
 
@@ -103,12 +104,14 @@ class PyAVBackend:
 
     name = "pyav"
 
-    def __init__(self, path: str, threads: int = 0):
+    def __init__(self, path: str, threads: int = 0, data: bytes | None = None):
         """threads: decoding threads (0: FFmpeg's default, every core). RGB conversion runs on one thread
-        (_conversion_options)."""
+        (_conversion_options). data: the file's bytes when it has no path of its own (a member of a tar shard,
+        vidcap.video.tar_members); `path` then only names it."""
         import av
 
         self._av = av
+        self._data = data
         self._convert = _conversion_options(av)
         self._path = path
         self._threads = threads
@@ -142,7 +145,8 @@ class PyAVBackend:
     def _open(self):
         av = self._av
         try:
-            container = av.open(self._path, mode="r")
+            source = self._path if self._data is None else io.BytesIO(self._data)
+            container = av.open(source, mode="r")
         except av.FFmpegError as exc:
             raise DecodeFailed(f"not a readable video ({one_line(exc)})") from exc
         # Music files carry their cover image as a one-frame "video" stream flagged attached_pic: not a video.

@@ -26,6 +26,7 @@ from vidcap.errors import VideoError
 from vidcap.video.decord_backend import DecordBackend, decord_safe
 from vidcap.video.failures import DecodeFailed
 from vidcap.video.pyav_backend import PyAVBackend
+from vidcap.video.tar_members import read_member, split_ref
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +98,8 @@ def clip_indices(centers: np.ndarray, num_frames: int, length: int, stride: int 
 # Random access
 
 
-def _open_backend(path: str, backend: str,
-                  threads: int = 0) -> tuple[DecordBackend | PyAVBackend, PyAVBackend | None]:
+def _open_backend(path: str, backend: str, threads: int = 0,
+                  data: bytes | None = None) -> tuple[DecordBackend | PyAVBackend, PyAVBackend | None]:
     """The backend that decodes `path`, and in auto mode the PyAV backend that takes over if decord fails later.
 
     auto reads the header with PyAV, then uses decord where its random access was checked to return the right frames
@@ -106,18 +107,18 @@ def _open_backend(path: str, backend: str,
     (MSVD's Xvid AVIs, H.264 in AVI, open-GOP HEVC: decord returned wrong frames for those).
     """
     if backend == "pyav":
-        return PyAVBackend(path, threads), None
+        return PyAVBackend(path, threads, data), None
     if backend == "decord":
         try:
-            header = PyAVBackend(path)
+            header = PyAVBackend(path, data=data)
             header.close()
             expected = (header.height, header.width)
         except DecodeFailed:
             expected = None  # let decord try files FFmpeg's header parser rejects
-        return DecordBackend(path, expected, threads), None
+        return DecordBackend(path, expected, threads, data), None
     # PyAV reads the header first (cheap): it names the container and codec, which decide whether decord's random
     # access can be trusted, and it gives the frame size decord's frames must have.
-    pyav = PyAVBackend(path, threads)
+    pyav = PyAVBackend(path, threads, data)
     why_not = None
     if not decord_safe(pyav.format_name, pyav.codec_name):
         why_not = f"{pyav.codec_name} in {pyav.format_name}"
@@ -127,7 +128,7 @@ def _open_backend(path: str, backend: str,
         logger.debug("%s: %s: using PyAV", path, why_not)
         return pyav, None
     try:
-        decord = DecordBackend(path, (pyav.height, pyav.width), threads)
+        decord = DecordBackend(path, (pyav.height, pyav.width), threads, data)
     except DecodeFailed as exc:
         logger.debug("%s: %s; using PyAV", path, exc)
         return pyav, None
@@ -136,7 +137,8 @@ def _open_backend(path: str, backend: str,
 
 
 class VideoReader:
-    """Random access to the frames of one video file. Use `open_video()`; close it (or use it as a context manager).
+    """Random access to the frames of one video file, or of a video inside a tar shard (`SHARD.tar::MEMBER`, read
+    from the shard in memory: vidcap.video.tar_members). Use `open_video()`; close it (or use it as a context manager).
 
     Attributes: `path`, `backend` ("decord" or "pyav": the one actually decoding), `num_frames`, `fps`, `height`,
     `width`, `duration` (seconds), `frames_decoded` (for checking decode-only-what-is-needed).
@@ -146,11 +148,14 @@ class VideoReader:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
-        _check_file(self.path)
+        # A member of a tar shard is decoded from its bytes; the shard stays open in this process for the next one.
+        data = read_member(self.path) if split_ref(self.path) is not None else None
+        if data is None:
+            _check_file(self.path)
         self._impl: DecordBackend | PyAVBackend
         self._fallback: PyAVBackend | None  # auto mode: PyAV takes over if decord fails later
         try:
-            self._impl, self._fallback = _open_backend(self.path, backend, threads)
+            self._impl, self._fallback = _open_backend(self.path, backend, threads, data)
         except DecodeFailed as exc:
             raise VideoError(f"{self.path}: {exc}") from exc
         # Indices are validated against the count reported at open, which callers used to sample.
