@@ -9,8 +9,8 @@ import os
 import signal
 import socket
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import wave
 from collections.abc import Callable, Sequence
