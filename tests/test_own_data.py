@@ -239,9 +239,11 @@ def _pipeline(data: Path, root: Path, videos: list[str], bad: list[str] = ()) ->
                  str(run), "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false"]) == 0
     checkpoint = run / "checkpoints" / "last.ckpt"
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--features", str(feats),
-                 "--out", str(root / "eval")]) == 0
+                 "--out", str(root / "eval"), "--report", str(root / "eval" / "report")]) == 0
     predictions = json.loads((root / "eval" / "predictions.json").read_text())
     assert set(predictions) == set(read_videos(data).query("split == 'test'")["video_id"])
+    page = (root / "eval" / "report" / "index.html").read_text()
+    assert page.count("data:image/jpeg;base64,") >= len(predictions)  # each card's frames, decoded from the video
     assert main(["caption", *videos, *bad, "--checkpoint", str(checkpoint), "--json", "--report",
                  str(root / "report")]) == (1 if bad else 0)
     assert (root / "report" / "index.html").is_file()
@@ -297,3 +299,11 @@ def test_captions_table_pipeline(own_videos, tmp_path, private_tmp, capsys):
     videos = [str(folder / v) for v in list(table)[:2]]
     _pipeline(data, tmp_path, videos)
     assert _files_under(private_tmp) == set()
+
+
+def test_a_process_opens_each_shard_once(shards):
+    from vidcap.video.tar_members import open_shard
+
+    first = open_shard(shards[1])
+    assert open_shard(str(shards[1])) is first  # the same handle and member index for every member read
+    assert first.read("000010002_1.txt") == SHARD_CAPTIONS["left"].encode()
