@@ -42,6 +42,14 @@ def split_ref(ref: str | os.PathLike) -> tuple[str, str] | None:
     return shard, member
 
 
+class ShardError(VideoError):
+    """A shard or member that cannot be read: "NAME: reason", with the reason alone in `reason`."""
+
+    def __init__(self, name: str, reason: str):
+        super().__init__(f"{name}: {reason}")
+        self.reason = reason
+
+
 @dataclass(frozen=True)
 class Member:
     """A regular file of a shard: its name, where its data starts (bytes from the start of the shard) and its size."""
@@ -114,7 +122,7 @@ class OpenShard:
     def __init__(self, path: str):
         scan = scan_shard(path)
         if not scan.members and scan.error is not None:
-            raise VideoError(f"{path}: {scan.error}")
+            raise ShardError(path, scan.error)
         self.path = path
         self.error = scan.error
         self.members = {m.name: m for m in reversed(scan.members)}  # a repeated name: the first one wins
@@ -124,12 +132,12 @@ class OpenShard:
     def read(self, name: str) -> bytes:
         member = self.members.get(name)
         if member is None:
-            raise VideoError(f"{member_ref(self.path, name)}: no such member in the shard")
+            raise ShardError(member_ref(self.path, name), "no such member in the shard")
         with self._lock:
             self._file.seek(member.offset)
             data = self._file.read(member.size)
         if len(data) != member.size:
-            raise VideoError(f"{member_ref(self.path, name)}: the shard ends inside it")
+            raise ShardError(member_ref(self.path, name), "the shard ends inside it")
         return data
 
     def close(self) -> None:
@@ -146,7 +154,7 @@ def open_shard(path: str | os.PathLike) -> OpenShard:
     try:
         stat = os.stat(path)
     except FileNotFoundError:
-        raise VideoError(f"{path}: no such shard") from None
+        raise ShardError(path, "no such shard") from None
     key = (path, stat.st_mtime_ns, stat.st_size)
     with _open_lock:
         shard = _open.get(key)
@@ -171,9 +179,8 @@ def read_member(ref: str | os.PathLike) -> bytes:
     shard, member = parts
     try:
         data = open_shard(shard).read(member)
-    except VideoError as error:
-        text = str(error)
-        raise VideoError(text if text.startswith(os.fspath(ref)) else f"{ref}: {text.partition(': ')[2]}") from None
+    except ShardError as error:
+        raise ShardError(os.fspath(ref), error.reason) from None
     if not data:
         raise VideoError(f"{ref}: empty member (0 bytes)")
     return data
@@ -185,5 +192,5 @@ def member_stem(ref: str | os.PathLike) -> str:
     return Path(parts[1] if parts else os.fspath(ref)).stem
 
 
-__all__ = ["SEPARATOR", "Member", "OpenShard", "ShardScan", "iter_member_data", "member_ref", "member_stem", "open_shard", "read_member",
+__all__ = ["SEPARATOR", "Member", "OpenShard", "ShardError", "ShardScan", "iter_member_data", "member_ref", "member_stem", "open_shard", "read_member",
            "scan_shard", "split_ref"]
