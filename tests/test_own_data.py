@@ -307,3 +307,15 @@ def test_a_process_opens_each_shard_once(shards):
     first = open_shard(shards[1])
     assert open_shard(str(shards[1])) is first  # the same handle and member index for every member read
     assert first.read("000010002_1.txt") == SHARD_CAPTIONS["left"].encode()
+
+
+def test_a_shard_whose_path_has_a_comma_is_decoded_from_bytes(shards, tmp_path):
+    from vidcap.video.tar_members import member_source
+
+    odd = tmp_path / "a,b" / "00000.tar"
+    odd.parent.mkdir()
+    odd.write_bytes(shards[0].read_bytes())
+    assert member_source(member_ref(shards[0], "000000002.mp4")).startswith("subfile,,start,")
+    assert isinstance(member_source(member_ref(odd, "000000002.mp4")), bytes)
+    same = [read_sampled_frames(member_ref(s, "000000002.mp4"), 4).frames for s in (shards[0], odd)]
+    assert np.array_equal(*same)

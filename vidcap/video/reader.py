@@ -26,7 +26,7 @@ from vidcap.errors import VideoError
 from vidcap.video.decord_backend import DecordBackend, decord_safe
 from vidcap.video.failures import DecodeFailed
 from vidcap.video.pyav_backend import PyAVBackend
-from vidcap.video.tar_members import read_member, split_ref
+from vidcap.video.tar_members import member_source, split_ref
 
 logger = logging.getLogger(__name__)
 
@@ -148,14 +148,18 @@ class VideoReader:
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
-        # A member of a tar shard is decoded from its bytes; the shard stays open in this process for the next one.
-        data = read_member(self.path) if split_ref(self.path) is not None else None
-        if data is None:
+        # A member of a tar shard is decoded in place (its byte range as an FFmpeg URL, or its bytes); the shard's
+        # index stays open in this process for the next member.
+        source: str | bytes = member_source(self.path) if split_ref(self.path) is not None else self.path
+        if source is self.path:
             _check_file(self.path)
         self._impl: DecordBackend | PyAVBackend
         self._fallback: PyAVBackend | None  # auto mode: PyAV takes over if decord fails later
         try:
-            self._impl, self._fallback = _open_backend(self.path, backend, threads, data)
+            if isinstance(source, bytes):
+                self._impl, self._fallback = _open_backend(self.path, backend, threads, source)
+            else:
+                self._impl, self._fallback = _open_backend(source, backend, threads)
         except DecodeFailed as exc:
             raise VideoError(f"{self.path}: {exc}") from exc
         # Indices are validated against the count reported at open, which callers used to sample.
