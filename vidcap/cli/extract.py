@@ -16,6 +16,8 @@ EXAMPLE = """
   torchrun --nnodes 2 --node-rank 0 --nproc-per-node 4 --master-addr HOST0 --master-port 29500 \
       -m vidcap extract --data data/msvd --out /shared/feats/msvd --global googlenet --device cuda
   srun --nodes 2 --ntasks-per-node 4 --gpus-per-node 4 vidcap extract ... --device cuda
+  vidcap extract --data data/webvid --out /shared/feats/webvid --global googlenet --store shards \\
+      --engine ray --ray-address auto --device cuda --devices 8
 
 A rerun skips finished videos (resume after a crash or kill); videos that fail are listed in FEATS/manifest.csv and
 tried again next time. A decoding worker that hangs (--worker-timeout) or dies ends the run with one line naming
@@ -35,7 +37,7 @@ def _split_names(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name); their defaults and
     choices are ExtractOptions', DTYPES, DEVICES and vidcap.video.reader.BACKENDS."""
-    from vidcap.features.extract import DEVICES, DTYPES, WORKER_TIMEOUT, ExtractOptions
+    from vidcap.features.extract import DEVICES, DTYPES, ENGINES, STORES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.features.extractors import describe_registry, extractor_names
     from vidcap.video.reader import BACKENDS
 
@@ -90,6 +92,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast and TF32 on CUDA: faster, features ~1e-2 relative off float32's;\n"
                         "recorded in meta.json, and a store never mixes the two (default: float32, TF32 off)")
+    parser.add_argument("--store", choices=STORES, default=default.store,
+                        help=f"store layout: one .npz per video, or webdataset tar shards for big data\n"
+                        f"(docs/sharded.md; default {default.store})")
+    parser.add_argument("--shard-size", type=int, default=default.shard_size, metavar="N",
+                        help=f"videos per shard with --store shards (default {default.shard_size})")
+    parser.add_argument("--engine", choices=ENGINES, default=default.engine,
+                        help="local: this process (--devices, torchrun, srun); ray: decoding tasks and an\n"
+                        f"actor per device on a Ray cluster, with --store shards (default {default.engine})")
+    parser.add_argument("--ray-address", default=default.ray_address, metavar="auto|HOST:PORT",
+                        help="the Ray cluster of --engine ray (default: a local Ray on this machine's cores)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -47,6 +47,8 @@ logger = logging.getLogger(__name__)
 
 DTYPES = ("float16", "float32")
 DEVICES = ("cpu", "cuda")  # where the extractors run
+STORES = ("files", "shards")  # the store layouts: one .npz per video, or tar shards (vidcap/features/sharded.py)
+ENGINES = ("local", "ray")  # who runs the work: this process (or --devices, torchrun, srun), or a Ray cluster
 # Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
 # have hours of videos left). A process that dies is noticed at once (its connection closes).
 BARRIER_TIMEOUT = timedelta(days=7)
@@ -70,7 +72,8 @@ class ExtractOptions:
     store never mixes it with float32 features; vidcap.precision). decoder_threads: threads of each video decoder
     (None: default_decoder_threads). worker_timeout: seconds a decoding worker may go without delivering a video,
     its start-up included, before the run stops with a WorkerError naming it (None: WORKER_TIMEOUT; needs
-    num_workers >= 1).
+    num_workers >= 1). store: "files" or "shards" (STORES); shard_size: videos per shard; engine: "local" or "ray"
+    (ENGINES, ray needs store="shards"); ray_address: the Ray cluster ("auto", "HOST:PORT"; None: a local one).
     """
 
     global_name: str | None = None
@@ -90,6 +93,10 @@ class ExtractOptions:
     amp: bool = False
     decoder_threads: int | None = None
     worker_timeout: float | None = None
+    store: str = "files"
+    shard_size: int = 1000
+    engine: str = "local"
+    ray_address: str | None = None
 
     @property
     def precision(self) -> str:
@@ -264,6 +271,10 @@ def run_extract(
     Under a launcher every process calls it (module docstring) and gets the same summary. Raises UsageError for bad
     settings (on every process, before any work, when one of them has them).
     """
+    if options.store == "shards" or options.engine != "local" or options.ray_address is not None:
+        from vidcap.features.sharded_extract import run_sharded_extract
+
+        return run_sharded_extract(data_dir, out_dir, options, progress=progress, on_failure=on_failure)
     started = time.perf_counter()
     store = Path(out_dir)
     process = launcher.join("gloo")  # gloo, on GPUs too: only a few Python objects are exchanged
