@@ -25,7 +25,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from vidcap.datasets import read_captions
 from vidcap.errors import UsageError
-from vidcap.features.store import features_dir, list_features, load_features, read_meta
+from vidcap.features.store import features_dir, list_features, read_meta
+from vidcap.features.stores import ShardedStore, open_store
 from vidcap.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -86,6 +87,7 @@ class CaptionDataset(Dataset):
 
     def __init__(self, features_dir: str | os.PathLike, captions: SplitCaptions, per_reference: bool):
         self.features_dir = str(features_dir)
+        self.store = None  # opened on first use, in each loader worker
         self.captions = captions
         # Training item i is token caption i, of video item_video[i]; evaluation item i is video i.
         self.item_video = captions.caption_video() if per_reference else None
@@ -101,7 +103,9 @@ class CaptionDataset(Dataset):
         else:
             v, references, captions = int(self.item_video[i]), [split.references[split.caption_reference[i]]], [i]
         video_id = split.video_ids[v]
-        feats = load_features(self.features_dir, video_id)
+        if self.store is None:
+            self.store = open_store(self.features_dir)
+        feats = self.store.load(video_id)
         return {
             "video_id": video_id,
             "global": feats.get("global"),
@@ -201,6 +205,13 @@ def read_split(
     ), int((~has_features).sum())
 
 
+class _Everything:
+    """`available` for a streamed split: every video counts as present; those the shards lack never come."""
+
+    def __contains__(self, video_id: object) -> bool:
+        return True
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     """(n,) counts -> (n + 1,) int64 offsets, starting at 0."""
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
@@ -220,6 +231,8 @@ class CaptionDataModule(LightningDataModule):
             training and out of every split's NLL and perplexity (the original's data_engine.prepare_data); the
             metrics still score against every reference.
         val_split, test_split: split names of captions.csv used by validate and test.
+        shuffle_buffer: on a sharded store, the training stream's shuffle buffer in videos
+            (vidcap/training/streaming.py; there `batch_size` counts videos, each with all its captions).
     """
 
     def __init__(
@@ -233,6 +246,7 @@ class CaptionDataModule(LightningDataModule):
         drop_long_captions: bool = False,
         val_split: str = "val",
         test_split: str = "test",
+        shuffle_buffer: int = 1000,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -280,11 +294,15 @@ class CaptionDataModule(LightningDataModule):
         if all(split in self.datasets for split in splits):  # set up already (e.g. by the caller, then by Lightning)
             return
         captions = read_captions(self.data_dir)
-        available = self._available_videos()
+        store = open_store(self.features_dir)
+        available = None if isinstance(store, ShardedStore) else self._available_videos()
         for split in splits:
             if split in self.datasets:
                 continue
-            videos, skipped = read_split(captions, split, self.vocab, self.hparams.max_caption_len, available,
+            streaming = isinstance(store, ShardedStore) and split == "train"
+            # A sharded store's training split streams: nothing lists its samples (vidcap/training/streaming.py).
+            has = _Everything() if streaming else available if available is not None else set(store.ids(split))
+            videos, skipped = read_split(captions, split, self.vocab, self.hparams.max_caption_len, has,
                                          self.hparams.drop_long_captions)
             if skipped:
                 log.warning("%s: %d of %d videos have no features in %s (failed extraction?): skipped",
@@ -292,10 +310,25 @@ class CaptionDataModule(LightningDataModule):
             if not len(videos):
                 raise UsageError(f"{self.data_dir / 'captions.csv'}: no '{split}' video has features in "
                                  f"{self.features_dir}")
-            self.datasets[split] = CaptionDataset(self.features_dir, videos, per_reference=split == "train")
+            if streaming:
+                from vidcap.training.streaming import ShardStream
+
+                self.datasets[split] = ShardStream(self.features_dir, store.shards(split), videos,
+                                                   self.hparams.batch_size, self.hparams.shuffle_buffer)
+            else:
+                self.datasets[split] = CaptionDataset(self.features_dir, videos, per_reference=split == "train")
             log.info("%s: %d videos, %d captions", split, len(videos), videos.num_captions)
 
     def train_dataloader(self) -> DataLoader:
+        from vidcap.training.streaming import ShardStream, stream_loader
+
+        if isinstance(self.datasets["train"], ShardStream):
+            trainer = self.trainer
+            rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+            dataset = self.datasets["train"].distribute(rank, world, self.hparams.num_workers)
+            # The run's seed (seed_everything sets it, and DDP's processes inherit it): the same order on every rank.
+            dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
+            return stream_loader(dataset, self.hparams.num_workers)
         return self._loader("train", self.hparams.batch_size, shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

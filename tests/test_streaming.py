@@ -1,0 +1,195 @@
+"""Training batches streamed from a sharded store (vidcap/training/streaming.py): DDP ranks and loader workers split
+the shards with every sample once per epoch, the shuffle buffer, mid-epoch resume, a bad sample; and `vidcap fit`
+on a sharded store, in one process and in two DDP processes."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.helpers import DG, T, WORDS, write_feature_dataset
+from vidcap.errors import UsageError
+from vidcap.features import sharded
+from vidcap.features import store as fs
+from vidcap.text.vocab import Vocabulary
+from vidcap.training.data import read_split
+from vidcap.training.streaming import ShardStream, stream_loader
+
+
+def _stream_store(root: Path, n: int, shard_size: int) -> tuple[Path, object]:
+    """n train videos `v0000`.. of random features in shards of shard_size, and their SplitCaptions (one caption
+    each; v0003 has two)."""
+    rng = np.random.default_rng(0)
+    meta = {"format": fs.FORMAT, "num_frames": T, "dtype": "float16", "global": {"name": "fake", "dim": DG},
+            "local": None}
+    sharded.prepare_sharded_store(root, meta)
+    ids = [f"v{i:04d}" for i in range(n)]
+    for k, start in enumerate(range(0, n, shard_size)):
+        samples = [(vid, sharded.encode_sample({"global": rng.standard_normal((T, DG)), "mask": np.ones(T, bool),
+                                                "times": np.arange(T, dtype=np.float32)})) for vid in
+                   ids[start : start + shard_size]]
+        sharded.write_shard(root, sharded.shard_name("train", k), samples)
+    sharded.write_summary(root)
+    rows = [(vid, "train", "a man is cooking") for vid in ids] + [("v0003", "train", "the dog is running")]
+    table = pd.DataFrame(rows, columns=["video_id", "split", "caption"])
+    captions, _ = read_split(table.assign(tokens=table["caption"]), "train", Vocabulary(WORDS), 30, set(ids))
+    return root, captions
+
+
+def _ids(batches) -> list[str]:
+    return [vid for batch in batches for vid in batch["video_ids"]]
+
+
+def _stream(store, captions, batch_size=4, buffer=8, **kw) -> ShardStream:
+    return ShardStream(store, sharded.read_summary(store), captions, batch_size, buffer, seed=7, **kw)
+
+
+@pytest.mark.parametrize("world,workers", [(1, 0), (2, 0), (3, 0), (2, 2)])
+def test_ranks_and_workers_see_every_sample_once_per_epoch(tmp_path, world, workers):
+    store, captions = _stream_store(tmp_path, 23, 5)
+    per_rank, batches = [], []
+    for rank in range(world):
+        loader = stream_loader(_stream(store, captions).distribute(rank, world, workers), workers)
+        got = list(loader)
+        assert len(got) == len(loader.dataset)  # every rank makes the batches it announced
+        batches.append(len(got))
+        per_rank.append(_ids(got))
+    assert len(set(batches)) == 1  # DDP: no rank waits for another
+    seen = Counter(vid for ids in per_rank for vid in ids)
+    assert set(seen) == {f"v{i:04d}" for i in range(23)}
+    slots = world * max(1, workers)
+    padding = slots * -(-23 // slots) - 23
+    assert sum(seen.values()) == 23 + padding and padding < slots  # repeats only to even the slots out
+    if padding == 0:
+        assert set(seen.values()) == {1}
+
+
+def test_epochs_shuffle_differently_and_the_buffer_mixes_shards(tmp_path):
+    store, captions = _stream_store(tmp_path, 40, 10)
+    dataset = _stream(store, captions, batch_size=40, buffer=20)
+    first, second = _ids(iter(dataset)), _ids(iter(dataset))  # __iter__ starts the next epoch
+    assert sorted(first) == sorted(second) == [f"v{i:04d}" for i in range(40)]
+    assert first != second
+    unbuffered = _ids(iter(_stream(store, captions, batch_size=40, buffer=1)))
+    shards = [int(vid[1:]) // 10 for vid in unbuffered]
+    assert shards == sorted(shards, key=shards.index)  # without a buffer a shard's samples come together
+    assert sum(a != b for a, b in zip(shards, shards[1:], strict=False)) == 3
+    mixed = [int(vid[1:]) // 10 for vid in first]
+    assert sum(a != b for a, b in zip(mixed, mixed[1:], strict=False)) > 10
+
+
+def test_a_video_with_two_captions_brings_both(tmp_path):
+    store, captions = _stream_store(tmp_path, 6, 3)
+    (batch,) = list(_stream(store, captions, batch_size=6, shuffle=False))
+    assert batch["video_ids"] == [f"v{i:04d}" for i in range(6)]
+    assert batch["global"].shape == (6, T, DG) and batch["inputs"].shape[0] == 7
+    assert batch["caption_video"].tolist().count(3) == 2
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_from_the_loader_state(tmp_path, workers):
+    store, captions = _stream_store(tmp_path, 30, 4)
+    whole = [_ids([b]) for b in stream_loader(_stream(store, captions).distribute(0, 1, workers), workers)]
+    loader = stream_loader(_stream(store, captions).distribute(0, 1, workers), workers)
+    it = iter(loader)
+    before = [_ids([next(it)]) for _ in range(3)]
+    state = json.loads(json.dumps(loader.state_dict()))  # what a checkpoint keeps must survive JSON-like storage
+    del it, loader
+    resumed = stream_loader(_stream(store, captions).distribute(0, 1, workers), workers)
+    resumed.load_state_dict(state)
+    after = [_ids([b]) for b in resumed]
+    assert before + after == whole
+    other = stream_loader(_stream(store, captions).distribute(0, 2, workers), workers)  # another world size
+    with pytest.raises(UsageError, match="resume with the same ones"):
+        other.load_state_dict(state)
+        next(iter(other))
+
+
+def test_a_corrupt_sample_stops_the_epoch_with_one_line_naming_it(tmp_path):
+    store, captions = _stream_store(tmp_path, 8, 4)
+    entry = sharded.read_index(store, "train-000001")[2]
+    path = sharded.shard_path(store, "train-000001")
+    data = bytearray(path.read_bytes())
+    data[entry.offset + 100] ^= 0x10
+    path.write_bytes(bytes(data))
+    for workers in (0, 1):
+        with pytest.raises(UsageError) as caught:
+            list(stream_loader(_stream(store, captions).distribute(0, 1, workers), workers))
+        message = str(caught.value)
+        assert "\n" not in message and "train-000001.tar sample v0006: checksum mismatch" in message
+        assert "vidcap verify" in message
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# `vidcap fit` on a sharded store
+
+
+def _shard_the_store(store: Path, out: Path) -> Path:
+    """The per-file store of write_feature_dataset as a sharded store (3 videos per shard, split by captions.csv)."""
+    meta = fs.read_meta(store)
+    sharded.prepare_sharded_store(out, meta)
+    with open(store.parent / "data" / "captions.csv", newline="") as f:
+        split_of = {row["video_id"]: row["split"] for row in csv.DictReader(f)}
+    number = 0
+    for split in ("train", "val", "test"):
+        ids = sorted(vid for vid in fs.list_features(store) if split_of[vid] == split)
+        for start in range(0, len(ids), 3):
+            samples = [(vid, sharded.encode_sample(fs.load_features(store, vid))) for vid in ids[start : start + 3]]
+            sharded.write_shard(out, sharded.shard_name(split, number), samples)
+            number += 1
+    sharded.write_summary(out)
+    return out
+
+
+SEEN_CALLBACK = """
+import json, os, sys
+from pytorch_lightning import Callback
+sys.path.insert(0, {repo!r})
+
+class Seen(Callback):
+    def on_train_batch_start(self, trainer, module, batch, batch_idx):
+        with open(os.path.join({out!r}, f"rank{{trainer.global_rank}}.jsonl"), "a") as f:
+            f.write(json.dumps([trainer.current_epoch, batch["video_ids"]]) + "\\n")
+"""
+
+
+def _fit_args(data, store, root, *extra) -> list[str]:
+    return ["fit", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data.data_dir", str(data),
+            "--data.features_dir", str(store), "--data.batch_size", "4", "--data.num_workers", "0",
+            "--model.caption_metrics", "false", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root),
+            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.timeout(400)
+def test_fit_with_two_ddp_processes_sees_every_training_video_once_per_epoch(tmp_path):
+    data, store = write_feature_dataset(tmp_path)
+    shards = _shard_the_store(store, tmp_path / "shards")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    (tmp_path / "seen_callback.py").write_text(SEEN_CALLBACK.format(repo=str(Path(__file__).parents[1]),
+                                                                    out=str(seen)))
+    args = _fit_args(data, shards, tmp_path / "run", "--trainer.devices", "2", "--trainer.strategy", "ddp",
+                     "--trainer.callbacks+=seen_callback.Seen", "--trainer.limit_val_batches", "1.0")
+    env = {**os.environ, "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+    proc = subprocess.run([sys.executable, "-m", "vidcap", *args], capture_output=True, text=True, cwd=tmp_path,
+                          timeout=360, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    records = {rank: [json.loads(line) for line in (seen / f"rank{rank}.jsonl").read_text().splitlines()]
+               for rank in (0, 1)}
+    assert len(records[0]) == len(records[1])  # as many steps on both ranks
+    train = {f"v{i:02d}" for i in range(12)}
+    for epoch in (0, 1):
+        ids = [vid for rank in (0, 1) for e, batch in records[rank] if e == epoch for vid in batch]
+        assert sorted(ids) == sorted(train)  # 12 videos over 2 ranks: each exactly once
