@@ -416,3 +416,34 @@ def write_video2dataset_shards(root: Path, samples_per_shard: int = 4, num_shard
     data = last.read_bytes()
     last.write_bytes(data[: cut.offset_data + cut.size // 2])
     return shards
+
+def _seen_videos_class():
+    from pytorch_lightning import Callback
+
+    class SeenVideos(Callback):
+        """Appends [epoch, video ids] of every training batch to OUT/rank<R>.jsonl (`vidcap fit
+        --trainer.callbacks+=tests.helpers.SeenVideos --trainer.callbacks.out OUT`)."""
+
+        def __init__(self, out: str):
+            self.out = out
+
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            with open(Path(self.out) / f"rank{trainer.global_rank}.jsonl", "a") as f:
+                f.write(json.dumps([trainer.current_epoch, batch["video_ids"]]) + "\n")
+
+    SeenVideos.__module__ = __name__
+    return SeenVideos
+
+
+def __getattr__(name: str):
+    # SeenVideos is made on first use: importing Lightning here would slow down every test module.
+    if name == "SeenVideos":
+        globals()[name] = _seen_videos_class()
+        return globals()[name]
+    raise AttributeError(name)
+
+
+def read_seen_videos(out: Path) -> dict[int, list[tuple[int, list[str]]]]:
+    """{rank: [(epoch, video ids of a batch)]} that SeenVideos wrote."""
+    return {int(p.stem[4:]): [tuple(json.loads(line)) for line in p.read_text().splitlines()]
+            for p in sorted(out.glob("rank*.jsonl"))}

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import DG, T, WORDS, write_feature_dataset
+from tests.helpers import DG, WORDS, T, read_seen_videos, write_feature_dataset
 from vidcap.errors import UsageError
 from vidcap.features import sharded
 from vidcap.features import store as fs
@@ -150,23 +150,31 @@ def _shard_the_store(store: Path, out: Path) -> Path:
     return out
 
 
-SEEN_CALLBACK = """
-import json, os, sys
-from pytorch_lightning import Callback
-sys.path.insert(0, {repo!r})
-
-class Seen(Callback):
-    def on_train_batch_start(self, trainer, module, batch, batch_idx):
-        with open(os.path.join({out!r}, f"rank{{trainer.global_rank}}.jsonl"), "a") as f:
-            f.write(json.dumps([trainer.current_epoch, batch["video_ids"]]) + "\\n")
-"""
-
-
 def _fit_args(data, store, root, *extra) -> list[str]:
-    return ["fit", "--config", str(Path(__file__).parents[1] / "configs" / "demo.yaml"), "--data.data_dir", str(data),
-            "--data.features_dir", str(store), "--data.batch_size", "4", "--data.num_workers", "0",
-            "--model.caption_metrics", "false", "--trainer.max_epochs", "2", "--trainer.default_root_dir", str(root),
-            "--trainer.enable_progress_bar", "false", "--trainer.accelerator", "cpu", *extra]
+    configs = Path(__file__).parents[1] / "configs"
+    return ["fit", "--config", str(configs / "data/synthetic.yaml"), "--config", str(configs / "model/global.yaml"),
+            "--config", str(configs / "trainer/cpu.yaml"), "--config", str(configs / "debug.yaml"),
+            "--data.data_dir", str(data), "--data.features_dir", str(store), "--trainer.limit_train_batches", "1.0",
+            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]
+
+
+@pytest.mark.slow
+def test_fit_on_a_sharded_store_resumes_mid_epoch_from_a_step_checkpoint(tmp_path):
+    from vidcap.cli import main
+
+    data, store = write_feature_dataset(tmp_path)
+    shards = _shard_the_store(store, tmp_path / "shards")
+    seen = tmp_path / "seen"
+    seen.mkdir()
+    common = ["--trainer.callbacks+=tests.helpers.SeenVideos", "--trainer.callbacks.out", str(seen),
+              "--checkpoint.every_n_train_steps", "1", "--trainer.val_check_interval", "2"]
+    # 12 training videos, 4 a batch: 3 steps an epoch. Stop after 2, as a killed run would have.
+    assert main(_fit_args(data, shards, tmp_path / "run", *common, "--trainer.max_steps", "2")) == 0
+    assert main(_fit_args(data, shards, tmp_path / "run", *common, "--ckpt_path", "last")) == 0
+    (batches,) = read_seen_videos(seen).values()
+    assert [epoch for epoch, _ in batches] == [0, 0, 0]
+    assert sorted(vid for _, ids in batches for vid in ids) == [f"v{i:02d}" for i in range(12)]
 
 
 @pytest.mark.slow
@@ -177,19 +185,15 @@ def test_fit_with_two_ddp_processes_sees_every_training_video_once_per_epoch(tmp
     shards = _shard_the_store(store, tmp_path / "shards")
     seen = tmp_path / "seen"
     seen.mkdir()
-    (tmp_path / "seen_callback.py").write_text(SEEN_CALLBACK.format(repo=str(Path(__file__).parents[1]),
-                                                                    out=str(seen)))
     args = _fit_args(data, shards, tmp_path / "run", "--trainer.devices", "2", "--trainer.strategy", "ddp",
-                     "--trainer.callbacks+=seen_callback.Seen", "--trainer.limit_val_batches", "1.0")
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           "PYTHONPATH": os.pathsep.join([str(tmp_path), str(Path(__file__).parents[1])])}
+                     "--trainer.max_epochs", "2", "--trainer.callbacks+=tests.helpers.SeenVideos",
+                     "--trainer.callbacks.out", str(seen))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.run([sys.executable, "-m", "vidcap", *args], capture_output=True, text=True, cwd=tmp_path,
                           timeout=360, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    records = {rank: [json.loads(line) for line in (seen / f"rank{rank}.jsonl").read_text().splitlines()]
-               for rank in (0, 1)}
-    assert len(records[0]) == len(records[1])  # as many steps on both ranks
-    train = {f"v{i:02d}" for i in range(12)}
+    records = read_seen_videos(seen)
+    assert sorted(records) == [0, 1] and len(records[0]) == len(records[1])  # as many steps on both ranks
     for epoch in (0, 1):
         ids = [vid for rank in (0, 1) for e, batch in records[rank] if e == epoch for vid in batch]
-        assert sorted(ids) == sorted(train)  # 12 videos over 2 ranks: each exactly once
+        assert sorted(ids) == [f"v{i:02d}" for i in range(12)]  # 12 videos over 2 ranks: each exactly once
