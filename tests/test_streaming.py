@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from tests.helpers import DG, WORDS, T, read_seen_videos, write_feature_dataset
 from vidcap.errors import UsageError
@@ -148,6 +149,22 @@ def _shard_the_store(store: Path, out: Path) -> Path:
             number += 1
     sharded.write_summary(out)
     return out
+
+
+def test_evaluation_splits_read_a_sharded_store_as_a_per_file_one(tmp_path):
+    from vidcap.training.data import CaptionDataModule
+
+    data, store = write_feature_dataset(tmp_path)
+    shards = _shard_the_store(store, tmp_path / "shards")
+    batches = []
+    for features in (store, shards):
+        module = CaptionDataModule(str(data), str(features), batch_size=3, num_workers=0)
+        module.setup("test")
+        batches.append(list(module.test_dataloader()))
+    assert len(batches[0]) == len(batches[1]) == 2  # 5 test videos
+    for a, b in zip(*batches, strict=True):
+        assert a["video_ids"] == b["video_ids"] and a["references"] == b["references"]
+        assert torch.equal(a["global"], b["global"]) and torch.equal(a["mask"], b["mask"])
 
 
 def _fit_args(data, store, root, *extra) -> list[str]:
