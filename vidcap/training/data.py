@@ -6,7 +6,8 @@
 - `collate`: pads frames to (B, T, D) with a frame mask (B, T) and captions to (N, L) with PAD.
 - `CaptionDataModule`: the LightningDataModule. `__init__` reads only the two small files that the model's sizes
   come from (DIR/vocab.json, FEATS/meta.json); `setup()` reads the captions table (its PTB tokens, stored by
-  `vidcap prepare`) and lists the store.
+  `vidcap prepare`) and lists the store; on a sharded store (vidcap/features/sharded.py) the training split streams
+  (vidcap/training/streaming.py) and only the other splits are listed, from their shards' indexes.
 """
 
 from __future__ import annotations
