@@ -128,6 +128,8 @@ def test_a_corrupt_sample_stops_the_epoch_with_one_line_naming_it(tmp_path):
         message = str(caught.value)
         assert "\n" not in message and "train-000001.tar sample v0006: checksum mismatch" in message
         assert "vidcap verify" in message
+    skipping = _stream(store, captions, batch_size=8, skip_corrupt=True)
+    assert sorted(_ids(skipping)) == [f"v{i:04d}" for i in range(8) if i != 6] and skipping.skipped == 1
 
 
 # --------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,8 @@ with `vidcap extract --store shards`.
 - Resume mid-epoch: `state_dict()` is (epoch, samples taken from this slot's buffer); `load_state_dict` replays the
   slot's order from the indexes (no feature reads) and goes on from there. torchdata's StatefulDataLoader saves it
   per worker, and Lightning stores that in its step checkpoints.
-- A sample whose checksum fails stops training with one line naming the shard and the sample and `vidcap verify`.
+- A sample whose checksum fails stops training with one line naming the shard and the sample and `vidcap verify`,
+  or with `skip_corrupt` is skipped, logged and counted (`skipped`).
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ class ShardStream(IterableDataset):
     to a loader; the module docstring says how an epoch goes."""
 
     def __init__(self, store: str | os.PathLike, shards: dict[str, int], captions, batch_size: int,
-                 shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0, shuffle: bool = True):
+                 shuffle_buffer: int = SHUFFLE_BUFFER, seed: int = 0, shuffle: bool = True, skip_corrupt: bool = False):
         if not shards:
             raise UsageError(f"{store}: no shards to train on (run `vidcap extract --store shards`)")
         self.store = str(store)
@@ -61,6 +62,8 @@ class ShardStream(IterableDataset):
         self.shuffle_buffer = shuffle_buffer
         self.seed = seed
         self.shuffle = shuffle
+        self.skip_corrupt = skip_corrupt
+        self.skipped = 0  # bad samples skipped by this worker (skip_corrupt)
         self.rank, self.world_size, self.num_workers = 0, 1, 0
         self.epoch = -1  # __iter__ starts epoch 0
         self.taken = 0  # samples taken from this slot's buffer in this epoch
@@ -144,9 +147,13 @@ class ShardStream(IterableDataset):
                         handles = {name: open(sharded.shard_path(self.store, name), "rb")} | handles
                     try:
                         feats = sharded.read_sample(self.store, name, entry, handles[name])
-                    except UsageError as error:  # to the main process as data: raised there as one line
-                        yield {"error": str(error)}
-                        return
+                    except UsageError as error:
+                        if not self.skip_corrupt:  # to the main process as data: raised there as one line
+                            yield {"error": str(error)}
+                            return
+                        self.skipped += 1
+                        log.warning("skipping %s (%d skipped so far by this loader worker)", error, self.skipped)
+                        continue
                     batch.append(self._item(v, feats))
                 if len(batch) == self.batch_size:
                     yield collate(batch)
