@@ -116,8 +116,8 @@ def setup_sharded(data_dir: str | os.PathLike, store: Path, options: ExtractOpti
         raise UsageError(f"--shard-size must be at least 1, got {options.shard_size}")
     options = options.checked()
     pairs = read_video_table(data_dir, options.splits)
-    split_of = dict(zip(read_videos(data_dir)["video_id"].astype(str), read_videos(data_dir)["split"].astype(str),
-                        strict=True))
+    table = read_videos(data_dir)
+    split_of = dict(zip(table["video_id"].astype(str), table["split"].astype(str), strict=True))
     rows = [(vid, path, split_of.get(vid, "all")) for vid, path in pairs]
     extractors = {kind: options.build(kind) for kind in options.names}
     meta = make_meta(extractors, options.num_frames, options.dtype, compute_record(options.device, options.precision))
