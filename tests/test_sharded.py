@@ -4,6 +4,7 @@ single-process engine and Ray's (vidcap/features/ray_engine.py)."""
 from __future__ import annotations
 
 import csv
+import io
 import json
 import subprocess
 import sys
@@ -73,7 +74,7 @@ def test_shards_are_webdataset_tars(tmp_path):
     samples = list(wds.WebDataset(str(sharded.shard_path(store, "train-000000")), shardshuffle=False))
     assert [json.loads(s["json"])["video_id"] for s in samples] == list(videos)
     assert all(s["__key__"].isdigit() for s in samples)
-    got = np.load(__import__("io").BytesIO(samples[2]["npz"]))["global"]
+    got = np.load(io.BytesIO(samples[2]["npz"]))["global"]
     np.testing.assert_array_equal(got, videos["v2.x"]["global"].astype(np.float16))
 
 
