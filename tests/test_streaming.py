@@ -88,6 +88,13 @@ def test_epochs_shuffle_differently_and_the_buffer_mixes_shards(tmp_path):
     assert sum(a != b for a, b in zip(mixed, mixed[1:], strict=False)) > 10
 
 
+def test_persistent_workers_count_their_epochs(tmp_path):
+    store, captions = _stream_store(tmp_path, 20, 5)
+    loader = stream_loader(_stream(store, captions).distribute(0, 1, 2), 2)
+    first, second = _ids(loader), _ids(loader)
+    assert sorted(first) == sorted(second) == [f"v{i:04d}" for i in range(20)] and first != second
+
+
 def test_a_video_with_two_captions_brings_both(tmp_path):
     store, captions = _stream_store(tmp_path, 6, 3)
     (batch,) = list(_stream(store, captions, batch_size=6, shuffle=False))
