@@ -116,10 +116,11 @@ def test_resume_mid_epoch_from_the_loader_state(tmp_path, workers):
     resumed.load_state_dict(state)
     after = [_ids([b]) for b in resumed]
     assert before + after == whole
-    other = stream_loader(_stream(store, captions).distribute(0, 2, workers), workers)  # another world size
-    with pytest.raises(UsageError, match="resume with the same ones"):
-        other.load_state_dict(state)
-        next(iter(other))
+    if workers == 0:  # (a loader whose workers fail at their start takes 10 s to shut down: checked in-process)
+        other = stream_loader(_stream(store, captions).distribute(0, 2, workers), workers)  # another world size
+        with pytest.raises(UsageError, match="resume with the same ones"):
+            other.load_state_dict(state)
+            next(iter(other))
 
 
 def test_a_corrupt_sample_stops_the_epoch_with_one_line_naming_it(tmp_path):
