@@ -161,6 +161,31 @@ def test_extract_into_shards_resumes_and_reextracts_what_verify_found(tmp_path, 
     np.testing.assert_array_equal(open_store(shards).load("good0")["global"], fs.load_features(files, "good0")["global"])
 
 
+@pytest.mark.slow
+def test_features_of_videos_inside_video2dataset_shards_are_keyed_like_their_source(tmp_path):
+    from tests.helpers import smooth_frames, write_video, write_video2dataset_shards, write_video_table
+
+    sources = write_video2dataset_shards(tmp_path / "v2d")[:3]  # the last one is truncated
+    rows = []
+    for number, source in enumerate(sources):
+        with tarfile.open(source) as tar:
+            members = sorted(m.name for m in tar.getmembers() if m.name.endswith(".mp4"))
+        for i, member in enumerate(members):
+            split = "val" if number == 2 else "test" if (number, i) == (0, 0) else "train"
+            rows.append((member[: -len(".mp4")], split, f"{source}::{member}"))
+    data = tmp_path / "data"
+    data.mkdir()
+    plain = write_video(data / "plain.mp4", smooth_frames(10, 0))
+    write_video_table(data, [*rows, ("plain", "train", str(plain))])
+    assert main(_extract(data, tmp_path / "feats", "--num-workers", "0", "--store", "shards", "--shard-size", "1")) == 0
+    summary = sharded.read_summary(tmp_path / "feats")
+    # 00000.tar: one test video, the rest train; 00001.tar: train; 00002.tar: val; the plain video: a new number.
+    assert sorted(summary) == ["test-000000", "train-000000", "train-000001", "train-000003", "val-000002"]
+    assert summary["train-000001"] == sum(1 for r in rows if r[2].startswith(f"{sources[1]}::"))
+    assert [e.video_id for e in sharded.read_index(tmp_path / "feats", "train-000003")] == ["plain"]
+    assert open_store(tmp_path / "feats").ids() == sorted([r[0] for r in rows] + ["plain"])
+
+
 def test_ray_flags_are_checked_before_any_work(tmp_path, capsys):
     data = tmp_path / "data"
     make_video_dataset(data, 1, broken=False)

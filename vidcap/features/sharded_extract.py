@@ -2,7 +2,8 @@
 the single-process engine. The Ray engine (vidcap/features/ray_engine.py) runs the same plan and the same core.
 
 - Plan: the videos of DIR/videos.csv that no finished shard holds, in file order, grouped by split into shards of
-  `shard_size` videos, numbered after the shards already there (`<split>-<n:06d>`). A shard is the unit of work
+  `shard_size` videos, numbered after the shards already there (`<split>-<n:06d>`); videos inside video2dataset tar
+  shards keep their source shard's number instead (`plan_shards`). A shard is the unit of work
   and of resume: a killed run leaves whole shards and an unfinished one that the next run plans again.
 - Core (`extract_shard`): decoded videos of one shard (vidcap.features.shard's workers or Ray tasks, in plan order)
   -> the extractors, `batch_size` steps per forward pass across videos and flushed at the shard's end (so every
@@ -39,6 +40,7 @@ from vidcap.features.shard import (
     video_bytes,
 )
 from vidcap.precision import compute_record
+from vidcap.video.tar_members import split_ref
 
 logger = logging.getLogger(__name__)
 
@@ -49,16 +51,35 @@ class PlannedShard:
     items: list[tuple[str, str]]  # (video_id, path), in videos.csv order
 
 
+def _source_number(path: str) -> int | None:
+    """The number of the video2dataset shard a `SHARD.tar::MEMBER` video lives in (`00003.tar` -> 3), else None."""
+    ref = split_ref(path)
+    stem = Path(ref[0]).stem if ref else ""
+    return int(stem) if stem.isdigit() else None
+
+
 def plan_shards(store: str | os.PathLike, rows: list[tuple[str, str, str]], shard_size: int) -> list[PlannedShard]:
-    """rows: (video_id, path, split) -> the shards still to write (module docstring)."""
+    """rows: (video_id, path, split) -> the shards still to write (module docstring). Videos inside numbered tar
+    shards (`vidcap prepare webdataset`) are keyed like their source, as video2dataset derives shards: those of
+    `00003.tar` in split train go to `train-000003` whatever their number (--shard-size is for the other videos),
+    unless that shard is finished already (then, as the other videos, to new shards numbered after the last)."""
     done = sharded.locate(store)
-    # Finished shards are never rewritten; an unfinished one (a tar without its index) is planned again.
-    finished = [int(name.rsplit("-", 1)[1]) for name in sharded.index_names(store)]
-    number = max(finished, default=-1) + 1
-    plan: list[PlannedShard] = []
+    finished = set(sharded.index_names(store))
     pending = [(vid, path, split) for vid, path, split in rows if vid not in done]
-    for split, group in groupby(sorted(pending, key=lambda row: row[2]), key=lambda row: row[2]):
-        videos = [(vid, path) for vid, path, _ in group]
+    by_source: dict[str, list[tuple[str, str]]] = {}
+    rest: dict[str, list[tuple[str, str]]] = {}
+    for vid, path, split in pending:
+        number = _source_number(path)
+        name = sharded.shard_name(split, number) if number is not None else None
+        if name is not None and name not in finished:
+            by_source.setdefault(name, []).append((vid, path))
+        else:
+            rest.setdefault(split, []).append((vid, path))
+    plan = [PlannedShard(name, items) for name, items in sorted(by_source.items())]
+    used = [int(name.rsplit("-", 1)[1]) for name in [*finished, *by_source]]
+    number = max(used, default=-1) + 1  # finished shards are never rewritten; an unfinished one is planned again
+    for split in sorted(rest):
+        videos = rest[split]
         for start in range(0, len(videos), shard_size):
             plan.append(PlannedShard(sharded.shard_name(split, number), videos[start : start + shard_size]))
             number += 1
