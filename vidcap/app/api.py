@@ -1,18 +1,20 @@
 """The HTTP API of `vidcap app`, for programs: FastAPI routes over a CaptionService.
 
     POST /api/caption   multipart: video=@FILE [beam_size, n_best, max_len]  -> the `vidcap caption --json` object
-    GET  /api/health    {"status": "ok"}
+    GET  /api/health    {"status": "ok", "searches", "videos", "largest_batch"}: the batched searches run so far
     GET  /api/info      the checkpoint's description (vidcap.app.service.describe)
 
 Errors are JSON, {"error": "one line"}: 413 for an upload over the size limit (refused from its Content-Length
 before it is read, or as soon as the body passes the limit), 422 for a file that is not a readable video (the
 reason `vidcap caption` gives), a video over the duration limit or bad decoding options, 401 without the
-credentials of `--auth` (HTTP Basic). The upload is written to a private temporary file, captioned, and deleted;
+credentials of `--auth` (HTTP Basic). The upload is written to a private temporary file, read (frames and
+features, on the service's few reading threads) and deleted, then waits for its batched search;
 the client's file name is only ever a label (its last path component), never a path on the server.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import re
@@ -25,7 +27,6 @@ from typing import Annotated
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBasic, HTTPBasicCredentials
-from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
@@ -139,7 +140,8 @@ def add_api(app: FastAPI, service: CaptionService, upload_dir: str | os.PathLike
 
     @app.get("/api/health")
     async def health() -> dict:
-        return {"status": "ok"}
+        return {"status": "ok", "searches": service.searches, "videos": service.videos,
+                "largest_batch": service.largest_batch}
 
     @app.get("/api/info", dependencies=guard)
     async def info() -> dict:
@@ -162,7 +164,10 @@ def add_api(app: FastAPI, service: CaptionService, upload_dir: str | os.PathLike
                 return error(413, f"{name}: over this server's limit of {limit // (1 << 20)} MiB (--max-upload-mb)")
             try:
                 options = _options(service, form)
-                result = await run_in_threadpool(_caption_upload, service, video, name, options, upload_dir)
+                loop = asyncio.get_running_loop()
+                inputs = await loop.run_in_executor(service.pool, _read_upload, service, video, name, upload_dir)
+                # Waiting for the batched search holds no thread: the reading threads go on with other uploads.
+                result = await asyncio.wrap_future(service.submit(inputs, options))
             except RequestError as problem:
                 return error(problem.status, str(problem))
             except VidcapError as problem:
@@ -178,13 +183,13 @@ def add_api(app: FastAPI, service: CaptionService, upload_dir: str | os.PathLike
     return app
 
 
-def _caption_upload(service: CaptionService, video: UploadFile, name: str, options, upload_dir):
-    """Copy the upload into a private temporary file, caption it, delete it."""
+def _read_upload(service: CaptionService, video: UploadFile, name: str, upload_dir):
+    """Copy the upload into a private temporary file, read its frames and features, delete it."""
     handle, path = tempfile.mkstemp(dir=upload_dir, prefix="upload-", suffix=_suffix(name))
     try:
         with os.fdopen(handle, "wb") as out:
             video.file.seek(0)
             shutil.copyfileobj(video.file, out, 1 << 20)
-        return service.caption_file(path, options, name=name)
+        return service.read(path, name)
     finally:
         os.unlink(path)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -87,8 +87,12 @@ class CaptionService:
         self.limits = limits or Limits()
         self.info = describe(captioner)
         self.max_batch, self.wait_s = max_batch, wait_s
-        self.batch_sizes: list[int] = []  # of every search so far (the benchmark and the tests read it)
+        # Searches run so far, the videos they decoded and the largest batch (/api/health reports them).
+        self.searches = self.videos = self.largest_batch = 0
         self._reading = threading.BoundedSemaphore(readers)
+        # Where the API reads uploads: a few threads, not one per waiting request (each thread that runs torch or
+        # FFmpeg grows the process's memory by its own allocator arena).
+        self.pool = ThreadPoolExecutor(readers, thread_name_prefix="vidcap-read")
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._decode_loop, name="vidcap-decoder", daemon=True)
         self._thread.start()
@@ -106,22 +110,32 @@ class CaptionService:
             raise RequestError(f"{name}: the video lasts {seconds:.0f} s, more than this server's limit of "
                                f"{self.limits.max_duration:.0f} s (--max-duration)", status=422)
 
-    def caption_file(self, path: str | Path, options: DecodingOptions | None = None, *, name: str | None = None,
-                     with_frames: bool = False) -> CaptionResult:
-        """Caption one video file (its duration checked first); the result's `path` is `name` (the client's name
-        for it, never the server's path). Raises VideoError or RequestError with `name` in place of the path."""
+    def read(self, path: str | Path, name: str | None = None, *, with_frames: bool = False) -> VideoInputs:
+        """Check the video's duration, decode it and extract its features (at most `readers` at once). Its `path`
+        becomes `name` (the client's name for the file, never the server's path), and so do the error messages:
+        VideoError, or RequestError for a video over the duration limit."""
         name = name or Path(path).name
         try:
             with self._reading:
                 self.check_duration(path, name)
                 video = read_video(path, self.captioner, with_frames=with_frames)
+        except RequestError:
+            raise
         except VidcapError as error:
-            message = str(error).replace(str(path), name)
-            raise type(error)(message) if not isinstance(error, RequestError) else error from None
+            raise type(error)(str(error).replace(str(path), name)) from None
         video.path = name
+        return video
+
+    def submit(self, video: VideoInputs, options: DecodingOptions | None = None) -> Future:
+        """Queue a video for the next batched search: a Future of its CaptionResult."""
         job = _Job(video, options or self.captioner.decoding)
         self._jobs.put(job)
-        return job.future.result()
+        return job.future
+
+    def caption_file(self, path: str | Path, options: DecodingOptions | None = None, *, name: str | None = None,
+                     with_frames: bool = False) -> CaptionResult:
+        """`read` then `submit`, waiting for the result (blocks this thread until its batch is decoded)."""
+        return self.submit(self.read(path, name, with_frames=with_frames), options).result()
 
     def _take_batch(self, first: _Job) -> list[_Job]:
         jobs = [first]
@@ -143,7 +157,9 @@ class CaptionService:
             for job in jobs:
                 groups.setdefault(job.options, []).append(job)
             for options, group in groups.items():
-                self.batch_sizes.append(len(group))
+                self.searches += 1
+                self.videos += len(group)
+                self.largest_batch = max(self.largest_batch, len(group))
                 try:
                     results = caption_inputs([job.video for job in group], self.captioner, options)
                 except Exception as error:  # noqa: BLE001 - handed to each waiting request, which reports it
@@ -156,5 +172,6 @@ class CaptionService:
 
     def close(self) -> None:
         """Stop the decoding thread once the queued videos are captioned."""
+        self.pool.shutdown(wait=True)
         self._jobs.put(None)
         self._thread.join(timeout=60)

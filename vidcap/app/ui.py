@@ -12,6 +12,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -58,13 +59,20 @@ def describe_markdown(info: Mapping) -> str:
     ])
 
 
+def _error(message: str) -> gr.Error:
+    # Gradio shows a notice's message as HTML: the file name in it is the client's.
+    return gr.Error(html.escape(message), print_exception=False)
+
+
 def _sweep(folder: Path, older_than: float) -> None:
+    """Remove the downloads (one folder each) older than `older_than` seconds."""
     now = time.time()
-    for path in folder.glob("*.json"):
+    for path in folder.glob("*/*.json"):
         try:
             if now - path.stat().st_mtime > older_than:
                 path.unlink()
-        except FileNotFoundError:
+                path.parent.rmdir()
+        except (FileNotFoundError, OSError):
             pass
 
 
@@ -87,16 +95,17 @@ def build_ui(service: CaptionService, examples: Mapping[str, Path], download_dir
             options = service.options(beam_size=int(beam_size), n_best=int(n_best), max_len=int(max_len))
             result = service.caption_file(path, options, name=path.name, with_frames=True)
         except (RequestError, VidcapError) as problem:
-            raise gr.Error(str(problem)) from None
+            raise _error(str(problem)) from None
         except DECODER_ERRORS as problem:
             reason = " ".join(str(problem).split()) or "no message"
-            raise gr.Error(f"{path.name}: cannot caption it ({type(problem).__name__}: {reason})") from None
+            raise _error(f"{path.name}: cannot caption it ({type(problem).__name__}: {reason})") from None
         finally:
             if owned:  # the upload, in Gradio's upload folder: captioned (or refused), so gone
                 path.unlink(missing_ok=True)
         _sweep(downloads, DOWNLOAD_SECONDS)
         record = json.dumps(result.to_json(), ensure_ascii=False)
-        download = downloads / f"{Path(result.path).stem or 'video'}-{time.time_ns()}.json"
+        # A folder per result, so that the file keeps the video's name.
+        download = Path(tempfile.mkdtemp(dir=downloads)) / f"{Path(result.path).stem or 'video'}.json"
         download.write_text(record + "\n", encoding="utf-8")
         card = caption_card(result)
         card.video_id = result.path
