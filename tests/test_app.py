@@ -311,3 +311,20 @@ def test_hovering_a_word_highlights_its_frames(server, trained, browser, monkeyp
         np.testing.assert_allclose(shown, attention / attention.max(), atol=2e-3)
         top = [i for i, c in enumerate(cells) if "top" in c.get_attribute("class").split()]
         assert top == [int(attention.argmax())]
+
+
+def test_page_reports_a_bad_file_and_goes_on(server, trained, browser, monkeypatch, capsys):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    bad = trained["bad"] / "text.mp4"
+    browser.get(server["url"])
+    wait = WebDriverWait(browser, 60)
+    wait.until(lambda b: b.find_element("css selector", "#video input[type=file]")).send_keys(str(bad))
+    wait.until(lambda b: b.find_elements("css selector", "#video video"))
+    browser.find_element("id", "run").click()
+    expected = cli_skip_line(trained["checkpoint"], bad, monkeypatch, capsys)
+    # The player's own notice ("Video not playable") may come first: wait for the app's.
+    notices = wait.until(lambda b: [t.text for t in b.find_elements("css selector", "[data-testid=toast-text]")
+                                    if t.text.startswith("text.mp4")])
+    assert notices == [expected]
+    assert caption_on_page(browser, server["url"], trained["videos"]["red"]) == CAPTIONS["red"]
