@@ -15,7 +15,6 @@ the client's file name is only ever a label (its last path component), never a p
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import re
 import secrets
@@ -31,9 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException
 
 from vidcap.app.service import CaptionService, RequestError
-from vidcap.errors import DECODER_ERRORS, UsageError, VidcapError
-
-logger = logging.getLogger(__name__)
+from vidcap.errors import UsageError, VidcapError
 
 CAPTION_PATH = "/api/caption"
 # Room for the multipart framing and the option fields around the video itself.
@@ -172,10 +169,6 @@ def add_api(app: FastAPI, service: CaptionService, upload_dir: str | os.PathLike
                 return error(problem.status, str(problem))
             except VidcapError as problem:
                 return error(422, str(problem))
-            except DECODER_ERRORS as problem:
-                logger.debug("%s: unexpected error", name, exc_info=True)
-                reason = " ".join(str(problem).split()) or "no message"
-                return error(422, f"{name}: cannot caption it ({type(problem).__name__}: {reason})")
             return JSONResponse(result.to_json())
         finally:
             await form.close()

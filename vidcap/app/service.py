@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from vidcap.caption import Captioner, CaptionResult, VideoInputs, caption_inputs, read_video
-from vidcap.errors import VidcapError
+from vidcap.errors import DECODER_ERRORS, VidcapError, VideoError
 from vidcap.model.checkpoint import read_checkpoint, with_overrides
 from vidcap.model.decoding import DecodingOptions
 from vidcap.video.reader import open_video
@@ -113,7 +113,8 @@ class CaptionService:
     def read(self, path: str | Path, name: str | None = None, *, with_frames: bool = False) -> VideoInputs:
         """Check the video's duration, decode it and extract its features (at most `readers` at once). Its `path`
         becomes `name` (the client's name for the file, never the server's path), and so do the error messages:
-        VideoError, or RequestError for a video over the duration limit."""
+        VideoError (also for the decoders' own errors, as `vidcap caption` reports them), or RequestError for a
+        video over the duration limit."""
         name = name or Path(path).name
         try:
             with self._reading:
@@ -123,6 +124,11 @@ class CaptionService:
             raise
         except VidcapError as error:
             raise type(error)(str(error).replace(str(path), name)) from None
+        except DECODER_ERRORS as error:
+            # What `vidcap caption` reports as "cannot caption it" for a file the decoders choke on unforeseen.
+            logger.debug("%s: unexpected error", name, exc_info=True)
+            reason = " ".join(str(error).replace(str(path), name).split()) or "no message"
+            raise VideoError(f"{name}: cannot caption it ({type(error).__name__}: {reason})") from None
         video.path = name
         return video
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import gradio as gr
 
-from vidcap.app.service import CaptionService, RequestError
-from vidcap.errors import DECODER_ERRORS, UsageError, VidcapError
+from vidcap.app.service import CaptionService
+from vidcap.errors import UsageError, VidcapError
 from vidcap.report.cards import caption_card
 from vidcap.report.page import card_assets, render_card
 
@@ -94,11 +94,8 @@ def build_ui(service: CaptionService, examples: Mapping[str, Path], download_dir
         try:
             options = service.options(beam_size=int(beam_size), n_best=int(n_best), max_len=int(max_len))
             result = service.caption_file(path, options, name=path.name, with_frames=True)
-        except (RequestError, VidcapError) as problem:
+        except VidcapError as problem:  # VideoError, RequestError (over the duration limit), UsageError (options)
             raise _error(str(problem)) from None
-        except DECODER_ERRORS as problem:
-            reason = " ".join(str(problem).split()) or "no message"
-            raise _error(f"{path.name}: cannot caption it ({type(problem).__name__}: {reason})") from None
         finally:
             if owned:  # the upload, in Gradio's upload folder: captioned (or refused), so gone
                 path.unlink(missing_ok=True)
