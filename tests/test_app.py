@@ -328,3 +328,40 @@ def test_page_reports_a_bad_file_and_goes_on(server, trained, browser, monkeypat
                                     if t.text.startswith("text.mp4")])
     assert notices == [expected]
     assert caption_on_page(browser, server["url"], trained["videos"]["red"]) == CAPTIONS["red"]
+
+
+def test_the_command_serves_the_checkpoint_with_its_flags(trained, tmp_path):
+    """`vidcap app` itself, as a process: the flags reach the server (auth, upload limit), and it stops cleanly."""
+    import subprocess
+
+    import httpx
+
+    port = free_port()
+    log = (tmp_path / "app.log").open("w")
+    process = subprocess.Popen([sys.executable, "-m", "vidcap", "app", "--checkpoint", str(trained["checkpoint"]),
+                                "--port", str(port), "--auth", "me:s3cret", "--max-upload-mb", "0.5"],
+                               stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None and time.monotonic() < deadline, (tmp_path / "app.log").read_text()
+            try:
+                if httpx.get(f"{url}/api/health").status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(0.3)
+        assert httpx.get(f"{url}/api/info").status_code == 401
+        assert httpx.get(f"{url}/api/info", auth=("me", "s3cret")).json()["checkpoint"] == "model.ckpt"
+        big = tmp_path / "big.mp4"
+        big.write_bytes(b"\0" * (600 << 10))
+        with open(big, "rb") as handle:
+            response = httpx.post(f"{url}/api/caption", files={"video": handle}, auth=("me", "s3cret"))
+        assert response.status_code == 413
+        with open(trained["videos"]["red"], "rb") as handle:
+            response = httpx.post(f"{url}/api/caption", files={"video": handle}, auth=("me", "s3cret"), timeout=60)
+        assert response.json()["caption"] == CAPTIONS["red"]
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+    assert "serving" in (tmp_path / "app.log").read_text()
