@@ -61,8 +61,9 @@ def write_test_video(path: Path, seconds: float, width: int, height: int, fps: i
     return path
 
 
-def write_default_checkpoint(path: Path, num_frames: int) -> Path:
-    """A checkpoint as `vidcap fit` writes it, for the default extractor and model sizes (random model weights)."""
+def write_default_checkpoint(path: Path, num_frames: int, image_size: int | None = None) -> Path:
+    """A checkpoint as `vidcap fit` writes it, for the default extractor and model sizes (random model weights);
+    image_size: the extractor's input size (None: its default, 224)."""
     from pytorch_lightning import Trainer
 
     from vidcap.features.extract import make_meta
@@ -71,7 +72,7 @@ def write_default_checkpoint(path: Path, num_frames: int) -> Path:
     from vidcap.text.vocab import Vocabulary
     from vidcap.training.module import CaptionModule
 
-    extractor = build_extractor("efficientnet_lite0", weights="pretrained")
+    extractor = build_extractor("efficientnet_lite0", weights="pretrained", image_size=image_size)
     vocab = Vocabulary(f"w{i}" for i in range(WORDS - 4))
     torch.manual_seed(0)
     architecture = ModelConfig(vocab_size=len(vocab), global_dim=extractor.dim, variant="global", max_frames=num_frames)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,32 @@ from tests.helpers import numbered_frames, write_video
 def tiny_video(tmp_path: Path) -> Path:
     """A 16-frame 64x64 H.264 mp4 whose frame i has grey level 8 * i."""
     return write_video(tmp_path / "tiny.mp4", numbered_frames(16), codec="libx264", options={"crf": "0"})
+
+
+# Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
+CHROMIUM = Path(os.environ.get("VIDCAP_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("VIDCAP_CHROMEDRIVER", "/usr/bin/chromedriver"))
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    """Debian's headless Chromium driven by Selenium (no browser download), one per test module; skips, saying what
+    is missing, without it. Its console and performance logs are kept (get_log("browser" | "performance"))."""
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        pytest.skip(f"no browser for this test: {', '.join(missing)} missing (Debian/Ubuntu: apt-get install "
+                    "chromium chromium-driver; elsewhere set VIDCAP_CHROMIUM and VIDCAP_CHROMEDRIVER)")
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1280,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
+    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
+    yield driver
+    driver.quit()
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +56,7 @@ def one_thread():
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that drive Chromium (they use the `browser` fixture of tests/test_report.py) get the `browser` marker, so
+    """Tests that drive Chromium (they use the `browser` fixture) get the `browser` marker, so
     that `make test-fast` can leave them out."""
     for item in items:
         if "browser" in getattr(item, "fixturenames", ()):

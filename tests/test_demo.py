@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
@@ -35,6 +36,9 @@ def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert page.count('class="card"') == 3 and page.count("<img") == 3  # the test videos, with their frames
     assert f"Open {out / 'report' / 'index.html'} in a browser" in first.out
+    # It ends with the command that serves its model.
+    command = first.out.strip().splitlines()[-1].split()
+    assert command[:3] == ["vidcap", "app", "--checkpoint"] and Path(command[3]).is_file() and len(command) == 4
     assert list((out / "run" / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
     for stage in ("prepare", "extract", "fit", "evaluate", "caption"):
         assert f"] {stage}: done in " in first.err

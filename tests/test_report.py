@@ -20,9 +20,6 @@ import pytest
 
 from vidcap.report.page import Card, frames_to_sprite, per_video_scores, render_report, write_report
 
-# Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
-CHROMIUM = Path(os.environ.get("VIDCAP_CHROMIUM", "/usr/bin/chromium"))
-CHROMEDRIVER = Path(os.environ.get("VIDCAP_CHROMEDRIVER", "/usr/bin/chromedriver"))
 INJECTED = "<script>window.injected = 1</script> a man <b>runs</b>"
 METRICS = {"Bleu_4": 0.41234567, "METEOR": 0.2961, "CIDEr": 0.5167, "perplexity": 27.55, "ROUGE_L": 0.68}
 PAPER = {"Bleu_4": 0.4192, "METEOR": 0.2960, "CIDEr": 0.5167, "perplexity": 27.55}
@@ -184,25 +181,6 @@ def test_per_video_scores():
 
 # ----------------------------------------------------------------------------------------------------------------
 # In the browser
-
-
-@pytest.fixture(scope="module")
-def browser(tmp_path_factory):
-    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
-    if missing:
-        pytest.skip(f"no browser for the report test: {', '.join(missing)} missing (Debian/Ubuntu: apt-get install "
-                    "chromium chromium-driver; elsewhere set VIDCAP_CHROMIUM and VIDCAP_CHROMEDRIVER)")
-    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium not installed (pip install -e .[dev])")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1280,1000", f"--user-data-dir={tmp_path_factory.mktemp('chromium-profile')}"):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL", "performance": "ALL"})
-    driver = webdriver.Chrome(options=options, service=webdriver.ChromeService(executable_path=str(CHROMEDRIVER)))
-    yield driver
-    driver.quit()
 
 
 @pytest.fixture(scope="module")

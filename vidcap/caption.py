@@ -199,6 +199,66 @@ def video_features(path: str | os.PathLike, captioner: Captioner, backend: str =
     return _model_inputs(_read(path, captioner, backend, with_frames=False), captioner)
 
 
+@dataclass
+class VideoInputs:
+    """What the model needs of one video, read once (`read_video`): its path, the model inputs (`video_features`'
+    dict) and, when asked for, the sampled frames (K, h, w, 3) uint8 for explanations."""
+
+    path: str
+    features: dict[str, np.ndarray] = field(repr=False)
+    frames: np.ndarray | None = field(default=None, repr=False)
+
+
+def read_video(path: str | os.PathLike, captioner: Captioner, *, with_frames: bool = False,
+               backend: str = "auto") -> VideoInputs:
+    """Decode and extract the features of one video (the costly part of captioning, no decoding of words).
+    Raises VideoError."""
+    sampled = _read(path, captioner, backend, with_frames)
+    return VideoInputs(path=str(path), features=_model_inputs(sampled, captioner),
+                       frames=sampled.frames if with_frames else None)
+
+
+def caption_inputs(videos: list[VideoInputs], captioner: Captioner,
+                   options: DecodingOptions | None = None) -> list[CaptionResult]:
+    """Caption videos read by `read_video` in one batched search: the B videos' (K, D) features are stacked into
+    (B, K, D) and decoded together (K is the checkpoint's, the same for every video; short videos are masked).
+    One video gives what `caption_video` gives; several give each the same captions, and log-probabilities equal
+    up to float rounding of the batched matrix products."""
+    options = options or captioner.decoding
+    if not videos:
+        return []
+    model, dev, vocab = captioner.model, captioner.device, captioner.vocab
+
+    def stacked(key: str) -> torch.Tensor:
+        return torch.from_numpy(np.stack([video.features[key] for video in videos])).to(dev)
+
+    global_feats = stacked("global")
+    local_feats = stacked("local") if "local" in videos[0].features else None
+    with torch.inference_mode(), autocast(dev, captioner.precision):
+        inputs = model.combine_features(global_feats, local_feats)
+        searched = decode(model, inputs, stacked("mask"), options, bos_id=vocab.BOS, eos_id=vocab.EOS)
+    results = []
+    for video, hypotheses in zip(videos, searched, strict=True):
+        valid = video.features["mask"]
+        best = hypotheses[0]
+        words, attention = words_and_attention(best, vocab, valid)
+        result = CaptionResult(
+            path=video.path,
+            caption=vocab.decode(best.tokens),
+            score=float(best.log_prob),
+            alternatives=[(vocab.decode(h.tokens), float(h.log_prob)) for h in hypotheses],
+            words=words,
+            frame_times=video.features["times"][valid].astype(np.float32),
+            attention=attention,
+        )
+        if model.config.attention == "hard":
+            result.taken = result.attention.argmax(1).tolist()
+        if video.frames is not None:
+            result.frames = video.frames[valid]
+        results.append(result)
+    return results
+
+
 def caption_video(
     path: str | os.PathLike,
     captioner: Captioner,
@@ -214,34 +274,8 @@ def caption_video(
     with_frames: also return the sampled frames (for vidcap.report.explain), shrunk to at most FRAME_HEIGHT pixels high.
     Raises VideoError (missing, empty, unreadable file, no video stream, no decodable frame).
     """
-    options = options or captioner.decoding
-    sampled = _read(path, captioner, backend, with_frames)
-    feats = _model_inputs(sampled, captioner)
-    model, dev = captioner.model, captioner.device
-    global_feats = torch.from_numpy(feats["global"]).unsqueeze(0).to(dev)
-    local_feats = torch.from_numpy(feats["local"]).unsqueeze(0).to(dev) if "local" in feats else None
-    mask = torch.from_numpy(feats["mask"]).unsqueeze(0).to(dev)
-    with torch.inference_mode(), autocast(dev, captioner.precision):
-        inputs = model.combine_features(global_feats, local_feats)
-        hypotheses = decode(model, inputs, mask, options, bos_id=captioner.vocab.BOS, eos_id=captioner.vocab.EOS)[0]
-    valid = feats["mask"]
-    best = hypotheses[0]
-    vocab = captioner.vocab
-    words, attention = words_and_attention(best, vocab, valid)
-    result = CaptionResult(
-        path=str(path),
-        caption=vocab.decode(best.tokens),
-        score=float(best.log_prob),
-        alternatives=[(vocab.decode(h.tokens), float(h.log_prob)) for h in hypotheses],
-        words=words,
-        frame_times=feats["times"][valid].astype(np.float32),
-        attention=attention,
-    )
-    if model.config.attention == "hard":
-        result.taken = result.attention.argmax(1).tolist()
-    if with_frames:
-        result.frames = sampled.frames[valid]
-    return result
+    video = read_video(path, captioner, with_frames=with_frames, backend=backend)
+    return caption_inputs([video], captioner, options)[0]
 
 
 def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str | None = None) -> Path:
@@ -257,4 +291,5 @@ def explain_result(result: CaptionResult, png: str | os.PathLike, subtitle: str 
                               result.caption, subtitle=subtitle, taken=result.taken)
 
 
-__all__ = ["Captioner", "CaptionResult", "caption_video", "explain_result", "load_captioner", "video_features"]
+__all__ = ["Captioner", "CaptionResult", "VideoInputs", "caption_inputs", "caption_video", "explain_result",
+           "load_captioner", "read_video", "video_features"]

@@ -1,5 +1,9 @@
 """Errors a user can cause. The CLI turns them into one line on stderr, never a traceback."""
 
+# Errors a hostile or exotic file can raise from deep inside FFmpeg/decord/PIL bindings: `vidcap caption` and
+# `vidcap app` report them as one line for that file and go on with the others.
+DECODER_ERRORS = (OSError, RuntimeError, ValueError, IndexError, EOFError)
+
 
 class VidcapError(Exception):
     """A problem with the user's input: the message names the file and the reason."""

@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("vidcap.cli.evaluate", "decode a split with a checkpoint; BLEU-4/METEOR/CIDEr/perplexity"),
     "score": ("vidcap.cli.score", "score predictions against references with the coco-caption metrics"),
     "caption": ("vidcap.cli.caption", "caption video files with a checkpoint, optionally explain them"),
+    "app": ("vidcap.cli.app", "serve a checkpoint: a browser page and an HTTP API to caption videos"),
     "demo": ("vidcap.cli.demo", "the whole pipeline on the built-in synthetic dataset"),
     "ablate": ("vidcap.cli.ablate", "train and evaluate Table 1's variants, print the table"),
     "doctor": ("vidcap.cli.doctor", "versions, the machine and a decoding self-test, for bug reports"),

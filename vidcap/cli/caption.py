@@ -9,7 +9,7 @@ import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from vidcap.errors import UsageError, VidcapError
+from vidcap.errors import DECODER_ERRORS, UsageError, VidcapError
 from vidcap.precision import PRECISIONS
 
 HELP = "caption video files with a trained checkpoint; --explain draws which frames each word came from"
@@ -21,9 +21,6 @@ EXAMPLE = """
 """
 
 logger = logging.getLogger(__name__)
-
-# Errors a hostile or exotic file can raise from deep inside FFmpeg/decord/PIL bindings.
-_DECODER_ERRORS = (OSError, RuntimeError, ValueError, IndexError, EOFError)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -106,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
             failed += 1
             bar.write(f"skipping {video}: {_reason(error, video)}", file=sys.stderr)
             continue
-        except _DECODER_ERRORS as error:
+        except DECODER_ERRORS as error:
             # A file the decoders choke on in a way vidcap.video.reader does not foresee must not end a batch of thousands:
             # one line, and the traceback with -v.
             logger.debug("%s: unexpected error", video, exc_info=True)

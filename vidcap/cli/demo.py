@@ -126,4 +126,6 @@ def run(args: argparse.Namespace) -> int:
     print(f"\nOpen {result.files['report']} in a browser: one card per test video, worst first; hover a word to see "
           "the frames it came from.")
     print(f"Training curves: tensorboard --logdir {result.files['tensorboard']}")
+    print(f"Caption your own videos in a browser or over HTTP (pip install 'vidcap[app]'):\n"
+          f"  vidcap app --checkpoint {result.files['checkpoint']}")
     return 0

@@ -160,6 +160,12 @@ def _asset(name: str) -> str:
     return (resources.files("vidcap.report") / "assets" / name).read_text(encoding="utf-8")
 
 
+def card_assets() -> tuple[str, str]:
+    """(CSS, JavaScript) that make `render_card`'s HTML work on another page: the styles of a card, and
+    `vidcapAttention(root)`, which lights a word's frames on hover or focus for every card under `root`."""
+    return _asset("card.css"), _asset("attention.js")
+
+
 def _cell(key: str, value: float | None) -> str:
     if value is None:
         return '<td class="num">-</td>'
@@ -234,7 +240,9 @@ def _event_marks(caption: str, truth: Sequence[Any]) -> str:
     return f'<ol class="events">{"".join(items)}</ol>'
 
 
-def _card(card: Card) -> str:
+def render_card(card: Card) -> str:
+    """One card's HTML (every text escaped); `card_assets` gives what it needs to look and behave as in the
+    report. ValueError when its attention, times and sprite disagree on K."""
     k = card.frame_count()
     # A score that is None or not finite (JSON has no NaN) counts as missing: it sorts last.
     scores = {key: float(v) for key, v in card.scores.items() if v is not None and np.isfinite(v)}
@@ -288,7 +296,7 @@ def render_report(cards: Sequence[Card], *, title: str = "vidcap report",
                   table: Sequence[tuple[str, Mapping[str, float | None]]] = (), info: Mapping[str, Any] | None = None,
                   sort_by: str | None = None) -> str:
     """The page as a string (see `write_report`)."""
-    script = _asset("report.js")
+    script = _asset("attention.js") + _asset("report.js")
     digest = base64.b64encode(hashlib.sha256(script.encode("utf-8")).digest()).decode("ascii")
     # Nothing may be fetched (offline page, no network); only this script runs.
     csp = (f"default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'sha256-{digest}'; "
@@ -300,13 +308,13 @@ def render_report(cards: Sequence[Card], *, title: str = "vidcap report",
         '<html lang="en"><head><meta charset="utf-8">',
         f'<meta http-equiv="Content-Security-Policy" content="{csp}">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
-        f"<title>{_e(title)}</title><style>{_asset('report.css')}</style></head><body>",
+        f"<title>{_e(title)}</title><style>{_asset('report.css')}{_asset('card.css')}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         '<section id="summary">' + _metrics_table(table) + _info(info) + "</section>",
         _controls(cards, sort_by),
         HELP if any(card.attention is not None for card in cards) else "",
         '<main id="cards">',
-        *(_card(card) for card in cards),
+        *(render_card(card) for card in cards),
         "</main>",
         f"<script>{script}</script></body></html>",
     ])

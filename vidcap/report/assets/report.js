@@ -1,4 +1,5 @@
-// The evaluation report's only script (vidcap/report.py): sorting, filtering, and the attention of a word.
+// The evaluation report's script (vidcap/report/page.py), after attention.js: sorting, filtering, and the
+// attention of a word.
 (() => {
   "use strict";
   const list = document.getElementById("cards");
@@ -39,35 +40,7 @@
     count.textContent = `${shown} of ${cards.length} videos`;
   }
 
-  // A word's attention over the K frames: every cell gets --w = weight / row maximum, the maximum is outlined.
-  function show(word, on) {
-    const card = word.closest(".card");
-    const cells = card.querySelectorAll(".cell");
-    card.classList.toggle("attending", on);
-    word.classList.toggle("on", on);
-    if (!on) {
-      cells.forEach((cell) => {
-        cell.classList.remove("top");
-        cell.style.removeProperty("--w");
-      });
-      return;
-    }
-    const weights = word.dataset.a.split(" ").map(Number);
-    const max = Math.max(...weights);
-    const top = weights.indexOf(max);
-    cells.forEach((cell, k) => {
-      cell.style.setProperty("--w", max > 0 ? (weights[k] / max).toFixed(3) : "0");
-      cell.classList.toggle("top", k === top && max > 0);
-    });
-  }
-
-  const word = (event) => event.target.closest && event.target.closest(".w[data-a]");
-  for (const [type, on] of [["mouseover", true], ["focusin", true], ["mouseout", false], ["focusout", false]]) {
-    list.addEventListener(type, (event) => {
-      const target = word(event);
-      if (target) show(target, on);
-    });
-  }
+  vidcapAttention(list);  // attention.js, loaded before this script
   sortBy.addEventListener("change", sort);
   direction.addEventListener("click", () => {
     const ascending = direction.dataset.ascending !== "1";
