@@ -258,3 +258,39 @@ def test_every_name_extracts_one_step_of_a_real_video(name, tmp_path):
     features = extract_video_features(path, {spec.kind: extractor}, num_frames=1)
     assert features[spec.kind].shape == (1, spec.dim) and features["mask"].all()
     assert np.isfinite(features[spec.kind]).all() and np.abs(features[spec.kind]).sum() > 0
+
+
+# -- preprocessing: the library's own transform, on uint8 frames -----------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["clip_vit_b32", "siglip_vit_b16", "timm:convnext_tiny"])
+def test_inputs_are_the_pixels_of_the_librarys_own_pil_transform(name):
+    """extract's uint8 resize and crop give the pixels of open_clip's `preprocess` / timm's `create_transform` on PIL
+    images, to PIL's rounding: same geometry (bicubic short-side resize or squash, crop_pct, crop offset)."""
+    from PIL import Image
+
+    spec = spec_for(name)
+    # Smooth content (noise would make every rounding difference large): random frames blown up to 320x240.
+    frames = np.stack([np.asarray(Image.fromarray(f).resize((320, 240), Image.BILINEAR)) for f in _frames(2)])
+    if spec.library == "timm":
+        import timm
+
+        net = timm.create_model(name[len("timm:"):], pretrained=False)
+        transform = timm.data.create_transform(**timm.data.resolve_data_config(model=net))
+    else:
+        import open_clip
+
+        cfg = open_clip.get_pretrained_cfg(spec.build.keywords["arch"], spec.build.keywords["tag"])
+        transform = open_clip.image_transform(spec.image_size, is_train=False, mean=cfg["mean"], std=cfg["std"],
+                                              resize_mode=cfg["resize_mode"], interpolation=cfg["interpolation"])
+    theirs = torch.stack([transform(Image.fromarray(f)) for f in frames])
+    levels = (theirs * torch.tensor(spec.std).view(1, 3, 1, 1) + torch.tensor(spec.mean).view(1, 3, 1, 1)) * 255
+    ours = torch.from_numpy(spec_request_shrink(spec)(frames)).float()
+    difference = (ours - levels).abs()
+    assert ours.shape == levels.shape and difference.max() <= 2.5 and difference.mean() < 0.1
+
+
+def spec_request_shrink(spec):
+    from vidcap.features.extractors.base import ResizeCrop
+
+    return ResizeCrop(spec.image_size, spec.resize, spec.interpolation, torchvision_geometry=True)

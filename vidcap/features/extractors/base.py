@@ -94,11 +94,14 @@ class ExtractorSpec:
 
 
 def resize_and_crop(frames: np.ndarray | torch.Tensor, size: int, resize: int | tuple[int, int] | None = None,
-                    interpolation: str = "bilinear") -> torch.Tensor:
+                    interpolation: str = "bilinear", torchvision_geometry: bool = False) -> torch.Tensor:
     """uint8 frames (N, H, W, 3) -> uint8 (N, 3, size, size): short side to `size` (bilinear, antialiased), centre crop.
 
     resize: an int resizes the short side to it instead, a (height, width) pair resizes to exactly that size; the
     centre crop to `size` follows. interpolation: "bilinear" or "bicubic" (antialiased, as PIL's resize).
+    torchvision_geometry: size the resize and place the crop as torchvision's Resize and CenterCrop do (the long side
+    truncated, the crop offset rounded half to even), the transforms open_clip, timm and torchvision's video models
+    ship; otherwise the long side is rounded and the offset floored (vidcap's original extractors).
     Kept in uint8 so that workers hand small tensors to the model process; rounding is the same on every path.
     """
     x = torch.as_tensor(frames)
@@ -112,11 +115,17 @@ def resize_and_crop(frames: np.ndarray | torch.Tensor, size: int, resize: int | 
     else:
         short = resize or size
         scale = short / min(h, w)
-        new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+        if torchvision_geometry:
+            new_h, new_w = (short, max(size, int(short * w / h))) if h <= w else (max(size, int(short * h / w)), short)
+        else:
+            new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     x = x.permute(0, 3, 1, 2)  # channels-last memory, the layout the uint8 resize kernel is fast on
     if (new_h, new_w) != (h, w):
         x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+    if torchvision_geometry:
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    else:
+        top, left = (new_h - size) // 2, (new_w - size) // 2
     return x[:, :, top : top + size, left : left + size].contiguous()
 
 
@@ -128,9 +137,10 @@ class ResizeCrop:
     size: int
     resize: int | tuple[int, int] | None = None
     interpolation: str = "bilinear"
+    torchvision_geometry: bool = False
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return resize_and_crop(frames, self.size, self.resize, self.interpolation).numpy()
+        return resize_and_crop(frames, self.size, self.resize, self.interpolation, self.torchvision_geometry).numpy()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -329,7 +339,8 @@ class Extractor(nn.Module):
         if spec.fixed_size and image_size != spec.image_size:
             raise UsageError(f"{spec.name} takes {spec.image_size}px inputs only (its position embeddings are "
                              f"fixed), not {image_size}px")
-        shrink = ResizeCrop(image_size, spec.resize_for(image_size), spec.interpolation)
+        # The families that ship torchvision-style transforms (library set) get their geometry too.
+        shrink = ResizeCrop(image_size, spec.resize_for(image_size), spec.interpolation, bool(spec.library))
         self.request = FrameRequest(spec.clip_length, spec.clip_stride, spec.ends_only, shrink)
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 1, 3, 1, 1) * 255, persistent=False)
