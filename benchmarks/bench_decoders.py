@@ -157,8 +157,10 @@ def main() -> None:
                     right["torchcodec"] = right_frames(got, indices, reference)
                 with open_video(path, "auto", threads=args.threads) as reader:
                     auto = reader.backend
-                fmt = lambda b: (f"{row[b]:.0f}" if b in row else "-") + ("" if right.get(b, True) is True  # noqa: E731
-                                                                            else " (wrong frames)")
+                def fmt(b, row=row, right=right):
+                    return (f"{row[b]:.0f}" if b in row else "-") + ("" if right.get(b, True) is True
+                                                                     else " (wrong frames)")
+
                 ratio = f"{row['pyav'] / row['decord']:.2f}x" if "decord" in row and "pyav" in row else "-"
                 print(f"| {suffix} | {codec} | {size[0]}x{size[1]} | {fmt('decord')} | {fmt('pyav')} | "
                       f"{fmt('torchcodec') if sampler else 'n/a'} | {right.get('decord')} | {ratio} | {auto} |",

@@ -171,10 +171,10 @@ def main() -> None:
                 store = tmp / f"feats_{name.replace(':', '_')}_{r}"
                 times["extract"].append(timed(lambda s=store, o=options: run_extract(tmp / "data", s, o,
                                                                                      progress=False)))
-                times["ceiling"].append(timed(lambda: extractor.extract(stacked, args.batch_size)))
+                times["ceiling"].append(timed(lambda e=extractor, x=stacked: e.extract(x, args.batch_size)))
                 torch.set_num_threads(default_torch_threads)
                 naive = naive_global if spec.kind == "global" else naive_clip
-                times["naive"].append(timed(lambda n=naive: n(name, extractor, paths, k)))
+                times["naive"].append(timed(lambda n=naive, a=(name, extractor, paths, k): n(*a)))
             rate = {key: steps / statistics.median(values) for key, values in times.items()}
             rows.append((name, spec.kind, k, rate))
             print(f"{name}: extract {rate['extract']:.2f} steps/s, ceiling {rate['ceiling']:.2f}, naive "
