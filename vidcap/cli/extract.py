@@ -101,7 +101,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=default.dtype,
                         help=f"stored feature type (default {default.dtype})")
     parser.add_argument("--backend", choices=BACKENDS, default=default.backend,
-                        help=f"video decoder (default {default.backend}: decord, PyAV when it fails)")
+                        help=f"video decoder (default {default.backend}: decord where it returns the right frames\n"
+                        "and samples faster (VP9, MJPEG), PyAV elsewhere and whenever decord fails)")
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast and TF32 on CUDA: faster, features ~1e-2 relative off float32's;\n"
                         "recorded in meta.json, and a store never mixes the two (default: float32, TF32 off)")

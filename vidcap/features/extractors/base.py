@@ -271,6 +271,7 @@ class Weights:
     def __init__(self, name: str, choice: str, kind: str = ""):
         self.name = name
         self.kind = kind  # "global" or "local": names the flag in messages
+        self._fetched: tuple[str, Path, dict[str, torch.Tensor]] | None = None
         self.choice = str(choice)
         self.source: str | None = f"random init, torch.manual_seed({RANDOM_SEED})" if self.choice == "random" else None
         self.sha256: str | None = None
@@ -279,6 +280,12 @@ class Weights:
             if not path.is_file():
                 raise UsageError(f"{choice}: no such weights file for {name}; choose weights {WEIGHT_CHOICES}")
             self.choice = self.source = str(path.resolve())
+
+    def fetch(self, pretrained: Callable[[], tuple[str, Path, dict[str, torch.Tensor]]]) -> None:
+        """Get pretrained weights before the network is built (a large network takes seconds to initialise: an
+        offline machine hears at once that the file is missing); load() then uses them."""
+        if self.choice == "pretrained" and self._fetched is None:
+            self._fetched = pretrained()
 
     def load(self, net: nn.Module, *, head: tuple[str, ...],
              pretrained: Callable[[], tuple[str, Path, dict[str, torch.Tensor]]],
@@ -289,7 +296,7 @@ class Weights:
         if self.choice == "random":
             return
         if self.choice == "pretrained":
-            self.source, path, state = pretrained()
+            self.source, path, state = self._fetched or pretrained()
         else:
             path = Path(self.choice)
             state = read_state_dict(path, self.name)

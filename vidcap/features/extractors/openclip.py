@@ -80,12 +80,13 @@ class ImageEmbedding(nn.Module):
 def build(*, spec: ExtractorSpec, weights: Weights, arch: str, tag: str) -> nn.Module:
     import open_clip
 
-    visual = image_tower(arch, tag)
-
     def pretrained():
         repo = open_clip.get_pretrained_cfg(arch, tag)["hf_hub"].strip("/")
         source, path = from_hf_hub(spec.name, weights.kind, repo, HUB_FILES)
         return source, path, read_state_dict(path, spec.name)
+
+    weights.fetch(pretrained)
+    visual = image_tower(arch, tag)
 
     # The file is the published state_dict of the whole image-text model: its "visual." keys are the image tower's.
     weights.load(visual, head=(), pretrained=pretrained, select=image_keys)

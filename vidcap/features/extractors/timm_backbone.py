@@ -78,18 +78,19 @@ def spec(name: str) -> ExtractorSpec:
 def build(*, spec: ExtractorSpec, weights: Weights, model: str) -> nn.Module:
     import timm
 
-    net = timm.create_model(model, pretrained=False)
-    classifier = net.pretrained_cfg.get("classifier") or "head"
-    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
-
     def pretrained():
-        repo = net.pretrained_cfg.get("hf_hub_id")
+        config = timm.get_pretrained_cfg(model)
+        repo = config.hf_hub_id if config is not None else None
         if not repo:
             raise UsageError(f"{spec.name}: timm has no Hugging Face Hub weights for {model}; pass a state_dict file "
                              "as a path, or use random weights")
         source, path = from_hf_hub(spec.name, weights.kind, repo, HUB_FILES)
         return source, path, read_state_dict(path, spec.name)
 
+    weights.fetch(pretrained)
+    net = timm.create_model(model, pretrained=False)
+    classifier = net.pretrained_cfg.get("classifier") or "head"
+    heads = (classifier,) if isinstance(classifier, str) else tuple(classifier)
     weights.load(net, head=tuple(f"{h}." for h in heads), pretrained=pretrained)
     net.reset_classifier(0)
     return ImageBackbone(net.eval())

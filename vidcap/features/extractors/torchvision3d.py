@@ -44,10 +44,12 @@ class Clip(nn.Module):
 def build(*, spec: ExtractorSpec, weights: Weights, arch: str) -> nn.Module:
     import torchvision.models as tvm
 
+    url = tvm.get_model_weights(arch).KINETICS400_V1.url
+    pretrained = partial(from_torch_hub, spec.name, url, weights.kind)
+    weights.fetch(pretrained)
     net = tvm.get_model(arch, weights=None)
     head = {"s3d": "classifier", "mvit_v2_s": "head", "swin3d_t": "head"}.get(arch, "fc")
-    url = tvm.get_model_weights(arch).KINETICS400_V1.url
-    weights.load(net, head=(f"{head}.",), pretrained=lambda: from_torch_hub(spec.name, url, weights.kind))
+    weights.load(net, head=(f"{head}.",), pretrained=pretrained)
     net.eval()
     if arch == "s3d":
         # features -> AvgPool3d(2, 7, 7) -> classifier (1x1x1 conv) -> mean over time and space. The 224px pool does
