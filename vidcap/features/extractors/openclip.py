@@ -105,7 +105,8 @@ def _spec(name: str, arch: str, tag: str, dim: int, summary: str, *, mean=OPENAI
     return ExtractorSpec(
         name=name, kind="global", dim=dim, image_size=224, mean=mean, std=std, interpolation="bicubic",
         resize=(224, 224) if squash else 224, fixed_size=True, library="open-clip-torch",
-        summary=f"{summary} (open_clip {arch} '{tag}'): L2-normalised image embedding",
+        summary=f"{summary} (open_clip {arch} '{tag}'): the projected image embedding aligned with text, "
+        "L2-normalised",
         features=FEATURES, build=partial(build, arch=arch, tag=tag),
     )
 
