@@ -8,6 +8,8 @@ Checks, in order:
   extract     `vidcap extract` on generated videos (EfficientNet-Lite0, then X3D-XS from pytorchvideo, random
               weights) against the decode-only ceiling (the same DataLoader workers without the networks); videos/s,
               peak host and GPU memory, and meta.json's device/precision/TF32 record
+  families    `vidcap extract` with clip_vit_b32 (open_clip, 224 px) and r2plus1d_18 (torchvision, 16-frame clips),
+              random weights: frames (clips) per second and the share of the decode-only ceiling (CUDA only)
   overlap     features come back through pinned memory; the host hands a batch to the GPU and goes on (submitting a
               batch takes < 50% of computing it)
   fit         one epoch in bf16-mixed vs 32-true on those features: speed ratio, mean train loss within 2%
@@ -159,6 +161,31 @@ def check_extract(data: Path, root: Path, device: str, sizes: Sizes) -> tuple[li
                         f"{host_peak} MB{gpu_peak}; meta {meta['device']}/{meta['precision']}/tf32={meta['tf32']}"))
         stores[kind] = store
     return rows, stores["global"]
+
+
+def check_families(data: Path, root: Path, device: str) -> list[Row]:
+    """The newer families on the GPU: with a fast network, decoding is the bottleneck, so the figure to watch is the
+    share of the decode-only ceiling (the same DataLoader workers without the networks)."""
+    if device != "cuda":
+        return [Row("families", "SKIP", "CUDA only (bench_features.py measures the CPU)")]
+    from vidcap.features.extract import ExtractOptions, read_video_table, run_extract
+    from vidcap.features.extractors import build_extractor
+    from vidcap.features.shard import VideoDataset, decoding_loader
+
+    rows, items = [], read_video_table(data)
+    for name, kind in (("clip_vit_b32", "global"), ("r2plus1d_18", "local")):
+        options = ExtractOptions(**{f"{kind}_name": name, f"{kind}_weights": "random"}, device=device).checked()
+        extractor = build_extractor(name, weights="random")
+        loader = decoding_loader(VideoDataset(items, {kind: extractor.request}, options), options)
+        _, decode_seconds = timed(lambda loader=loader: sum(1 for _ in loader))
+        summary, seconds = timed(lambda name=name, options=options: run_extract(
+            data, root / f"feats-{name}", options, progress=False))
+        steps = summary.extracted * options.num_frames
+        ok = summary.extracted == len(items) and not summary.failed
+        rows.append(Row(f"families {name}", "PASS" if ok else "FAIL",
+                        f"{steps / seconds:.0f} {'frames' if kind == 'global' else 'clips'}/s = "
+                        f"{decode_seconds / seconds:.0%} of decode-only"))
+    return rows
 
 
 def check_overlap(device: str, sizes: Sizes) -> list[Row]:
@@ -378,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         root.mkdir(parents=True, exist_ok=True)
         data = make_dataset(root, sizes)
         rows, store = check_extract(data, root, args.device, sizes)
+        rows += check_families(data, root, args.device)
         rows += check_overlap(args.device, sizes)
         fit_rows, checkpoint = check_fit(data, store, root, args.device)
         rows += fit_rows

@@ -59,10 +59,21 @@ def test_registry_names_kinds_dims_and_geometry():
         "c2d_r50": ("local", 2048, 256, 8, 8),
         "slowfast_r50": ("local", 2304, 256, 32, 2),
         "frame_delta_efficientnet_lite0": ("local", 1280, 224, 4, 2),
+        "clip_vit_b32": ("global", 512, 224, 1, 1),
+        "clip_vit_b16": ("global", 512, 224, 1, 1),
+        "clip_vit_l14": ("global", 768, 224, 1, 1),
+        "siglip_vit_b16": ("global", 768, 224, 1, 1),
+        "r3d_18": ("local", 512, 112, 16, 2),
+        "mc3_18": ("local", 512, 112, 16, 2),
+        "r2plus1d_18": ("local", 512, 112, 16, 2),
+        "s3d": ("local", 1024, 224, 128, 2),
+        "mvit_v2_s": ("local", 768, 224, 16, 4),
+        "swin3d_t": ("local", 768, 224, 32, 2),
     }
     got = {n: (s.kind, s.dim, s.image_size, s.clip_length, s.clip_stride) for n, s in EXTRACTORS.items()}
     assert got == expected
-    assert F.extractor_names("global") == ["efficientnet_lite0", "googlenet", "resnet50", "resnet152"]
+    assert F.extractor_names("global") == ["efficientnet_lite0", "clip_vit_b32", "clip_vit_b16", "clip_vit_l14",
+                                           "siglip_vit_b16", "googlenet", "resnet50", "resnet152"]
     assert "not a 3-D CNN" in EXTRACTORS["frame_delta_efficientnet_lite0"].summary
 
 
@@ -162,8 +173,12 @@ def test_pretrained_weights_unavailable_offline_name_the_three_options(name, tmp
         calls.append(url)
         raise urllib.error.URLError("no network")
 
+    from vidcap.features.extractors import base
+
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    # The host answers (else the download is not tried: tests/test_feature_families.py), the download fails.
+    monkeypatch.setattr(base, "reachable", lambda url, timeout=3.0: True)
     with pytest.raises(UsageError) as info:
         build_extractor(name, weights="pretrained")
     message = str(info.value)

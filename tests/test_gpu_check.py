@@ -69,7 +69,7 @@ def test_its_checks_run_on_the_cpu(gpu_check, tmp_path, capsys, one_thread):
         ("extract efficientnet_lite0", "PASS"), ("extract x3d_xs", "PASS"), ("fit", "PASS"),
         ("step (quick sizes)", "PASS"), ("caption", "PASS")]
     skipped = (gpu_check.check_overlap("cpu", sizes) + gpu_check.check_syncs("cpu") + gpu_check.check_tests("cpu")
-               + gpu_check.check_ddp(data, store, tmp_path, "cpu"))
+               + gpu_check.check_ddp(data, store, tmp_path, "cpu") + gpu_check.check_families(data, tmp_path, "cpu"))
     assert {r.status for r in skipped} == {"SKIP"}
     capsys.readouterr()
     gpu_check.print_table(rows + skipped, "header")

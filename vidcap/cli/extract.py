@@ -34,6 +34,19 @@ def _split_names(text: str) -> list[str]:
     return names
 
 
+def _extractor_name(kind: str, names: list[str]):
+    """argparse type of --global/--local: a registry name of that kind, or (global) timm:<model>, checked against
+    timm's model list when the options are (ExtractOptions.checked)."""
+
+    def parse(text: str) -> str:
+        if text in names or (kind == "global" and text.startswith("timm:") and len(text) > len("timm:")):
+            return text
+        scheme = ", or timm:<model>" if kind == "global" else ""
+        raise argparse.ArgumentTypeError(f"unknown {kind} extractor {text!r}; choose from {', '.join(names)}{scheme}")
+
+    return parse
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name); their defaults and
     choices are ExtractOptions', DTYPES, DEVICES and vidcap.video.reader.BACKENDS."""
@@ -47,11 +60,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, metavar="DIR", help="dataset folder with videos.csv (vidcap prepare)")
     parser.add_argument("--out", required=True, metavar="FEATS", help="feature store folder (created or resumed)")
     parser.add_argument(
-        "--global", dest="global_name", metavar="NAME", choices=extractor_names("global"),
-        help="2-D frame extractor (efficientnet_lite0 is the offline default):\n" + describe_registry("global"),
+        "--global", dest="global_name", metavar="NAME", type=_extractor_name("global", extractor_names("global")),
+        help="frame extractor (efficientnet_lite0 is the offline default):\n" + describe_registry("global"),
     )
     parser.add_argument(
-        "--local", dest="local_name", metavar="NAME", choices=extractor_names("local"),
+        "--local", dest="local_name", metavar="NAME", type=_extractor_name("local", extractor_names("local")),
         help="local (clip) extractor:\n" + describe_registry("local"),
     )
     parser.add_argument("--frames", dest="num_frames", type=int, default=default.num_frames, metavar="K",
@@ -74,7 +87,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--devices", type=int, default=default.devices, metavar="N",
                         help="processes: one per GPU with --device cuda, or N CPU processes (default "
                         f"{default.devices};\nunder torchrun or srun, the processes the launcher started)")
-    weights_help = "pretrained, random, or PATH to a state_dict saved with torch.save (default {})"
+    weights_help = ("pretrained (the library's own download: torch hub cache for torchvision/pytorchvideo, Hugging\n"
+                    "Face Hub cache for open_clip/timm; offline and not cached: exit 2 naming the file), random\n"
+                    "(seeded), or PATH to a state_dict (torch.save or .safetensors) (default {})")
     parser.add_argument("--global-weights", default=default.global_weights, metavar="W",
                         help=weights_help.format(default.global_weights))
     parser.add_argument("--local-weights", default=default.local_weights, metavar="W",
@@ -88,7 +103,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dtype", choices=DTYPES, default=default.dtype,
                         help=f"stored feature type (default {default.dtype})")
     parser.add_argument("--backend", choices=BACKENDS, default=default.backend,
-                        help=f"video decoder (default {default.backend}: decord, PyAV when it fails)")
+                        help=f"video decoder (default {default.backend}: decord where it returns the right frames\n"
+                        "and samples faster (VP9, MJPEG), PyAV elsewhere and whenever decord fails)")
     parser.add_argument("--amp", action="store_true",
                         help="bf16 autocast and TF32 on CUDA: faster, features ~1e-2 relative off float32's;\n"
                         "recorded in meta.json, and a store never mixes the two (default: float32, TF32 off)")

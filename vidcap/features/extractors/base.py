@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import socket
 import sys
 import urllib.parse
 from collections.abc import Callable
@@ -58,15 +59,49 @@ class ExtractorSpec:
     clip_length: int = 1
     clip_stride: int = 1
     ends_only: bool = False
+    # The model's own resize before the centre crop to image_size: None or an int resize the short side (None: to
+    # image_size), a (height, width) pair resizes to exactly that size (torchvision's video transforms, SigLIP's
+    # "squash"). Scaled with image_size when --global-size/--local-size changes it.
+    resize: int | tuple[int, int] | None = None
+    interpolation: str = "bilinear"  # or "bicubic" (CLIP, most timm models); antialiased either way
+    fixed_size: bool = False  # the network takes image_size only (position embeddings of a ViT, MViT)
+    library: str = ""  # the PyPI package that builds the network, for meta.json and the docs
+
+    def resize_for(self, image_size: int) -> int | tuple[int, int] | None:
+        """The resize before the centre crop for inputs of `image_size` (this spec's resize scaled to it)."""
+        if self.resize is None or image_size == self.image_size:
+            return self.resize
+        scale = image_size / self.image_size
+        if isinstance(self.resize, int):
+            return max(image_size, round(self.resize * scale))
+        return (max(image_size, round(self.resize[0] * scale)), max(image_size, round(self.resize[1] * scale)))
+
+    def preprocessing(self, image_size: int) -> str:
+        """How frames become network inputs, in words (meta.json)."""
+        if self.resize is None and self.interpolation == "bilinear":
+            return "short side resized to image_size (bilinear, antialiased, uint8), centre crop, (x / 255 - mean) / std"
+        resize = self.resize_for(image_size)
+        if isinstance(resize, tuple):
+            how = f"resized to {resize[0]}x{resize[1]} (height x width)"
+        else:
+            how = f"short side resized to {resize or image_size}"
+        return (f"{how} ({self.interpolation}, antialiased, uint8), centre crop to image_size, "
+                "(x / 255 - mean) / std")
 
 
 # --------------------------------------------------------------------------------------------------------------------
 # Preprocessing (runs in DataLoader workers: uint8 in, uint8 out)
 
 
-def resize_and_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tensor:
+def resize_and_crop(frames: np.ndarray | torch.Tensor, size: int, resize: int | tuple[int, int] | None = None,
+                    interpolation: str = "bilinear", torchvision_geometry: bool = False) -> torch.Tensor:
     """uint8 frames (N, H, W, 3) -> uint8 (N, 3, size, size): short side to `size` (bilinear, antialiased), centre crop.
 
+    resize: an int resizes the short side to it instead, a (height, width) pair resizes to exactly that size; the
+    centre crop to `size` follows. interpolation: "bilinear" or "bicubic" (antialiased, as PIL's resize).
+    torchvision_geometry: size the resize and place the crop as torchvision's Resize and CenterCrop do (the long side
+    truncated, the crop offset rounded half to even), the transforms open_clip, timm and torchvision's video models
+    ship; otherwise the long side is rounded and the offset floored (vidcap's original extractors).
     Kept in uint8 so that workers hand small tensors to the model process; rounding is the same on every path.
     """
     x = torch.as_tensor(frames)
@@ -75,12 +110,22 @@ def resize_and_crop(frames: np.ndarray | torch.Tensor, size: int) -> torch.Tenso
     n, h, w, _ = x.shape
     if n == 0:
         return torch.empty((0, 3, size, size), dtype=torch.uint8)
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
+    if isinstance(resize, tuple | list):
+        new_h, new_w = max(size, int(resize[0])), max(size, int(resize[1]))
+    else:
+        short = resize or size
+        scale = short / min(h, w)
+        if torchvision_geometry:
+            new_h, new_w = (short, max(size, int(short * w / h))) if h <= w else (max(size, int(short * h / w)), short)
+        else:
+            new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     x = x.permute(0, 3, 1, 2)  # channels-last memory, the layout the uint8 resize kernel is fast on
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
+        x = F.interpolate(x, size=(new_h, new_w), mode=interpolation, antialias=True, align_corners=False)
+    if torchvision_geometry:
+        top, left = int(round((new_h - size) / 2.0)), int(round((new_w - size) / 2.0))
+    else:
+        top, left = (new_h - size) // 2, (new_w - size) // 2
     return x[:, :, top : top + size, left : left + size].contiguous()
 
 
@@ -90,9 +135,12 @@ class ResizeCrop:
     extractors share are resized once."""
 
     size: int
+    resize: int | tuple[int, int] | None = None
+    interpolation: str = "bilinear"
+    torchvision_geometry: bool = False
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
-        return resize_and_crop(frames, self.size).numpy()
+        return resize_and_crop(frames, self.size, self.resize, self.interpolation, self.torchvision_geometry).numpy()
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -108,7 +156,13 @@ def sha256_of(path: Path) -> str:
 
 
 def read_state_dict(path: Path, name: str) -> dict[str, torch.Tensor]:
+    """A state_dict file: torch.save's format (loaded with weights_only=True) or .safetensors (the format timm and
+    open_clip publish on the Hugging Face Hub); neither runs code."""
     try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path), device="cpu")
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - on a foreign file torch.load raises anything from KeyError to EOFError
         reason = " ".join(str(exc).split())[:200]
@@ -126,11 +180,60 @@ def unwrap_state_dict(obj: Any, path: Path | str) -> dict[str, torch.Tensor]:
     return obj
 
 
-def from_torch_hub(name: str, url: str) -> tuple[str, Path, dict[str, torch.Tensor]]:
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of `url` accepts a connection within `timeout` seconds: checked before a download so that an
+    offline machine fails at once instead of after the hub libraries' retries (huggingface_hub: 5, ~25 s). Behind a
+    proxy (HTTPS_PROXY set) the download is simply tried."""
+    if any(os.environ.get(var) for var in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parsed = urllib.parse.urlparse(url)
+    try:
+        socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout).close()
+    except OSError:
+        return False
+    return True
+
+
+def offline_error(name: str, kind: str, file: str, where: Path | str, host: str) -> UsageError:
+    """The one line for pretrained weights that are neither cached nor downloadable."""
+    flag = f"--{kind}-weights" if kind else "weights"
+    return UsageError(
+        f"{name}: pretrained weights not found offline: {file} is not in {where} and {host} cannot be reached; "
+        f"copy the file there, or pass it as a path ({flag} PATH), or use {flag} random"
+    )
+
+
+def from_hf_hub(name: str, kind: str, repo_id: str, filenames: tuple[str, ...]) -> tuple[str, Path]:
+    """Pretrained weights through the Hugging Face Hub cache (what open_clip and timm download from): (source,
+    file). The cache is looked in first; a download is tried only when the Hub can be reached."""
+    from huggingface_hub import constants, hf_hub_download
+
+    for filename in filenames:
+        try:
+            return f"hf-hub:{repo_id}/{filename}", Path(hf_hub_download(repo_id, filename, local_files_only=True))
+        except Exception:  # noqa: BLE001, S112 - LocalEntryNotFoundError and friends: not cached, try the next
+            continue
+    where = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+    if constants.HF_HUB_OFFLINE or not reachable(constants.ENDPOINT):
+        raise offline_error(name, kind, " or ".join(filenames), where, urllib.parse.urlparse(constants.ENDPOINT).hostname)
+    errors = []
+    for filename in filenames:
+        try:
+            with redirect_stdout(sys.stderr):
+                return f"hf-hub:{repo_id}/{filename}", Path(hf_hub_download(repo_id, filename))
+        except Exception as exc:  # noqa: BLE001 - the Hub's errors have no common base worth naming
+            errors.append(f"{filename}: {' '.join(str(exc).split())[:160]}")
+    raise UsageError(f"{name}: cannot download pretrained weights from {repo_id} ({'; '.join(errors)}); pass a "
+                     f"state_dict file as a path, or use random weights")
+
+
+def from_torch_hub(name: str, url: str, kind: str = "") -> tuple[str, Path, dict[str, torch.Tensor]]:
     """Pretrained weights through torch hub's cache: (source, file, state_dict). Downloads when the file is not
     cached, checking the sha256 prefix that torchvision's file names carry."""
     folder = Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / os.path.basename(urllib.parse.urlparse(url).path)
+    if not path.is_file() and not reachable(url):
+        raise offline_error(name, kind, path.name, folder, urllib.parse.urlparse(url).hostname)
     try:
         with redirect_stdout(sys.stderr):  # torch hub announces downloads on stdout, which is the CLI's output
             state = torch.hub.load_state_dict_from_url(url, model_dir=str(folder), map_location="cpu",
@@ -144,12 +247,31 @@ def from_torch_hub(name: str, url: str) -> tuple[str, Path, dict[str, torch.Tens
     return url, path, unwrap_state_dict(state, path)
 
 
+def first_mismatch(net: nn.Module, state: dict[str, torch.Tensor], head: tuple[str, ...]) -> str | None:
+    """The first key of `net`'s state_dict that `state` lacks, has in another shape, or has extra (keys under the
+    `head` prefixes aside), in words; None when `state` fits."""
+    own = net.state_dict()
+    for key, value in own.items():
+        if key.startswith(head):
+            continue
+        if key not in state:
+            return f"first mismatching key {key!r} is missing ({len(set(own) - set(state))} missing in all)"
+        if tuple(state[key].shape) != tuple(value.shape):
+            return f"first mismatching key {key!r} has shape {tuple(state[key].shape)}, the network {tuple(value.shape)}"
+    extra = [key for key in state if key not in own and not key.startswith(head)]
+    if extra:
+        return f"first mismatching key {extra[0]!r} is not in the network ({len(extra)} unexpected in all)"
+    return None
+
+
 class Weights:
     """The weights an extractor was asked for ("pretrained", "random" or a file), and, once loaded, where they came
     from and the sha256 of their file (both recorded in meta.json)."""
 
-    def __init__(self, name: str, choice: str):
+    def __init__(self, name: str, choice: str, kind: str = ""):
         self.name = name
+        self.kind = kind  # "global" or "local": names the flag in messages
+        self._fetched: tuple[str, Path, dict[str, torch.Tensor]] | None = None
         self.choice = str(choice)
         self.source: str | None = f"random init, torch.manual_seed({RANDOM_SEED})" if self.choice == "random" else None
         self.sha256: str | None = None
@@ -159,28 +281,32 @@ class Weights:
                 raise UsageError(f"{choice}: no such weights file for {name}; choose weights {WEIGHT_CHOICES}")
             self.choice = self.source = str(path.resolve())
 
+    def fetch(self, pretrained: Callable[[], tuple[str, Path, dict[str, torch.Tensor]]]) -> None:
+        """Get pretrained weights before the network is built (a large network takes seconds to initialise: an
+        offline machine hears at once that the file is missing); load() then uses them."""
+        if self.choice == "pretrained" and self._fetched is None:
+            self._fetched = pretrained()
+
     def load(self, net: nn.Module, *, head: tuple[str, ...],
-             pretrained: Callable[[], tuple[str, Path, dict[str, torch.Tensor]]]) -> None:
+             pretrained: Callable[[], tuple[str, Path, dict[str, torch.Tensor]]],
+             select: Callable[[dict[str, torch.Tensor]], dict[str, torch.Tensor]] | None = None) -> None:
         """Load into the full network `net`; keys under the `head` prefixes (the classifier) may be absent or extra.
-        pretrained() -> (source, file, state_dict) fetches the published weights."""
+        pretrained() -> (source, file, state_dict) fetches the published weights; select(state_dict) -> the part of
+        it that `net` is (open_clip: the image tower of an image-text model)."""
         if self.choice == "random":
             return
         if self.choice == "pretrained":
-            self.source, path, state = pretrained()
+            self.source, path, state = self._fetched or pretrained()
         else:
             path = Path(self.choice)
             state = read_state_dict(path, self.name)
-        try:
-            result = net.load_state_dict(state, strict=False)
-        except RuntimeError as exc:  # shape mismatches
-            raise UsageError(f"{path}: not {self.name} weights: {' '.join(str(exc).split())[:240]}") from exc
-        missing = [k for k in result.missing_keys if not k.startswith(head)]
-        unexpected = [k for k in result.unexpected_keys if not k.startswith(head)]
-        if missing or unexpected:
-            raise UsageError(
-                f"{path}: not {self.name} weights: {len(missing)} missing keys (e.g. {missing[:2]}), "
-                f"{len(unexpected)} unexpected keys (e.g. {unexpected[:2]})"
-            )
+        if select is not None:
+            state = select(state)
+        mismatch = first_mismatch(net, state, head)
+        if mismatch:
+            raise UsageError(f"{path}: not {self.name} weights: {mismatch}")
+        own = net.state_dict()  # a classifier for other classes is not loaded (it is cut off anyway)
+        net.load_state_dict({k: v for k, v in state.items() if k in own and own[k].shape == v.shape}, strict=False)
         self.sha256 = sha256_of(path)
 
 
@@ -217,7 +343,12 @@ class Extractor(nn.Module):
         self.image_size = image_size
         self.clip_length, self.clip_stride = spec.clip_length, spec.clip_stride
         self.weights, self.weights_source, self.weights_sha256 = weights.choice, weights.source, weights.sha256
-        self.request = FrameRequest(spec.clip_length, spec.clip_stride, spec.ends_only, ResizeCrop(image_size))
+        if spec.fixed_size and image_size != spec.image_size:
+            raise UsageError(f"{spec.name} takes {spec.image_size}px inputs only (its position embeddings are "
+                             f"fixed), not {image_size}px")
+        # The families that ship torchvision-style transforms (library set) get their geometry too.
+        shrink = ResizeCrop(image_size, spec.resize_for(image_size), spec.interpolation, bool(spec.library))
+        self.request = FrameRequest(spec.clip_length, spec.clip_stride, spec.ends_only, shrink)
         self.backbone = backbone
         self.register_buffer("mean", torch.tensor(spec.mean).view(1, 1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("std", torch.tensor(spec.std).view(1, 1, 3, 1, 1) * 255, persistent=False)
@@ -254,12 +385,21 @@ class Extractor(nn.Module):
             "clip_stride": self.clip_stride,
             "frames_per_step": self.request.frames_per_step,
             "features": spec.features,
-            "preprocessing": "short side resized to image_size (bilinear, antialiased, uint8), centre crop, "
-            "(x / 255 - mean) / std",
+            "preprocessing": spec.preprocessing(self.image_size),
             "mean": list(spec.mean),
             "std": list(spec.std),
             "weights": self.weights,
             "weights_source": self.weights_source,
             "weights_sha256": self.weights_sha256,
             "seed": RANDOM_SEED if self.weights == "random" else None,
-        }
+        } | self._new_family_keys()
+
+    def _new_family_keys(self) -> dict[str, Any]:
+        # Only for the extractors that resize their own way: the descriptions of the others (and so the stores they
+        # wrote) stay as they were.
+        spec = self.spec
+        if spec.resize is None and spec.interpolation == "bilinear" and not spec.library:
+            return {}
+        resize = spec.resize_for(self.image_size)
+        return {"library": spec.library, "resize": list(resize) if isinstance(resize, tuple) else resize,
+                "interpolation": spec.interpolation}
