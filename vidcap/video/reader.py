@@ -160,7 +160,7 @@ class VideoReader:
         # index stays open in this process for the next member.
         source: str | bytes = member_source(file) if split_ref(file) is not None else file
         if source is file:
-            _check_file(file)
+            _check_file(file, self.path)
         self._impl: DecordBackend | PyAVBackend
         self._fallback: PyAVBackend | None  # auto mode: PyAV takes over if decord fails later
         try:
@@ -245,14 +245,14 @@ class VideoReader:
         )
 
 
-def _check_file(path: str) -> None:
+def _check_file(path: str, name: str) -> None:
     p = Path(path)
     if not p.exists():
-        raise VideoError(f"{path}: no such file")
+        raise VideoError(f"{name}: no such file")
     if p.is_dir():
-        raise VideoError(f"{path}: is a folder, not a video file")
+        raise VideoError(f"{name}: is a folder, not a video file")
     if p.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
+        raise VideoError(f"{name}: empty file (0 bytes)")
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", threads: int = 0) -> VideoReader:
