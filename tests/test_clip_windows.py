@@ -198,3 +198,19 @@ def test_window_columns_go_together_and_tables_without_them_are_unchanged(videos
     assert (data / "videos.csv").read_text().splitlines()[0] == "video_id,split,path"
     assert set(json.loads((data / "prepare.json").read_text())["skipped_rows"]) == {
         "empty_caption", "unknown_split", "video_not_found", "video_in_two_splits"}
+
+
+def test_report_pictures_and_training_thumbnails_read_the_window(videos, tmp_path):
+    from vidcap.report.cards import video_sprite
+    from vidcap.training.callbacks import _sampled_frames
+
+    (tmp_path / "videos.csv").write_text(f"video_id,split,path,start,end\nlong_2_5,test,{videos / 'long.mp4'},2,5\n"
+                                         f"a,test,{videos / 'a.mp4'},,\n", encoding="utf-8")
+    paths = dict(zip(*read_videos(tmp_path)[["video_id", "path"]].to_numpy().T, strict=True))
+    assert paths == {"long_2_5": f"{videos / 'long.mp4'}#t=2,5", "a": str(videos / "a.mp4")}
+    _, times = video_sprite(paths["long_2_5"], 4)
+    np.testing.assert_allclose(times, (16 + sample_frame_indices(24, 4)[0]) / FPS)
+    frames, times = _sampled_frames(tmp_path, "long_2_5", np.ones(4, dtype=bool), 4)
+    np.testing.assert_allclose(times, (16 + sample_frame_indices(24, 4)[0]) / FPS)
+    _, whole = video_sprite(paths["a"], 4)
+    np.testing.assert_allclose(whole, sample_frame_indices(12, 4)[0] / FPS)
