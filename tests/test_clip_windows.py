@@ -65,6 +65,7 @@ def test_times_refs_and_ids():
     assert split_window(ref) == ("dir/long.mp4", (1.0, 2.25))
     assert split_window("shard.tar::000000001.mp4#t=0,3") == ("shard.tar::000000001.mp4", (0.0, 3.0))
     assert split_window("dir/long.mp4") == ("dir/long.mp4", None)
+    assert split_window("dir/a#t=b.mp4") == ("dir/a#t=b.mp4", None)  # a file name, not a window
     for start, end in ((2, 1), (1, 1), (-1, 2)):
         with pytest.raises(ValueError):
             window_ref("v.mp4", start, end)

@@ -161,7 +161,8 @@ def _window(start: str, end: str) -> tuple[Window | None, str | None]:
     if not start and not end:
         return None, None
     try:
-        window = (parse_time(start), parse_time(end))
+        # To the millisecond, as ids and videos.csv write them: windows equal there are one clip.
+        window = (round(parse_time(start), 3), round(parse_time(end), 3))
     except ValueError:
         return None, "window_unparsable"
     try:

@@ -20,6 +20,8 @@ class PastEnd(ValueError):
     """A window that lies past the end of its video."""
 
 _CLOCK = re.compile(r"^(?:(\d+):)?(\d+):(\d+(?:\.\d*)?)$")
+# What follows MARK in a window: two times. Anything else (a file that happens to be named `a#t=b.mp4`) is a plain path.
+_TIMES = re.compile(r"^\s*[-+]?[\d.:]+\s*,\s*[-+]?[\d.:]+\s*$")
 
 
 def parse_time(text: str) -> float:
@@ -65,15 +67,13 @@ def window_ref(path: str | os.PathLike, start: float, end: float) -> str:
 
 
 def split_window(ref: str | os.PathLike) -> tuple[str, tuple[float, float] | None]:
-    """(path, (start, end)) of `PATH#t=START,END`; (ref, None) for a path without a window. ValueError for a window
-    suffix whose times do not parse or are not 0 <= start < end."""
+    """(path, (start, end)) of `PATH#t=START,END`; (ref, None) for a path without a window (or whose `#t=` is not
+    followed by two numbers: part of a file name). ValueError for times that do not parse or are not 0 <= start < end."""
     text = os.fspath(ref)
     path, sep, times = text.rpartition(MARK)
-    if not sep or not path:
+    if not sep or not path or not _TIMES.match(times):
         return text, None
-    first, comma, second = times.partition(",")
-    if not comma:
-        raise ValueError(f"{text}: a window is {MARK}START,END")
+    first, _, second = times.partition(",")
     start, end = parse_time(first), parse_time(second)
     check_window(start, end)
     return path, (start, end)
