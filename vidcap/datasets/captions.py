@@ -47,10 +47,11 @@ from vidcap.video.windows import PastEnd, check_window, format_time, frame_range
 log = logging.getLogger(__name__)
 
 NAME = "captions"
-HELP = "your own table of video,caption[,split] rows (CSV, TSV, JSON, JSON Lines) + a folder of videos"
+HELP = "your own table of video,caption[,split][,start,end] rows (CSV, TSV, JSON, JSON Lines) + a folder of videos"
 EXAMPLE = """
   vidcap prepare captions --table captions.csv --videos videos/ --out data/mine
   vidcap prepare captions --table clips.jsonl --video-column path --caption-column text --split 0.8,0.1,0.1 --out data/mine
+  vidcap prepare captions --table clips.csv --start-column from --end-column to --out data/clips   # clips of long videos
 """
 PAPER_DATASET = None
 
