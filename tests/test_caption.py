@@ -443,3 +443,32 @@ def test_cli_unexpected_decoder_error_is_one_skip_line(trained, videos, monkeypa
 def test_importing_caption_does_not_import_lightning():
     code = "import vidcap.caption, sys; assert 'pytorch_lightning' not in sys.modules and 'lightning' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1], check=True)
+
+
+def test_cli_captions_a_window_of_each_video(trained, captioner, videos, capsys):
+    from vidcap.video.windows import window_ref
+
+    ckpt = str(trained["checkpoint"])
+    both = [str(videos["red"]), str(videos["blue"])]  # 1.6 s at 25 fps, 3 s at 10 fps
+    assert main(["caption", *both, "--checkpoint", ckpt, "--json", "--start", "0.4", "--end", "00:00:01.2"]) == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["path"] for line in lines] == [window_ref(video, 0.4, 1.2) for video in both]
+    for line in lines:
+        times = np.asarray(line["frame_times"])
+        assert len(times) == NUM_FRAMES and ((times >= 0.4) & (times < 1.2)).all(), line["frame_times"]
+    assert caption_video(lines[0]["path"], captioner).caption == lines[0]["caption"]  # the API reads the same clip
+
+    # Past the end of the shorter video: that one is skipped with one line, the other captioned, exit 1.
+    assert main(["caption", *both, "--checkpoint", ckpt, "--start", "2", "--end", "2.5"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.startswith(f"{window_ref(both[1], 2, 2.5)}\t")
+    assert captured.err.splitlines()[0] == (f"skipping {window_ref(both[0], 2, 2.5)}: window 2-2.5 s lies past the "
+                                            "video's end (1.6 s, 40 frames)")
+    for flags, message in ((["--start", "1"], "--start and --end go together"),
+                           (["--start", "2", "--end", "1"], "ends before it starts")):
+        assert main(["caption", both[0], "--checkpoint", ckpt, *flags]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(SystemExit) as parsed:  # argparse's own error: usage and one line, exit 2
+        main(["caption", both[0], "--checkpoint", ckpt, "--start", "soon", "--end", "1"])
+    assert parsed.value.code == 2
+    assert "argument --start: 'soon' is not a time" in capsys.readouterr().err

@@ -18,9 +18,19 @@ EXAMPLE = """
   vidcap caption videos/*.mp4 --checkpoint best.ckpt --beam-size 5 --n-best 3 --json > captions.jsonl
   vidcap caption clip.mp4 --checkpoint best.ckpt --explain explain/     # writes explain/clip.png
   vidcap caption videos/*.mp4 --checkpoint best.ckpt --report report/   # report/index.html: a card per video
+  vidcap caption long.mp4 --checkpoint best.ckpt --start 00:01:30 --end 00:01:42.5   # a clip of a long video
 """
 
 logger = logging.getLogger(__name__)
+
+
+def _time(text: str) -> float:
+    from vidcap.video.windows import parse_time
+
+    try:
+        return parse_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -45,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--report", metavar="DIR", type=Path,
                         help="write DIR/index.html, an offline page with one card per video: its sampled frames, "
                              "caption, n-best, and the frames each word attended to (hover a word)")
+    parser.add_argument("--start", type=_time, default=None, metavar="TIME",
+                        help="with --end: caption the clip [start, end) of each video, its frames sampled inside it "
+                             "(seconds, or HH:MM:SS.fff); the output names it VIDEO#t=START,END")
+    parser.add_argument("--end", type=_time, default=None, metavar="TIME", help="end of that clip")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="where to run (default cpu)")
     parser.add_argument("--precision", default="32-true", choices=PRECISIONS,
                         help="numeric precision of the captioning model (default 32-true); the feature extractors "
@@ -75,6 +89,20 @@ def _reason(error: VidcapError, path: str) -> str:
     return text[len(path) + 2:] if text.startswith(f"{path}: ") else text
 
 
+def _windowed(videos: list[str], start: float | None, end: float | None) -> list[str]:
+    """The videos, or their clips `VIDEO#t=START,END` (vidcap.video.windows) with --start/--end."""
+    from vidcap.video.windows import window_ref
+
+    if start is None and end is None:
+        return videos
+    if start is None or end is None:
+        raise UsageError("--start and --end go together: give both")
+    try:
+        return [window_ref(video, start, end) for video in videos]
+    except ValueError as error:
+        raise UsageError(f"--start {start:g} --end {end:g}: {error}") from None
+
+
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -85,6 +113,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.explain is not None and args.explain.exists() and not args.explain.is_dir():
         raise UsageError(f"--explain {args.explain}: exists and is not a folder")
+    videos = _windowed(args.videos, args.start, args.end)
     if args.report is not None:
         report_folder(args.report)  # now, not after loading the model and captioning every video
     captioner = load_captioner(args.checkpoint, device=args.device, precision=args.precision)
@@ -94,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     names = explain_names(args.videos) if args.explain is not None else []
     failed = 0
     # The bar only helps for several videos; it writes to stderr so stdout stays one line per video.
-    bar = tqdm(args.videos, desc="captioning", unit="video", disable=len(args.videos) < 2 or None, file=sys.stderr)
+    bar = tqdm(videos, desc="captioning", unit="video", disable=len(videos) < 2 or None, file=sys.stderr)
     for i, video in enumerate(bar):
         try:
             result = caption_video(video, captioner, options,

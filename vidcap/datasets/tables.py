@@ -17,6 +17,7 @@ import pandas as pd
 from vidcap.atomic import atomic_path, write_json
 from vidcap.errors import UsageError
 from vidcap.text.vocab import Vocabulary
+from vidcap.video.windows import window_ref
 
 CAPTION_COLUMNS = ("video_id", "split", "caption", "tokens")  # tokens: PTB tokens joined by single spaces
 VIDEO_COLUMNS = ("video_id", "split", "path")
@@ -139,11 +140,20 @@ def read_captions(data_dir: str | os.PathLike) -> pd.DataFrame:
 
 def read_videos(data_dir: str | os.PathLike) -> pd.DataFrame:
     """DIR/videos.csv with every `path` made absolute (relative paths are relative to DIR); an empty path (a clip
-    that has features but no video file, e.g. youtube2text-arctic) stays empty."""
+    that has features but no video file, e.g. youtube2text-arctic) stays empty. A row with `start` and `end` seconds
+    (a clip of a longer video, `vidcap prepare captions`) gets the path `PATH#t=START,END` that the reader samples
+    inside (vidcap.video.windows)."""
     data_dir = Path(data_dir)
-    table = _read_table(data_dir / "videos.csv", VIDEO_COLUMNS, VIDEO_SPLITS)
+    path = data_dir / "videos.csv"
+    table = _read_table(path, VIDEO_COLUMNS, VIDEO_SPLITS)
     base = data_dir.resolve()
     table["path"] = [p if not p or os.path.isabs(p) else str(base / p) for p in table["path"]]
+    if {"start", "end"} <= set(table.columns):
+        try:
+            table["path"] = [window_ref(p, float(s), float(e)) if p and (s or e) else p
+                             for p, s, e in zip(table["path"], table["start"], table["end"], strict=True)]
+        except ValueError as error:
+            raise UsageError(f"{path}: bad start/end: {error}") from None
     return table
 
 

@@ -28,6 +28,7 @@ from vidcap.video.decord_backend import DecordBackend, decord_preferred, decord_
 from vidcap.video.failures import DecodeFailed
 from vidcap.video.pyav_backend import PyAVBackend
 from vidcap.video.tar_members import member_source, split_ref
+from vidcap.video.windows import frame_range, split_window
 
 logger = logging.getLogger(__name__)
 
@@ -145,23 +146,30 @@ class VideoReader:
     from the shard in memory: vidcap.video.tar_members). Use `open_video()`; close it (or use it as a context manager).
 
     Attributes: `path`, `backend` ("decord" or "pyav": the one actually decoding), `num_frames`, `fps`, `height`,
-    `width`, `duration` (seconds), `frames_decoded` (for checking decode-only-what-is-needed).
+    `width`, `duration` (seconds), `frames_decoded` (for checking decode-only-what-is-needed), `window` ((start, end)
+    seconds of a `PATH#t=START,END` path, vidcap.video.windows, else None). Frame indices and the counts are the
+    whole file's; `window_frames()` gives the window's.
     """
 
     def __init__(self, path: str | os.PathLike, backend: str = "auto", threads: int = 0):
         if backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
         self.path = str(path)
+        # `PATH#t=START,END` (vidcap.video.windows): the frames are sampled inside that window of PATH.
+        try:
+            file, self.window = split_window(self.path)
+        except ValueError as exc:
+            raise VideoError(f"{self.path}: {exc}") from None
         # A member of a tar shard is decoded in place (its byte range as an FFmpeg URL, or its bytes); the shard's
         # index stays open in this process for the next member.
-        source: str | bytes = member_source(self.path) if split_ref(self.path) is not None else self.path
-        if source is self.path:
-            _check_file(self.path)
+        source: str | bytes = member_source(file) if split_ref(file) is not None else file
+        if source is file:
+            _check_file(file, self.path)
         self._impl: DecordBackend | PyAVBackend
         self._fallback: PyAVBackend | None  # auto mode: PyAV takes over if decord fails later
         try:
             if isinstance(source, bytes):
-                self._impl, self._fallback = _open_backend(self.path, backend, threads, source)
+                self._impl, self._fallback = _open_backend(file, backend, threads, source)
             else:
                 self._impl, self._fallback = _open_backend(source, backend, threads)
         except DecodeFailed as exc:
@@ -210,6 +218,16 @@ class VideoReader:
                 raise VideoError(f"{self.path}: {exc2}") from exc2
         return frames[inverse.reshape(-1)]
 
+    def window_frames(self) -> tuple[int, int]:
+        """[first, stop) frame indices of the window ([0, num_frames) without one). VideoError when the window lies
+        past the video's end (as far as it decodes)."""
+        if self.window is None:
+            return 0, self.num_frames
+        try:
+            return frame_range(*self.window, self.fps, self.num_frames)
+        except ValueError as exc:
+            raise VideoError(f"{self.path}: {exc}") from None
+
     def times(self, indices) -> np.ndarray:
         """Timestamps (N,) float32 seconds of frame `indices` (index / fps; 0 when the file has no frame rate)."""
         idx = np.asarray(indices, dtype=np.float64).reshape(-1)
@@ -231,14 +249,14 @@ class VideoReader:
         )
 
 
-def _check_file(path: str) -> None:
+def _check_file(path: str, name: str) -> None:
     p = Path(path)
     if not p.exists():
-        raise VideoError(f"{path}: no such file")
+        raise VideoError(f"{name}: no such file")
     if p.is_dir():
-        raise VideoError(f"{path}: is a folder, not a video file")
+        raise VideoError(f"{name}: is a folder, not a video file")
     if p.stat().st_size == 0:
-        raise VideoError(f"{path}: empty file (0 bytes)")
+        raise VideoError(f"{name}: empty file (0 bytes)")
 
 
 def open_video(path: str | os.PathLike, backend: str = "auto", threads: int = 0) -> VideoReader:
@@ -309,9 +327,10 @@ def _decode(reader: VideoReader, num_frames: int, requests: Mapping[str, FrameRe
     """One pass: sample, decode each distinct frame once (DECODE_CHUNK at a time), shrink it once per distinct shrink.
     Returns indices, mask, {request key: (rows (K, L) into its shrink's frames, shrink)}, {shrink: frame indices,
     shrunk frames}."""
-    count = reader.num_frames
-    indices, mask = sample_frame_indices(count, num_frames)
-    needs = {key: req.frame_indices(indices, count) for key, req in requests.items()}
+    first, stop = reader.window_frames()  # a window's frames are sampled as if they were the whole video
+    indices, mask = sample_frame_indices(stop - first, num_frames)
+    needs = {key: first + req.frame_indices(indices, stop - first) for key, req in requests.items()}
+    indices = first + indices
     shrinks = {req.shrink for req in requests.values()}
     wanted = {s: np.unique(np.concatenate([needs[k].ravel() for k, r in requests.items() if r.shrink == s]))
               for s in shrinks}
@@ -339,7 +358,8 @@ def read_sampled_frames(
 ) -> SampledFrames:
     """Open `path`, sample `num_frames` (K) frames the paper's way and decode only what `requests` need (default:
     {"frames": the K sampled frames as decoded}). A file shorter than its header said (truncated) is sampled again
-    over the frames that really decode. `threads`: the decoder's (0: its default, every core). See `SampledFrames`.
+    over the frames that really decode. A `PATH#t=START,END` path (vidcap.video.windows) is sampled inside
+    [START, END) seconds only: K frames and their clips within the window, indices and times the file's. `threads`: the decoder's (0: its default, every core). See `SampledFrames`.
     Raises VideoError.
     """
     requests = dict(requests or {"frames": FrameRequest()})
