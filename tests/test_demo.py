@@ -56,13 +56,13 @@ def test_demo_refuses_a_folder_trained_with_other_settings(tmp_path, capsys):
     run.mkdir()
     (run / "config.yaml").write_text("model:\n  architecture:\n    variant: basic\n")
     with pytest.raises(UsageError, match="trained with other settings"):
-        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training_args())
+        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training())
     # A folder an older vidcap trained (a checkpoint, no config.yaml) is refused too, not resumed.
     (run / "config.yaml").unlink()
     (run / "checkpoints").mkdir()
     (run / "checkpoints" / "last.ckpt").write_bytes(b"x")
     with pytest.raises(UsageError, match="has a checkpoint but no config.yaml"):
-        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training_args())
+        train(tmp_path / "data", tmp_path / "feats", run, DemoSettings().training())
 
 
 def test_experiment_configs_compose_the_data_config():
@@ -71,15 +71,37 @@ def test_experiment_configs_compose_the_data_config():
     import yaml
 
     from vidcap.experiments.demo import CONFIGS, DATA_CONFIG, DemoSettings
-    from vidcap.training.lightning_cli import resolved_config
+    from vidcap.training.lightning_cli import resolve_config
 
     for name in ("demo", "scst", "hard"):
         assert "data" not in yaml.safe_load((CONFIGS / "experiment" / f"{name}.yaml").read_text()), name
-    args = DemoSettings().training_args("--data.data_dir", ".", "--data.features_dir", ".")
-    assert args[:4] == ["--config", str(DATA_CONFIG), "--config", str(CONFIGS / "experiment" / "demo.yaml")]
-    data = yaml.safe_load(resolved_config("fit", args))["data"]
+    training = DemoSettings().training({"data.data_dir": ".", "data.features_dir": "."})
+    assert training.configs == (str(DATA_CONFIG), str(CONFIGS / "experiment" / "demo.yaml"))
+    data = resolve_config(training.configs, training.values)["data"]
     assert {k: data[k] for k in yaml.safe_load(DATA_CONFIG.read_text())["data"]} == yaml.safe_load(
         DATA_CONFIG.read_text())["data"]
+
+
+def test_resolve_config_takes_values_and_checks_them(tmp_path):
+    """resolve_config composes config files and typed values as `vidcap fit --config ... --flag value` does, returns
+    plain values that config_yaml writes as a file `--config` reads back, and refuses what the command line would."""
+    from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG
+    from vidcap.training.lightning_cli import config_yaml, resolve_config
+
+    values = {"data.data_dir": "d", "data.features_dir": "f", "trainer.max_epochs": 3, "model.lr": 0.5,
+              "seed_everything": 7}
+    config = resolve_config([DATA_CONFIG, DEMO_CONFIG], values)
+    assert (config["trainer"]["max_epochs"], config["model"]["lr"], config["seed_everything"]) == (3, 0.5, 7)
+    assert config["trainer"]["check_val_every_n_epoch"] == 9  # from the experiment config
+    assert config["data"]["batch_size"] == yaml.safe_load(DATA_CONFIG.read_text())["data"]["batch_size"]
+    (tmp_path / "config.yaml").write_text(config_yaml(config))
+    assert resolve_config([tmp_path / "config.yaml"]) == config
+    with pytest.raises(UsageError, match="invalid training options: .*trainer.max_epochs"):
+        resolve_config([DATA_CONFIG, DEMO_CONFIG], {**values, "trainer.max_epochs": "many"})
+    with pytest.raises(UsageError, match="invalid training options: .*no_such_option"):
+        resolve_config([DATA_CONFIG, DEMO_CONFIG], {**values, "model.no_such_option": 1})
+    with pytest.raises(UsageError, match="missing.yaml: config file not found"):
+        resolve_config([tmp_path / "missing.yaml"], values)
 
 
 def tiny_dataset(root):
@@ -125,15 +147,16 @@ def test_fit_with_the_demo_config_trains_the_demos_model(tmp_path, monkeypatch):
     monkeypatch.setattr(vidcap.text.metrics, "score_captions", lambda refs, preds: {
         "Bleu_4": len(set(preds.values())) / 10, "METEOR": 0.0, "ROUGE_L": 0.0, "CIDEr": 0.0})  # no Java
     data, store = tiny_dataset(tmp_path)
-    tiny = ("--trainer.max_epochs", "2", "--trainer.check_val_every_n_epoch", "2", "--data.batch_size", "8",
-            "--model.architecture.hidden_dim", "16", "--model.architecture.embed_dim", "8",
-            "--model.architecture.attention_dim", "8")
-    demo_ckpt, trained = train(data, store, tmp_path / "demo", DemoSettings(overrides=tiny).training_args(),
+    tiny = {"trainer.max_epochs": 2, "trainer.check_val_every_n_epoch": 2, "data.batch_size": 8,
+            "model.architecture.hidden_dim": 16, "model.architecture.embed_dim": 8,
+            "model.architecture.attention_dim": 8}
+    demo_ckpt, trained = train(data, store, tmp_path / "demo", DemoSettings(overrides=tiny).training(),
                                progress=False)
     assert trained and (tmp_path / "demo" / "config.yaml").is_file()
     root = tmp_path / "fit"
     assert main(["fit", "--config", str(DATA_CONFIG), "--config", str(DEMO_CONFIG), "--data.data_dir", str(data), "--data.features_dir", str(store),
-                 *tiny, "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]) == 0
+                 *(part for key, value in tiny.items() for part in (f"--{key}", str(value))),
+                 "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false"]) == 0
     fit_ckpt = root / "checkpoints" / "last.ckpt"
     weights = [torch.load(path, weights_only=True)["state_dict"] for path in (demo_ckpt, fit_ckpt)]
     assert weights[0].keys() == weights[1].keys()

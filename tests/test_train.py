@@ -280,9 +280,9 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
     assert main(["validate", *other, "--ckpt_path", "last"]) == 2
     assert "the checkpoint's model differs: variant='global' (config: 'local_global')" in capsys.readouterr().err
     # Options other than the architecture come from the command line, not from the checkpoint.
-    from vidcap.training.lightning_cli import build_cli
+    from vidcap.training.lightning_cli import VidcapCLI
 
-    cli = build_cli(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
+    cli = VidcapCLI(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
                      "--model.attention_penalty", "0.5"])
     assert (cli.model.config.variant, cli.model.decoding.beam_size, cli.model.attention_penalty) == ("global", 1, 0.5)
 
