@@ -68,3 +68,7 @@ def test_explanation_frames_come_from_the_video_file(tmp_path, caplog):
     frames, times = _sampled_frames(tmp_path, "v2", np.array([True] * 4 + [False] * 2), 6)
     assert frames.shape[0] == 4 and np.all(frames == GREY) and list(times) == [0, 1, 2, 3]
     assert [r.levelname for r in caplog.records if "missing.mp4" in r.getMessage()] == ["WARNING"]
+    # Features of 5 valid frames where the file decodes to 6: grey frames too, and a warning.
+    frames, times = _sampled_frames(tmp_path, "v1", np.array([True] * 5 + [False]), 6)
+    assert frames.shape[0] == 5 and np.all(frames == GREY) and list(times) == [0, 1, 2, 3, 4]
+    assert any("6 frames, the features have 5" in r.getMessage() for r in caplog.records)

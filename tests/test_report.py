@@ -133,19 +133,24 @@ def test_evaluation_cards_pictures_or_a_note(tmp_path, caplog):
     from vidcap.report.cards import NO_VIDEO_FILE, evaluation_cards
 
     video = write_video(tmp_path / "v1.mp4", synthetic_frames("red", "blue", k=20, size=64))
-    predictions = {"v1": "a red box", "v2": "a blue ball", "v3": "a green ball"}
+    predictions = {"v1": "a red box", "v2": "a blue ball", "v3": "a green ball", "v4": "a red box"}
     words = ["a", "red", "box", "<eos>"]
     cards = evaluation_cards(
-        predictions, {"v1": ["a red square"], "v2": ["r2"], "v3": ["r3"]},
+        predictions, {"v1": ["a red square"], "v2": ["r2"], "v3": ["r3"], "v4": ["r4"]},
         nbest={"v1": [{"caption": "a red box", "log_prob": -1.5, "score": -0.5}]},
-        attention={"v1": (words, attention_for(words, 8, 0))},
-        videos={"v1": str(video), "v2": "", "v3": str(tmp_path / "missing.mp4")}, num_frames=8)
-    assert [c.video_id for c in cards] == ["v1", "v2", "v3"]
+        attention={"v1": (words, attention_for(words, 8, 0)), "v4": (words, attention_for(words, 6, 0))},
+        videos={"v1": str(video), "v2": "", "v3": str(tmp_path / "missing.mp4"), "v4": str(video)}, num_frames=8)
+    assert [c.video_id for c in cards] == ["v1", "v2", "v3", "v4"]
     assert cards[0].sprite.frames == 8 and cards[0].frame_count() == 8 and cards[0].note is None
     assert cards[0].nbest == [("a red box", -1.5)] and cards[0].references == ["a red square"]
     assert cards[1].sprite is None and cards[1].note == NO_VIDEO_FILE
     assert cards[2].sprite is None and "missing.mp4" in cards[2].note
     assert [r.levelname for r in caplog.records if "missing.mp4" in r.getMessage()] == ["WARNING"]
+    # A video that decodes to another number of frames than its features (attention over 6) gets no pictures.
+    assert cards[3].sprite is None and cards[3].note == ("no pictures: the video decodes to other frames than its "
+                                                         "features (8 frames, the features have 6)")
+    assert [r.getMessage() for r in caplog.records if "for v4 in the report" in r.getMessage()] == [
+        f"{video}: no pictures for v4 in the report: {cards[3].note.removeprefix('no pictures: ')}"]
     assert 'class="card"' in render_report(cards)
 
 
