@@ -35,8 +35,8 @@ def _split_names(text: str) -> list[str]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name); their defaults and
     choices are ExtractOptions', DTYPES, DEVICES and vidcap.video.reader.BACKENDS."""
-    from vidcap.features.extract import DEVICES, DTYPES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.features.extractors import describe_registry, extractor_names
+    from vidcap.features.options import DEVICES, DTYPES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.video.reader import BACKENDS
 
     default = ExtractOptions()
