@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import write_video
 from vidcap.report.page import Card, frames_to_sprite, per_video_scores, render_report, write_report
 
 # Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
@@ -128,8 +129,6 @@ def test_a_score_that_is_not_finite_is_left_out():
 
 
 def test_evaluation_cards_pictures_or_a_note(tmp_path, caplog):
-    from conftest import write_video
-
     from vidcap.report.cards import NO_VIDEO_FILE, evaluation_cards
 
     video = write_video(tmp_path / "v1.mp4", synthetic_frames("red", "blue", k=20, size=64))
