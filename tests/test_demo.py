@@ -83,7 +83,7 @@ def test_experiment_configs_compose_the_data_config():
         DATA_CONFIG.read_text())["data"]
 
 
-def test_resolve_config_takes_values_and_checks_them(tmp_path):
+def test_resolve_config_takes_values_and_checks_them(tmp_path, capsys):
     """resolve_config composes config files and typed values as `vidcap fit --config ... --flag value` does, returns
     plain values that config_yaml writes as a file `--config` reads back, and refuses what the command line would."""
     from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG
@@ -93,6 +93,7 @@ def test_resolve_config_takes_values_and_checks_them(tmp_path):
               "seed_everything": 7}
     config = resolve_config([DATA_CONFIG, DEMO_CONFIG], values)
     assert (config["trainer"]["max_epochs"], config["model"]["lr"], config["seed_everything"]) == (3, 0.5, 7)
+    assert capsys.readouterr().out == ""  # values from the parser, not a printed config read back
     assert config["trainer"]["check_val_every_n_epoch"] == 9  # from the experiment config
     assert config["data"]["batch_size"] == yaml.safe_load(DATA_CONFIG.read_text())["data"]["batch_size"]
     (tmp_path / "config.yaml").write_text(config_yaml(config))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import logging
 import os
 import sys
@@ -100,7 +101,8 @@ class VidcapCLI(LightningCLI):
     (a `resolve_config` result). callbacks: added to the Trainer's (not part of the config: progress displays).
     parse_only: stop once the arguments are parsed (`resolve_config`): nothing is seeded, instantiated or run, and a
     bad option raises jsonargparse's ArgumentError instead of printing the usage and exiting. default_configs: YAML
-    files that `subcommand` applies before `args`, in order, as if given first with `--config`.
+    files that `subcommand` applies before `args`, in order, as if given first with `--config` (jsonargparse's
+    default_config_files: glob patterns).
     """
 
     def __init__(self, args: Sequence[str] | Mapping[str, Any], *, callbacks: Sequence[Any] = (),
@@ -272,7 +274,7 @@ def resolve_config(configs: Sequence[str | os.PathLike] = (), values: Mapping[st
     try:
         with _quiet_warnings():
             VidcapCLI({"subcommand": name, name: nested}, parse_only=True,
-                      default_configs={name: [os.fspath(config) for config in configs]})
+                      default_configs={name: [glob.escape(os.fspath(config)) for config in configs]})
     except _Parsed as parsed:
         config = parsed.config[name].as_dict()
     except ArgumentError as error:
