@@ -8,7 +8,7 @@ import json
 import pytest
 import yaml
 
-from tests.helpers import tiny_dataset
+from tests.helpers import TINY_DEMO, tiny_dataset
 from vidcap.cli import main
 from vidcap.errors import UsageError
 from vidcap.experiments.ablate import CSV_COLUMNS, Gate, check_gates, format_ablation, mean_rows, parse_runs
@@ -23,27 +23,27 @@ TINY = ["--num-videos", "12", "--image-size", "32", "--epochs", "1", "--max-step
 
 @pytest.mark.java
 @pytest.mark.slow
-def test_demo_runs_every_stage_and_resumes(tmp_path, capsys):
-    out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *TINY]) == 0
-    first = capsys.readouterr()
+def test_demo_runs_every_stage_and_resumes(tiny_demo, capsys):
+    """The session's tiny demo run (tests/conftest.py; tests/test_report.py loads its report in a browser), then a
+    second run of the same settings into the same folder."""
+    out, first_out, first_err = tiny_demo
     metrics = json.loads((out / "metrics.json").read_text())
     assert set(metrics) == set(DEMO_METRIC_KEYS)
     assert all(0.0 <= metrics[k] <= 1.0 for k in DEMO_METRIC_KEYS if k.endswith("_acc") or k == "reversal_changed")
     assert len(json.loads((out / "eval" / "predictions.json").read_text())) == 3
     assert (out / "explain" / "syn00009.png").stat().st_size > 0
-    assert "Held-out video syn00009" in first.out
+    assert "Held-out video syn00009" in first_out
     page = (out / "report" / "index.html").read_text(encoding="utf-8")
     assert page.count('class="card"') == 3 and page.count("<img") == 3  # the test videos, with their frames
-    assert f"Open {out / 'report' / 'index.html'} in a browser" in first.out
+    assert f"Open {out / 'report' / 'index.html'} in a browser" in first_out
     assert list((out / "run" / "lightning_logs" / "version_0").glob("events.out.tfevents.*"))
     for stage in ("prepare", "extract", "fit", "evaluate", "caption"):
-        assert f"] {stage}: done in " in first.err
+        assert f"] {stage}: done in " in first_err
     timings = json.loads((out / "timings.json").read_text())
     assert list(timings) == ["prepare", "extract", "fit", "evaluate", "caption"]
 
     # A second run reuses the trained model and its evaluation.
-    assert main(["demo", "--out", str(out), *TINY]) == 0
+    assert main(["demo", "--out", str(out), *TINY_DEMO]) == 0
     second = capsys.readouterr()
     for number, stage in enumerate(("prepare", "extract", "fit", "evaluate"), 1):
         assert f"[{number}/5] {stage}: reused from an earlier run" in second.err

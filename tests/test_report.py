@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.helpers import write_video
+from tests.helpers import TINY_DEMO, write_video
 from vidcap.report.page import Card, frames_to_sprite, per_video_scores, render_report, write_report
 
 # Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
@@ -303,27 +303,26 @@ def test_untrusted_text_shows_as_text(browser, page):
 # ----------------------------------------------------------------------------------------------------------------
 # The report of a real evaluation: a tiny model trained on a few synthetic videos by `vidcap demo`
 
-# 12 videos (3 in the test split), a tiny model trained for 64 steps: long enough for captions with words of the
-# references in them, so that the videos' scores differ. With VIDCAP_REPORT_SCREENSHOT set, a model trained long
-# enough to say something right (the README's picture; a few minutes).
-REPORT_DEMO = ["--num-videos", "12", "--image-size", "32", "--epochs", "8", "--max-steps", "64", "--hidden-dim", "32",
-               "--embed-dim", "16", "--attention-dim", "16", "--batch-size", "8", "--beam-size", "2", "--workers", "1",
-               "--quiet"]
+# With VIDCAP_REPORT_SCREENSHOT set, a model trained long enough to say something right (the README's picture; a few
+# minutes); otherwise the session's tiny demo run (tests/conftest.py `tiny_demo`, TINY_DEMO's size).
 SCREENSHOT_DEMO = ["--num-videos", "80", "--image-size", "32", "--epochs", "20", "--hidden-dim", "64",
                    "--embed-dim", "32", "--attention-dim", "32", "--batch-size", "16", "--beam-size", "3",
                    "--workers", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def evaluated(browser, tmp_path_factory):
+def evaluated(browser, tmp_path_factory, request):
     """`vidcap demo` (prepare, extract, fit, evaluate + report) at a tiny size; its report loaded in the browser."""
     if shutil.which("java") is None:
         pytest.skip("java not on PATH (METEOR, PTB tokenizer)")
     from vidcap.cli import main
 
-    out = Path(os.environ.get("VIDCAP_REPORT_DEMO_OUT") or tmp_path_factory.mktemp("demo"))
     screenshot = os.environ.get("VIDCAP_REPORT_SCREENSHOT")
-    assert main(["demo", "--out", str(out), *(SCREENSHOT_DEMO if screenshot else REPORT_DEMO)]) == 0
+    if screenshot or os.environ.get("VIDCAP_REPORT_DEMO_OUT"):
+        out = Path(os.environ.get("VIDCAP_REPORT_DEMO_OUT") or tmp_path_factory.mktemp("demo"))
+        assert main(["demo", "--out", str(out), *(SCREENSHOT_DEMO if screenshot else TINY_DEMO)]) == 0
+    else:
+        out = request.getfixturevalue("tiny_demo")[0]
     report = out / "report" / "index.html"
     browser.get_log("performance")
     browser.get(report.as_uri())
