@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+import shutil
+from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import numbered_frames, write_video
+from tests.helpers import TINY_DEMO, numbered_frames, write_video
 
 
 @pytest.fixture
@@ -53,6 +56,23 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(tmp_path_factory) -> tuple[Path, str, str]:
+    """(its output folder, stdout, stderr) of one `vidcap demo` run at TINY_DEMO's size, shared by the tests that need
+    a real run: tests/test_demo.py checks its stages and its resume, tests/test_report.py its report in a browser.
+    Needs Java (METEOR, the PTB tokenizer)."""
+    if shutil.which("java") is None:
+        pytest.skip("java not on PATH (METEOR, PTB tokenizer)")
+    from vidcap.cli import main
+
+    out = tmp_path_factory.mktemp("tiny_demo") / "demo"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with redirect_stdout(stdout), redirect_stderr(stderr):
+        code = main(["demo", "--out", str(out), *TINY_DEMO])
+    assert code == 0, stderr.getvalue()[-3000:]
+    return out, stdout.getvalue(), stderr.getvalue()
 
 
 def pytest_collection_modifyitems(items):

@@ -23,6 +23,12 @@ from vidcap.features.extractors.base import ResizeCrop
 from vidcap.text.vocab import Vocabulary
 
 REPO = Path(__file__).resolve().parents[1]
+# `vidcap demo` at a tiny size (the `tiny_demo` fixture of tests/conftest.py): 12 videos (3 in the test split), a tiny
+# model trained for 64 steps: long enough for captions with words of the references in them, so that the report's
+# per-video scores differ.
+TINY_DEMO = ["--num-videos", "12", "--image-size", "32", "--epochs", "8", "--max-steps", "64", "--hidden-dim", "32",
+             "--embed-dim", "16", "--attention-dim", "16", "--batch-size", "8", "--beam-size", "2", "--workers", "1",
+             "--quiet"]
 
 
 def write_video(
@@ -417,6 +423,7 @@ def write_video2dataset_shards(root: Path, samples_per_shard: int = 4, num_shard
     last.write_bytes(data[: cut.offset_data + cut.size // 2])
     return shards
 
+
 def _seen_videos_class():
     from pytorch_lightning import Callback
 
@@ -447,3 +454,120 @@ def read_seen_videos(out: Path) -> dict[int, list[tuple[int, list[str]]]]:
     """{rank: [(epoch, video ids of a batch)]} that SeenVideos wrote."""
     return {int(p.stem[4:]): [tuple(json.loads(line)) for line in p.read_text().splitlines()]
             for p in sorted(out.glob("rank*.jsonl"))}
+
+
+def tiny_dataset(root):
+    """A data directory (captions with their tokens, vocab.json) and a feature store of random features: 8 train,
+    2 val, 3 test videos of the synthetic dataset's kind of captions."""
+    import csv
+
+    import numpy as np
+
+    from vidcap.text.vocab import Vocabulary
+
+    rng = np.random.default_rng(0)
+    data, store = root / "data", root / "feats"
+    (store / "features").mkdir(parents=True)
+    data.mkdir()
+    meta = {"format": 1, "num_frames": 6, "dtype": "float16", "local": None, "versions": {},
+            "global": {"name": "fake2d", "weights": "random", "dim": 8, "image_size": 32}}
+    (store / "meta.json").write_text(json.dumps(meta))
+    words = ["a", "red", "blue", "circle", "square", "appears", "moves", "left", "then"]
+    rows = []
+    for i, split in enumerate(["train"] * 8 + ["val"] * 2 + ["test"] * 3):
+        mask = np.arange(6) < 6 - i % 2
+        np.savez(store / "features" / f"v{i:02d}.npz", mask=mask, times=np.arange(6, dtype=np.float32),
+                 **{"global": (rng.standard_normal((6, 8)) * mask[:, None]).astype(np.float16)})
+        for _ in range(3):
+            caption = " ".join(rng.choice(words, 5))
+            rows.append((f"v{i:02d}", split, caption, caption))
+    with open(data / "captions.csv", "w", newline="") as handle:
+        csv.writer(handle).writerows([["video_id", "split", "caption", "tokens"], *rows])
+    Vocabulary(words).save(data / "vocab.json")
+    return data, store
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# The training tests' data (tests/test_train.py, tests/test_scst.py): captions, random features, the CLI's options
+
+TRAIN_T, TRAIN_DG, TRAIN_DL = 5, 6, 4  # frames, global and local feature widths
+TRAIN_WORDS = "a man woman is cooking riding horse dog running playing guitar the".split()
+
+
+def write_store(store: Path, lengths: dict[str, int], local: bool = True, seed: int = 0) -> Path:
+    """A feature store in the documented format: meta.json, features/<id>.npz, manifest.csv."""
+    rng = np.random.default_rng(seed)
+    (store / "features").mkdir(parents=True)
+    meta = {
+        "format": 1, "num_frames": TRAIN_T, "dtype": "float16",
+        "global": {"name": "fake2d", "weights": "random", "dim": TRAIN_DG, "image_size": 32},
+        "local": {"name": "fake3d", "weights": "random", "dim": TRAIN_DL, "image_size": 32, "clip_length": 4,
+                  "clip_stride": 1} if local else None,
+        "versions": {},
+    }
+    (store / "meta.json").write_text(json.dumps(meta))
+    for video_id, n in lengths.items():
+        mask = np.arange(TRAIN_T) < n
+        arrays = {"global": rng.standard_normal((TRAIN_T, TRAIN_DG)).astype(np.float16) * mask[:, None],
+                  "mask": mask, "times": np.arange(TRAIN_T, dtype=np.float32)}
+        if local:
+            arrays["local"] = rng.standard_normal((TRAIN_T, TRAIN_DL)).astype(np.float16) * mask[:, None]
+        np.savez(store / "features" / f"{video_id}.npz", **arrays)
+    with open(store / "manifest.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "status", "error"], *[[v, "ok", ""] for v in lengths]])
+    return store
+
+
+def write_data(data: Path, captions: list[tuple[str, str, str]]) -> Path:
+    """A data directory as `vidcap prepare` writes it (these captions are their own PTB tokens)."""
+    data.mkdir(parents=True)
+    with open(data / "captions.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["video_id", "split", "caption", "tokens"], *[(*c, c[2]) for c in captions]])
+    with open(data / "videos.csv", "w", newline="") as f:
+        rows = sorted({(v, s) for v, s, _ in captions})
+        csv.writer(f).writerows([["video_id", "split", "path"], *[[v, s, f"{v}.mp4"] for v, s in rows]])
+    Vocabulary(TRAIN_WORDS).save(data / "vocab.json")
+    return data
+
+
+TRAIN_CAPTIONS = [
+    *[(f"tr{i}", "train", f"a {w} is {v}") for i, (w, v) in
+      enumerate([("man", "cooking"), ("woman", "riding"), ("dog", "running"), ("man", "playing"),
+                 ("woman", "cooking"), ("dog", "playing"), ("man", "riding"), ("woman", "running")])],
+    ("tr0", "train", "the man is cooking"),
+    ("tr1", "train", "a woman is riding a horse"),
+    ("gone", "train", "a dog is missing"),  # no features: failed extraction
+    ("va0", "val", "a man is cooking"), ("va0", "val", "the man is cooking"),
+    ("va1", "val", "a dog is running"),
+    ("va2", "val", "a woman is playing guitar"), ("va2", "val", "a woman is playing"),
+    ("te0", "test", "a man is riding a horse"), ("te1", "test", "a dog is playing"),
+]
+
+
+def cli_args(dataset, root: Path, *extra: str, model: str = "global") -> list[str]:
+    data, feats = dataset
+    return ["--config", str(REPO / "configs/data/synthetic.yaml"),
+            "--config", str(REPO / f"configs/model/{model}.yaml"),
+            "--config", str(REPO / "configs/trainer/cpu.yaml"),
+            "--config", str(REPO / "configs/debug.yaml"),
+            "--config", str(REPO / "configs/trainer/csv_logger.yaml"),  # metrics_rows reads its metrics.csv
+            "--data.data_dir", str(data), "--data.features_dir", str(feats),
+            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
+            "--trainer.enable_model_summary", "false", *extra]
+
+
+def metrics_rows(root: Path) -> list[dict[str, str]]:
+    """Rows of every CSVLogger metrics.csv under root, oldest version first."""
+    rows = []
+    for path in sorted(root.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
+        with open(path) as f:
+            rows.extend(dict(r, version=path.parent.name) for r in csv.DictReader(f))
+    return rows
+
+
+def count_score(references, predictions):
+    """Stand-in for vidcap.text.metrics.score_captions (no Java) whose values count what it was given."""
+    return {"Bleu_1": 0.0, "Bleu_2": 0.0, "Bleu_3": 0.0,
+            "Bleu_4": float(sum(len(r) for r in references.values())),  # references scored
+            "METEOR": float(sum(len(p.split()) for p in predictions.values())),  # predicted words
+            "ROUGE_L": 0.0, "CIDEr": float(len(predictions))}  # videos scored

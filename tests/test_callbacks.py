@@ -8,6 +8,7 @@ import csv
 import numpy as np
 import pytest
 
+from tests.helpers import numbered_frames, tiny_dataset, write_video
 from vidcap.cli import main
 from vidcap.experiments.demo import CONFIGS
 from vidcap.training.callbacks import IMAGE_TAG
@@ -25,8 +26,6 @@ def _fit(data, store, root, *extra) -> int:
 
 def test_fit_logs_to_tensorboard(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-    from test_demo import tiny_dataset
-
     data, store = tiny_dataset(tmp_path)
     assert _fit(data, store, tmp_path / "run") == 0
     logs = tmp_path / "run" / "lightning_logs"
@@ -41,8 +40,6 @@ def test_fit_logs_to_tensorboard(tmp_path, capsys):
 
 
 def test_csv_logger_config(tmp_path):
-    from test_demo import tiny_dataset
-
     data, store = tiny_dataset(tmp_path)
     assert _fit(data, store, tmp_path / "run", "--config", str(CONFIGS / "trainer" / "csv_logger.yaml")) == 0
     logs = tmp_path / "run" / "lightning_logs" / "version_0"
@@ -54,8 +51,6 @@ def test_csv_logger_config(tmp_path):
 
 
 def test_explanation_frames_come_from_the_video_file(tmp_path, caplog):
-    from conftest import numbered_frames, write_video
-
     from vidcap.training.callbacks import GREY, _sampled_frames
 
     video = write_video(tmp_path / "videos" / "v1.mp4", numbered_frames(16))
@@ -68,3 +63,7 @@ def test_explanation_frames_come_from_the_video_file(tmp_path, caplog):
     frames, times = _sampled_frames(tmp_path, "v2", np.array([True] * 4 + [False] * 2), 6)
     assert frames.shape[0] == 4 and np.all(frames == GREY) and list(times) == [0, 1, 2, 3]
     assert [r.levelname for r in caplog.records if "missing.mp4" in r.getMessage()] == ["WARNING"]
+    # Features of 5 valid frames where the file decodes to 6: grey frames too, and a warning.
+    frames, times = _sampled_frames(tmp_path, "v1", np.array([True] * 5 + [False]), 6)
+    assert frames.shape[0] == 5 and np.all(frames == GREY) and list(times) == [0, 1, 2, 3, 4]
+    assert any("6 frames, the features have 5" in r.getMessage() for r in caplog.records)

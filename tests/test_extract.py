@@ -228,23 +228,26 @@ def test_kill_during_a_write_leaves_complete_files_and_a_rerun_completes_the_sto
 @pytest.mark.slow
 def test_python_api_and_old_stores(tmp_path):
     """run_extract with ExtractOptions is what the CLI runs; a store written before meta.json recorded "sampling"
-    accepts more videos extracted with the same K."""
+    accepts more videos extracted with the same K. (Decoding in this process: the workers have their own tests, and
+    starting one costs more than this test's extraction.)"""
     data, store = tmp_path / "data", tmp_path / "feats"
     make_video_dataset(data, 2, broken=False)
-    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=3, image_sizes={"global": 64}, threads=1)
+    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=3, image_sizes={"global": 64}, threads=1,
+                             num_workers=0)
     summary = run_extract(data, store, options, progress=False)
     assert (summary.total, summary.extracted, summary.failed) == (2, 2, [])
     meta = json.loads((store / "meta.json").read_text())
     del meta["sampling"]
     (store / "meta.json").write_text(json.dumps(meta))
     (store / "features" / "good1.npz").unlink()
-    assert main(_extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "3")) == 0
+    assert main(_extract(data, store, "--global", "efficientnet_lite0", "--global-size", "64", "--frames", "3",
+                         "--num-workers", "0")) == 0
     assert list_features(store) == ["good0", "good1"]
     from vidcap.errors import UsageError
 
     with pytest.raises(UsageError, match="meta.json"):
         run_extract(data, store, ExtractOptions(global_name="efficientnet_lite0", num_frames=2,
-                                                image_sizes={"global": 64}, threads=1), progress=False)
+                                                image_sizes={"global": 64}, threads=1, num_workers=0), progress=False)
 
 
 @pytest.mark.slow

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.helpers import TINY_DEMO, write_video
 from vidcap.report.page import Card, frames_to_sprite, per_video_scores, render_report, write_report
 
 INJECTED = "<script>window.injected = 1</script> a man <b>runs</b>"
@@ -125,24 +126,27 @@ def test_a_score_that_is_not_finite_is_left_out():
 
 
 def test_evaluation_cards_pictures_or_a_note(tmp_path, caplog):
-    from conftest import write_video
-
     from vidcap.report.cards import NO_VIDEO_FILE, evaluation_cards
 
     video = write_video(tmp_path / "v1.mp4", synthetic_frames("red", "blue", k=20, size=64))
-    predictions = {"v1": "a red box", "v2": "a blue ball", "v3": "a green ball"}
+    predictions = {"v1": "a red box", "v2": "a blue ball", "v3": "a green ball", "v4": "a red box"}
     words = ["a", "red", "box", "<eos>"]
     cards = evaluation_cards(
-        predictions, {"v1": ["a red square"], "v2": ["r2"], "v3": ["r3"]},
+        predictions, {"v1": ["a red square"], "v2": ["r2"], "v3": ["r3"], "v4": ["r4"]},
         nbest={"v1": [{"caption": "a red box", "log_prob": -1.5, "score": -0.5}]},
-        attention={"v1": (words, attention_for(words, 8, 0))},
-        videos={"v1": str(video), "v2": "", "v3": str(tmp_path / "missing.mp4")}, num_frames=8)
-    assert [c.video_id for c in cards] == ["v1", "v2", "v3"]
+        attention={"v1": (words, attention_for(words, 8, 0)), "v4": (words, attention_for(words, 6, 0))},
+        videos={"v1": str(video), "v2": "", "v3": str(tmp_path / "missing.mp4"), "v4": str(video)}, num_frames=8)
+    assert [c.video_id for c in cards] == ["v1", "v2", "v3", "v4"]
     assert cards[0].sprite.frames == 8 and cards[0].frame_count() == 8 and cards[0].note is None
     assert cards[0].nbest == [("a red box", -1.5)] and cards[0].references == ["a red square"]
     assert cards[1].sprite is None and cards[1].note == NO_VIDEO_FILE
     assert cards[2].sprite is None and "missing.mp4" in cards[2].note
     assert [r.levelname for r in caplog.records if "missing.mp4" in r.getMessage()] == ["WARNING"]
+    # A video that decodes to another number of frames than its features (attention over 6) gets no pictures.
+    assert cards[3].sprite is None and cards[3].note == ("no pictures: the video decodes to other frames than its "
+                                                         "features (8 frames, the features have 6)")
+    assert [r.getMessage() for r in caplog.records if "for v4 in the report" in r.getMessage()] == [
+        f"{video}: no pictures for v4 in the report: {cards[3].note.removeprefix('no pictures: ')}"]
     assert 'class="card"' in render_report(cards)
 
 
@@ -277,27 +281,26 @@ def test_untrusted_text_shows_as_text(browser, page):
 # ----------------------------------------------------------------------------------------------------------------
 # The report of a real evaluation: a tiny model trained on a few synthetic videos by `vidcap demo`
 
-# 12 videos (3 in the test split), a tiny model trained for 64 steps: long enough for captions with words of the
-# references in them, so that the videos' scores differ. With VIDCAP_REPORT_SCREENSHOT set, a model trained long
-# enough to say something right (the README's picture; a few minutes).
-REPORT_DEMO = ["--num-videos", "12", "--image-size", "32", "--epochs", "8", "--max-steps", "64", "--hidden-dim", "32",
-               "--embed-dim", "16", "--attention-dim", "16", "--batch-size", "8", "--beam-size", "2", "--workers", "1",
-               "--quiet"]
+# With VIDCAP_REPORT_SCREENSHOT set, a model trained long enough to say something right (the README's picture; a few
+# minutes); otherwise the session's tiny demo run (tests/conftest.py `tiny_demo`, TINY_DEMO's size).
 SCREENSHOT_DEMO = ["--num-videos", "80", "--image-size", "32", "--epochs", "20", "--hidden-dim", "64",
                    "--embed-dim", "32", "--attention-dim", "32", "--batch-size", "16", "--beam-size", "3",
                    "--workers", "1", "--quiet"]
 
 
 @pytest.fixture(scope="module")
-def evaluated(browser, tmp_path_factory):
+def evaluated(browser, tmp_path_factory, request):
     """`vidcap demo` (prepare, extract, fit, evaluate + report) at a tiny size; its report loaded in the browser."""
     if shutil.which("java") is None:
         pytest.skip("java not on PATH (METEOR, PTB tokenizer)")
     from vidcap.cli import main
 
-    out = Path(os.environ.get("VIDCAP_REPORT_DEMO_OUT") or tmp_path_factory.mktemp("demo"))
     screenshot = os.environ.get("VIDCAP_REPORT_SCREENSHOT")
-    assert main(["demo", "--out", str(out), *(SCREENSHOT_DEMO if screenshot else REPORT_DEMO)]) == 0
+    if screenshot or os.environ.get("VIDCAP_REPORT_DEMO_OUT"):
+        out = Path(os.environ.get("VIDCAP_REPORT_DEMO_OUT") or tmp_path_factory.mktemp("demo"))
+        assert main(["demo", "--out", str(out), *(SCREENSHOT_DEMO if screenshot else TINY_DEMO)]) == 0
+    else:
+        out = request.getfixturevalue("tiny_demo")[0]
     report = out / "report" / "index.html"
     browser.get_log("performance")
     browser.get(report.as_uri())

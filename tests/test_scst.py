@@ -12,8 +12,10 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from test_train import CAPTIONS, REPO, WORDS, cli_args, count_score, metrics_rows, write_data, write_store
 
+from tests.helpers import REPO, cli_args, count_score, metrics_rows, write_data, write_store
+from tests.helpers import TRAIN_CAPTIONS as CAPTIONS
+from tests.helpers import TRAIN_WORDS as WORDS
 from vidcap.cli import main
 from vidcap.errors import UsageError
 from vidcap.model.captioner import CaptionModel, ModelConfig

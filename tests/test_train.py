@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import csv
-import json
 import logging
 import math
 import os
@@ -15,69 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from tests.helpers import training_probe
+from tests.helpers import REPO, cli_args, count_score, metrics_rows, training_probe, write_data, write_store
+from tests.helpers import TRAIN_CAPTIONS as CAPTIONS
+from tests.helpers import TRAIN_DG as DG
+from tests.helpers import TRAIN_DL as DL
+from tests.helpers import TRAIN_T as T
+from tests.helpers import TRAIN_WORDS as WORDS
 from vidcap.cli import main
 from vidcap.errors import UsageError
-from vidcap.text.vocab import Vocabulary
 from vidcap.training.data import CaptionDataModule, collate
 from vidcap.training.lightning_cli import run_lightning
 
-REPO = Path(__file__).resolve().parents[1]
-T, DG, DL = 5, 6, 4
-WORDS = "a man woman is cooking riding horse dog running playing guitar the".split()
-
-
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def write_store(store: Path, lengths: dict[str, int], local: bool = True, seed: int = 0) -> Path:
-    """A feature store in the documented format: meta.json, features/<id>.npz, manifest.csv."""
-    rng = np.random.default_rng(seed)
-    (store / "features").mkdir(parents=True)
-    meta = {
-        "format": 1, "num_frames": T, "dtype": "float16",
-        "global": {"name": "fake2d", "weights": "random", "dim": DG, "image_size": 32},
-        "local": {"name": "fake3d", "weights": "random", "dim": DL, "image_size": 32, "clip_length": 4,
-                  "clip_stride": 1} if local else None,
-        "versions": {},
-    }
-    (store / "meta.json").write_text(json.dumps(meta))
-    for video_id, n in lengths.items():
-        mask = np.arange(T) < n
-        arrays = {"global": rng.standard_normal((T, DG)).astype(np.float16) * mask[:, None],
-                  "mask": mask, "times": np.arange(T, dtype=np.float32)}
-        if local:
-            arrays["local"] = rng.standard_normal((T, DL)).astype(np.float16) * mask[:, None]
-        np.savez(store / "features" / f"{video_id}.npz", **arrays)
-    with open(store / "manifest.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "status", "error"], *[[v, "ok", ""] for v in lengths]])
-    return store
-
-
-def write_data(data: Path, captions: list[tuple[str, str, str]]) -> Path:
-    """A data directory as `vidcap prepare` writes it (these captions are their own PTB tokens)."""
-    data.mkdir(parents=True)
-    with open(data / "captions.csv", "w", newline="") as f:
-        csv.writer(f).writerows([["video_id", "split", "caption", "tokens"], *[(*c, c[2]) for c in captions]])
-    with open(data / "videos.csv", "w", newline="") as f:
-        rows = sorted({(v, s) for v, s, _ in captions})
-        csv.writer(f).writerows([["video_id", "split", "path"], *[[v, s, f"{v}.mp4"] for v, s in rows]])
-    Vocabulary(WORDS).save(data / "vocab.json")
-    return data
-
-
-CAPTIONS = [
-    *[(f"tr{i}", "train", f"a {w} is {v}") for i, (w, v) in
-      enumerate([("man", "cooking"), ("woman", "riding"), ("dog", "running"), ("man", "playing"),
-                 ("woman", "cooking"), ("dog", "playing"), ("man", "riding"), ("woman", "running")])],
-    ("tr0", "train", "the man is cooking"),
-    ("tr1", "train", "a woman is riding a horse"),
-    ("gone", "train", "a dog is missing"),  # no features: failed extraction
-    ("va0", "val", "a man is cooking"), ("va0", "val", "the man is cooking"),
-    ("va1", "val", "a dog is running"),
-    ("va2", "val", "a woman is playing guitar"), ("va2", "val", "a woman is playing"),
-    ("te0", "test", "a man is riding a horse"), ("te1", "test", "a dog is playing"),
-]
 
 
 @pytest.fixture(scope="module")
@@ -86,27 +33,6 @@ def dataset(tmp_path_factory) -> tuple[Path, Path]:
     lengths = {v: 5 for v, _, _ in CAPTIONS if v != "gone"}
     lengths.update({"tr1": 3, "va1": 2})
     return write_data(root / "data", CAPTIONS), write_store(root / "feats", lengths)
-
-
-def cli_args(dataset, root: Path, *extra: str, model: str = "global") -> list[str]:
-    data, feats = dataset
-    return ["--config", str(REPO / "configs/data/synthetic.yaml"),
-            "--config", str(REPO / f"configs/model/{model}.yaml"),
-            "--config", str(REPO / "configs/trainer/cpu.yaml"),
-            "--config", str(REPO / "configs/debug.yaml"),
-            "--config", str(REPO / "configs/trainer/csv_logger.yaml"),  # metrics_rows reads its metrics.csv
-            "--data.data_dir", str(data), "--data.features_dir", str(feats),
-            "--trainer.default_root_dir", str(root), "--trainer.enable_progress_bar", "false",
-            "--trainer.enable_model_summary", "false", *extra]
-
-
-def metrics_rows(root: Path) -> list[dict[str, str]]:
-    """Rows of every CSVLogger metrics.csv under root, oldest version first."""
-    rows = []
-    for path in sorted(root.glob("lightning_logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name[8:])):
-        with open(path) as f:
-            rows.extend(dict(r, version=path.parent.name) for r in csv.DictReader(f))
-    return rows
 
 
 # -- data ----------------------------------------------------------------------------------------------------------
@@ -280,9 +206,9 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
     assert main(["validate", *other, "--ckpt_path", "last"]) == 2
     assert "the checkpoint's model differs: variant='global' (config: 'local_global')" in capsys.readouterr().err
     # Options other than the architecture come from the command line, not from the checkpoint.
-    from vidcap.training.lightning_cli import build_cli
+    from vidcap.training.lightning_cli import VidcapCLI
 
-    cli = build_cli(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
+    cli = VidcapCLI(["validate", *other, "--ckpt_path", str(last), "--model.decoding.beam_size", "1",
                      "--model.attention_penalty", "0.5"])
     assert (cli.model.config.variant, cli.model.decoding.beam_size, cli.model.attention_penalty) == ("global", 1, 0.5)
 
@@ -293,14 +219,6 @@ def test_checkpoint_self_describing_and_resume(dataset, tmp_path, capsys, caplog
     assert any(r.get("test/ppl") for r in rows)
     val = [float(r["val/loss"]) for r in rows if r.get("val/loss")]
     assert val[-1] == pytest.approx(val[-2], rel=1e-5)
-
-
-def count_score(references, predictions):
-    """Stand-in for vidcap.text.metrics.score_captions (no Java) whose values count what it was given."""
-    return {"Bleu_1": 0.0, "Bleu_2": 0.0, "Bleu_3": 0.0,
-            "Bleu_4": float(sum(len(r) for r in references.values())),  # references scored
-            "METEOR": float(sum(len(p.split()) for p in predictions.values())),  # predicted words
-            "ROUGE_L": 0.0, "CIDEr": float(len(predictions))}  # videos scored
 
 
 def test_caption_metrics_scored_once_on_the_whole_split(dataset, tmp_path, monkeypatch):
@@ -358,8 +276,8 @@ def test_ddp_two_cpu_processes(dataset, tmp_path, monkeypatch):
     script = tmp_path / "vidcap_counting.py"
     script.write_text(
         "import sys\nimport vidcap.text.metrics\n"
-        f"sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]\n"
-        "from test_train import count_score\n"
+        f"sys.path[:0] = [{str(Path(__file__).parents[1])!r}]\n"
+        "from tests.helpers import count_score\n"
         "vidcap.text.metrics.score_captions = count_score\n"
         "from vidcap.cli import main\n"
         "raise SystemExit(main(sys.argv[1:]))\n"

@@ -22,16 +22,16 @@ _HIDDEN = {
 # The dests of _HIDDEN that are training settings -> the LightningCLI options they set (after the demo's config);
 # the others are DemoSettings fields.
 _TRAINING = {
-    "epochs": ("--trainer.max_epochs", "--trainer.check_val_every_n_epoch"),  # and validate at the end only
-    "max_steps": ("--trainer.max_steps",),
-    "hidden_dim": ("--model.architecture.hidden_dim",),
-    "embed_dim": ("--model.architecture.embed_dim",),
-    "attention_dim": ("--model.architecture.attention_dim",),
-    "dropout": ("--model.architecture.dropout",),
-    "batch_size": ("--data.batch_size",),
-    "beam_size": ("--model.decoding.beam_size",),
-    "lr": ("--model.lr",),
-    "seed": ("--seed_everything",),
+    "epochs": ("trainer.max_epochs", "trainer.check_val_every_n_epoch"),  # and validate at the end only
+    "max_steps": ("trainer.max_steps",),
+    "hidden_dim": ("model.architecture.hidden_dim",),
+    "embed_dim": ("model.architecture.embed_dim",),
+    "attention_dim": ("model.architecture.attention_dim",),
+    "dropout": ("model.architecture.dropout",),
+    "batch_size": ("data.batch_size",),
+    "beam_size": ("model.decoding.beam_size",),
+    "lr": ("model.lr",),
+    "seed": ("seed_everything",),
 }
 _STAGE_TEXT = {
     "prepare": "prepare the synthetic dataset (videos, captions, vocabulary)",
@@ -67,10 +67,9 @@ def settings_from_args(args: argparse.Namespace):
     from vidcap.experiments.demo import DemoSettings
 
     given = {dest: getattr(args, dest) for dest, _ in _HIDDEN.values() if getattr(args, dest, None) is not None}
-    overrides = [part for dest, value in given.items() if dest in _TRAINING
-                 for option in _TRAINING[dest] for part in (option, str(value))]
+    overrides = {option: value for dest, value in given.items() if dest in _TRAINING for option in _TRAINING[dest]}
     fields = {dest: value for dest, value in given.items() if dest not in _TRAINING}
-    return DemoSettings(**fields, overrides=tuple(overrides))
+    return DemoSettings(**fields, overrides=overrides)
 
 
 def print_metrics(metrics: dict[str, float]) -> None:

@@ -50,8 +50,8 @@ def _extractor_name(kind: str, names: list[str]):
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Flags whose dest is an ExtractOptions field fill that field (run() copies them by name); their defaults and
     choices are ExtractOptions', DTYPES, DEVICES and vidcap.video.reader.BACKENDS."""
-    from vidcap.features.extract import DEVICES, DTYPES, ENGINES, STORES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.features.extractors import describe_registry, extractor_names
+    from vidcap.features.options import DEVICES, DTYPES, ENGINES, STORES, WORKER_TIMEOUT, ExtractOptions
     from vidcap.video.reader import BACKENDS
 
     default = ExtractOptions()

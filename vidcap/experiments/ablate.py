@@ -130,12 +130,12 @@ def _train_run(out: Path, data_dir: Path, features_dir: Path, settings: DemoSett
     variant, encoder, training = run
     if training == "scst":
         xe_checkpoint, _ = _train_run(out, data_dir, features_dir, settings, (variant, encoder, "xe"), seed, progress)
-        args = settings.scst_args(xe_checkpoint, "--seed_everything", str(seed))
+        spec = settings.scst_training(xe_checkpoint, {"seed_everything": seed})
     else:
-        arguments = settings.hard_args if training == "hard" else settings.training_args
-        args = arguments("--model.architecture.variant", variant, "--model.architecture.encoder", encoder,
-                         "--seed_everything", str(seed))
-    return train(data_dir, features_dir, _run_dir(out, *run, seed), args, progress)
+        build = settings.hard_training if training == "hard" else settings.training
+        spec = build({"model.architecture.variant": variant, "model.architecture.encoder": encoder,
+                      "seed_everything": seed})
+    return train(data_dir, features_dir, _run_dir(out, *run, seed), spec, progress)
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:

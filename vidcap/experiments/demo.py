@@ -27,8 +27,8 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,15 +47,25 @@ GLOBAL_EXTRACTOR = "efficientnet_lite0"
 LOCAL_EXTRACTOR = "frame_delta_efficientnet_lite0"
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 DEMO_CONFIG = CONFIGS / "experiment" / "demo.yaml"
-SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"
-DATA_CONFIG = CONFIGS / "data" / "synthetic.yaml"  # what the experiment configs compose with  # `vidcap demo --scst`, the ablation's SCST row
+SCST_CONFIG = CONFIGS / "experiment" / "scst.yaml"  # `vidcap demo --scst`, the ablation's SCST row
+DATA_CONFIG = CONFIGS / "data" / "synthetic.yaml"  # what the experiment configs compose with
 HARD_CONFIG = CONFIGS / "experiment" / "hard.yaml"  # on top of the demo's: the ablation's hard-attention row
 
 
 @dataclass(frozen=True)
+class Training:
+    """One `vidcap fit` as values: config files composed in order (each as `--config` would), then `values` set on top
+    (dotted LightningCLI options -> typed values, e.g. {"trainer.max_epochs": 1}); vidcap.training.lightning_cli.
+    resolve_config resolves them."""
+
+    configs: tuple[str, ...]
+    values: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class DemoSettings:
-    """The demo's dataset and features. The model and its training: `config` (a LightningCLI YAML file), then
-    `overrides` (LightningCLI options, e.g. ("--trainer.max_epochs", "1")) on top of it."""
+    """The demo's dataset and features. The model and its training: `config` (a LightningCLI YAML file) after
+    `data_config`, then `overrides` (LightningCLI options as values, e.g. {"trainer.max_epochs": 1}) on top."""
 
     num_videos: int = 900  # 600 train / 100 val / 200 test
     data_seed: int = 0  # the generator's seed (the videos)
@@ -65,28 +75,30 @@ class DemoSettings:
     workers: int = 2  # processes that render and encode the videos
     config: str = str(DEMO_CONFIG)
     data_config: str = str(DATA_CONFIG)
-    overrides: tuple[str, ...] = ()
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
-    def training_args(self, *extra: str) -> list[str]:
-        """The `vidcap fit` options of these settings (the data config, then the experiment's), then `extra`."""
-        return [*self._configs(self.config), *self.overrides, *extra]
+    def training(self, values: Mapping[str, Any] | None = None) -> Training:
+        """The demo's training: the data config, the experiment's, these settings' overrides, then `values`."""
+        return Training(self._configs(self.config), {**self.overrides, **(values or {})})
 
-    def _configs(self, experiment: str | os.PathLike) -> list[str]:
-        for config in (self.data_config, experiment):
+    def hard_training(self, values: Mapping[str, Any] | None = None) -> Training:
+        """`training` with hard attention: configs/experiment/hard.yaml after the experiment's config (it sets only the
+        attention and its REINFORCE weights, nothing the overrides set)."""
+        return Training(self._configs(self.config, HARD_CONFIG), {**self.overrides, **(values or {})})
+
+    def scst_training(self, init_from: str | os.PathLike, values: Mapping[str, Any] | None = None) -> Training:
+        """Self-critical training from checkpoint `init_from`: configs/experiment/scst.yaml after the data config,
+        these settings' overrides, then `values`."""
+        return Training(self._configs(SCST_CONFIG),
+                        {**self.overrides, "model.init_from": str(init_from), **(values or {})})
+
+    def _configs(self, *experiment: str | os.PathLike) -> tuple[str, ...]:
+        configs = tuple(str(config) for config in (self.data_config, *experiment))
+        for config in configs:
             if not Path(config).is_file():
                 raise UsageError(f"{config}: config not found (the demo reads configs/ from a vidcap source "
                                  "checkout installed with `pip install -e .`)")
-        return ["--config", str(self.data_config), "--config", str(experiment)]
-
-    def hard_args(self, *extra: str) -> list[str]:
-        """`training_args` with hard attention: configs/experiment/hard.yaml (which sets only the attention and its
-        REINFORCE weights, nothing the overrides set), then `extra`."""
-        return self.training_args("--config", str(HARD_CONFIG), *extra)
-
-    def scst_args(self, init_from: str | os.PathLike, *extra: str) -> list[str]:
-        """The `vidcap fit` options of self-critical training from checkpoint `init_from` (configs/experiment/
-        scst.yaml, then these settings' overrides), then `extra`."""
-        return [*self._configs(SCST_CONFIG), *self.overrides, "--model.init_from", str(init_from), *extra]
+        return configs
 
 
 @dataclass
@@ -203,42 +215,38 @@ class FitProgress(pl.Callback):
             self.bar = None
 
 
-def model_variant(args: Sequence[str]) -> str:
-    """model.architecture.variant of the `vidcap fit` options `args` (its config files, then its flags)."""
-    import yaml
+def model_variant(training: Training) -> str:
+    """model.architecture.variant of `training` (its config files, then its values)."""
+    from vidcap.training.lightning_cli import resolve_config
 
-    from vidcap.training.lightning_cli import resolved_config
-
-    config = yaml.safe_load(resolved_config("fit", [*args, "--data.data_dir", ".", "--data.features_dir", "."]))
+    config = resolve_config(training.configs, {**training.values, "data.data_dir": ".", "data.features_dir": "."})
     return config["model"]["architecture"]["variant"]
 
 
-def _settings_only(config: str) -> str:
-    """The resolved config without its comment lines (the Lightning version that printed it)."""
-    return "".join(line for line in config.splitlines(keepends=True) if not line.startswith("#"))
-
-
 def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir: str | os.PathLike,
-          args: Sequence[str], progress: bool = True) -> tuple[Path, bool]:
-    """`vidcap fit ARGS --data.data_dir DATA --data.features_dir FEATS --trainer.default_root_dir RUN_DIR`; return
-    (RUN_DIR/checkpoints/last.ckpt, whether this call trained).
+          training: Training, progress: bool = True) -> tuple[Path, bool]:
+    """`vidcap fit` with `training` and data.data_dir DATA, data.features_dir FEATS, trainer.default_root_dir RUN_DIR;
+    return (RUN_DIR/checkpoints/last.ckpt, whether this call trained).
 
     Resumable: a run that finished is reused, an interrupted one continues from its last.ckpt. RUN_DIR/config.yaml
     is the resolved config of the run (`vidcap fit --config RUN_DIR/config.yaml` trains it again); a folder trained
     with other settings is refused (UsageError).
     """
+    import yaml
+
     from vidcap.model.checkpoint import read_checkpoint
-    from vidcap.training.lightning_cli import resolved_config, run_lightning
+    from vidcap.training.lightning_cli import config_yaml, resolve_config, run_lightning
 
     run_dir = Path(run_dir).resolve()
     last = run_dir / "checkpoints" / "last.ckpt"
-    argv = [*args, "--data.data_dir", str(Path(data_dir).resolve()),
-            "--data.features_dir", str(Path(features_dir).resolve()),
-            "--trainer.default_root_dir", str(run_dir), "--trainer.enable_progress_bar", "false"]
-    config = resolved_config("fit", argv)
+    config = resolve_config(training.configs, {
+        **training.values, "data.data_dir": str(Path(data_dir).resolve()),
+        "data.features_dir": str(Path(features_dir).resolve()), "trainer.default_root_dir": str(run_dir),
+        "trainer.enable_progress_bar": False})
+    text = config_yaml(config)
     config_file, done = run_dir / "config.yaml", run_dir / "done.json"
     previous = config_file.read_text(encoding="utf-8") if config_file.is_file() else None
-    if previous is not None and _settings_only(previous) != _settings_only(config):
+    if previous is not None and _load_yaml(previous) != yaml.safe_load(text):
         raise UsageError(f"{run_dir}: trained with other settings (see its config.yaml); use another output folder "
                          "or delete it")
     if previous is None and last.is_file():
@@ -248,15 +256,25 @@ def train(data_dir: str | os.PathLike, features_dir: str | os.PathLike, run_dir:
         log.info("%s: already trained, reusing %s", run_dir, last)
         return last, False
     run_dir.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(config_file, config)
-    resume = ["--ckpt_path", str(last)] if last.is_file() else []
+    atomic.write_text(config_file, text)
+    if last.is_file():  # resume the interrupted run
+        config = {**config, "ckpt_path": str(last)}
     callbacks = [FitProgress(f"fit {run_dir.name}")] if progress else []
-    code = run_lightning("fit", [*argv, *resume], callbacks=callbacks)
+    code = run_lightning("fit", config, callbacks=callbacks)
     if code != 0 or not last.is_file():
         raise UsageError(f"{run_dir}: training did not finish (exit code {code})")
     checkpoint = read_checkpoint(last)
     atomic.write_json(done, {"epochs": checkpoint["epoch"], "steps": checkpoint["global_step"]})
     return last, True
+
+
+def _load_yaml(text: str) -> Any:
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -296,7 +314,7 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
     from vidcap.model.captioner import LOCAL_VARIANTS
 
     settings = settings or DemoSettings()
-    args = settings.training_args()
+    training = settings.training()
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -326,10 +344,10 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
     with stage("prepare") as st:
         st.reused = not prepare_synthetic(data_dir, settings, progress)
     with stage("extract") as st:
-        local = model_variant(args) in LOCAL_VARIANTS  # not the demo's model (global), but another config's
+        local = model_variant(training) in LOCAL_VARIANTS  # not the demo's model (global), but another config's
         st.reused = not extract_features(data_dir, store, settings.image_size, local=local, progress=progress)
     with stage("fit") as st:
-        checkpoint, trained = train(data_dir, store, run_dir, args, progress)
+        checkpoint, trained = train(data_dir, store, run_dir, training, progress)
         st.reused = not trained
     with stage("evaluate") as st:
         report = out / "report" / "index.html"
@@ -340,7 +358,7 @@ def run_demo(out: str | os.PathLike = "demo_out", settings: DemoSettings | None 
     if scst:
         with stage("scst") as st:
             scst_dir = out / "scst"
-            scst_checkpoint, scst_trained = train(data_dir, store, scst_dir / "run", settings.scst_args(checkpoint),
+            scst_checkpoint, scst_trained = train(data_dir, store, scst_dir / "run", settings.scst_training(checkpoint),
                                                   progress)
             scst_run = evaluate_run(scst_checkpoint, data_dir, store, scst_dir / "eval", scst_trained, progress)
             st.reused = scst_run.reused

@@ -1,1 +1,1 @@
-"""Frames -> features: the extractor registry and families (extractors), the feature store (store), the extraction engine (extract) and one process's share of it (shard)."""
+"""Frames -> features: the extractor registry and families (extractors), the feature store (store), the options of an extraction run (options), the extraction engine (extract) and one process's share of it (shard)."""

@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,10 +31,8 @@ import torch
 from vidcap.errors import UsageError, VidcapError, WorkerError
 from vidcap.features import store as fs
 from vidcap.features.extractors import Extractor, assemble_features
+from vidcap.features.options import ExtractOptions
 from vidcap.video.reader import FrameRequest, SampledFrames, read_sampled_frames, worker_context
-
-if TYPE_CHECKING:
-    from vidcap.features.extract import ExtractOptions
 
 logger = logging.getLogger(__name__)
 

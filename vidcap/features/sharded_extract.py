@@ -170,7 +170,7 @@ def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     """`vidcap extract --store shards` in this process: decoding workers feed the core shard after shard."""
     from tqdm import tqdm
 
-    from vidcap.features.extract import ENGINES, STORES
+    from vidcap.features.options import ENGINES, STORES
 
     if options.store not in STORES or options.engine not in ENGINES:
         raise UsageError(f"--store must be one of {', '.join(STORES)} and --engine one of {', '.join(ENGINES)}")

@@ -4,13 +4,12 @@
     write_report("captions/report", [caption_card(result) for result in results], title="vidcap caption")
 
 An evaluation's thumbnails are decoded from the video files named in DIR/videos.csv (the K frames the features
-were sampled at, vidcap.video.reader.read_sampled_frames); a feature-only store gets cards without pictures and a note, and
+were sampled at, vidcap.report.explain.video_thumbnails); a feature-only store gets cards without pictures and a note, and
 a video that cannot be read gets the same plus one warning line, never a failed report.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -19,44 +18,24 @@ from typing import Any
 
 import numpy as np
 
-from vidcap.errors import VideoError
-from vidcap.report.page import SPRITE_HEIGHT, Card, Sprite, frames_to_sprite, per_video_scores, write_report
+from vidcap.report.explain import NO_VIDEO_FILE as NO_FILE
+from vidcap.report.explain import video_thumbnails
+from vidcap.report.page import SPRITE_HEIGHT, Card, frames_to_sprite, per_video_scores, write_report
 
 log = logging.getLogger(__name__)
 
-NO_VIDEO_FILE = "no pictures: no video file (features only)"
-
-
-def video_sprite(path: str | os.PathLike, num_frames: int,
-                 height: int = SPRITE_HEIGHT) -> tuple[Sprite, np.ndarray]:
-    """The thumbnails of the K frames vidcap samples from a video, and their times (K,) seconds (padding of short
-    videos dropped). Raises VideoError."""
-    from vidcap.report.explain import thumbnails
-    from vidcap.video.reader import FrameRequest, read_sampled_frames
-
-    # Shrunk as they are decoded: 26 full-size frames of a long HD video would hold hundreds of MB.
-    sampled = read_sampled_frames(path, num_frames, requests={"frames": FrameRequest(
-        shrink=functools.partial(thumbnails, height=height))})
-    return frames_to_sprite(sampled.frames[sampled.mask], height), sampled.times[sampled.mask]
+NO_VIDEO_FILE = f"no pictures: {NO_FILE}"
 
 
 def _pictures(card: Card, path: str | None, num_frames: int) -> None:
-    """Give `card` its thumbnails, or a note saying why it has none."""
-    if not path:
-        card.note = NO_VIDEO_FILE
+    """Give `card` its thumbnails and their times, or a note saying why it has none."""
+    expected = None if card.attention is None else np.shape(card.attention)[-1]
+    thumbs = video_thumbnails(path, num_frames, height=SPRITE_HEIGHT, expected=expected,
+                              purpose=f"for {card.video_id} in the report")
+    if thumbs.frames is None:
+        card.note = f"no pictures: {thumbs.reason}"
         return
-    try:
-        sprite, times = video_sprite(path, num_frames)
-    except (VideoError, OSError) as error:
-        log.warning("%s: no pictures for %s in the report: %s", path, card.video_id, error)
-        card.note = f"no pictures: {error}"
-        return
-    if card.attention is not None and np.shape(card.attention)[-1] != sprite.frames:
-        log.warning("%s: %d frames decoded, the features have %d: no pictures for %s in the report", path,
-                    sprite.frames, np.shape(card.attention)[-1], card.video_id)
-        card.note = "no pictures: the video decodes to other frames than its features"
-        return
-    card.sprite, card.frame_times = sprite, times
+    card.sprite, card.frame_times = frames_to_sprite(thumbs.frames, SPRITE_HEIGHT), thumbs.times
 
 
 def evaluation_cards(

@@ -7,8 +7,11 @@ canvas (no pyplot), so plotting never switches a global backend and works withou
 
 from __future__ import annotations
 
+import functools
 import logging
+import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +36,47 @@ def thumbnails(frames: np.ndarray, height: int = PLOT_FRAME_HEIGHT) -> np.ndarra
         return frames
     new_w = max(1, round(w * height / h))
     return np.stack([np.asarray(Image.fromarray(f).resize((new_w, height), Image.BILINEAR)) for f in frames])
+
+
+NO_VIDEO_FILE = "no video file (features only)"
+
+
+@dataclass(frozen=True)
+class VideoThumbnails:
+    """What `video_thumbnails` gives: the frames and their times, or none and the reason."""
+
+    frames: np.ndarray | None  # (K, h, w, 3) uint8, the valid sampled frames at most `height` pixels high
+    times: np.ndarray | None  # (K,) float64 seconds
+    reason: str = ""  # why there are none: NO_VIDEO_FILE, the decoder's error, or a frame count unlike the features'
+
+
+def video_thumbnails(path: str | os.PathLike | None, num_frames: int, *, height: int = PLOT_FRAME_HEIGHT,
+                     expected: int | None = None, purpose: str = "") -> VideoThumbnails:
+    """The thumbnails of the K frames vidcap samples from the video at PATH (vidcap.video.reader.read_sampled_frames;
+    the padding of a short video dropped) and their times, for the report's cards and the TensorBoard explanation.
+
+    None, with the reason, when there is no file (PATH empty or None), when it cannot be decoded, or when it decodes to
+    another number of valid frames than `expected` (the features'; None: any); the last two log one warning line
+    naming PATH and `purpose` (e.g. "for v1 in the report"), never an exception.
+    """
+    from vidcap.errors import VideoError
+    from vidcap.video.reader import FrameRequest, read_sampled_frames
+
+    if not path:
+        return VideoThumbnails(None, None, NO_VIDEO_FILE)
+    try:
+        # Shrunk as they are decoded: 26 full-size frames of a long HD video would hold hundreds of MB.
+        sampled = read_sampled_frames(path, num_frames, requests={"frames": FrameRequest(
+            shrink=functools.partial(thumbnails, height=height))})
+    except (VideoError, OSError) as error:
+        reason = str(error)
+    else:
+        valid = int(sampled.mask.sum())
+        if expected is None or valid == expected:
+            return VideoThumbnails(sampled.frames[sampled.mask], sampled.times[sampled.mask].astype(np.float64))
+        reason = f"the video decodes to other frames than its features ({valid} frames, the features have {expected})"
+    logger.warning("%s: no pictures %s: %s", path, purpose or "of it", reason)
+    return VideoThumbnails(None, None, reason)
 
 
 def _time_labels(times: np.ndarray) -> list[str]:

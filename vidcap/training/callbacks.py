@@ -20,7 +20,7 @@ import numpy as np
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.loggers import TensorBoardLogger
 
-from vidcap.errors import UsageError, VideoError
+from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
 
@@ -98,27 +98,18 @@ def _sampled_frames(data_dir: Path, video_id: str, mask: np.ndarray, num_frames:
     """The valid sampled frames of `video_id` (shrunk to thumbnails) and their times, decoded from its file in
     DATA_DIR/videos.csv; grey frames (times: the frame numbers) when it has no file or it cannot be read."""
     from vidcap.datasets import read_videos
-    from vidcap.report.explain import thumbnails
-    from vidcap.video.reader import FrameRequest, read_sampled_frames
+    from vidcap.report.explain import video_thumbnails
 
     valid = int(np.count_nonzero(mask))
-    grey = np.full((valid, 32, 32, 3), GREY, dtype=np.uint8), np.arange(valid, dtype=np.float64)
-    if not (data_dir / "videos.csv").is_file():
-        return grey
-    videos = read_videos(data_dir)
-    paths = videos.loc[videos["video_id"] == video_id, "path"].tolist()
-    if not paths or not paths[0]:
-        return grey
-    try:
-        sampled = read_sampled_frames(paths[0], num_frames, requests={"frames": FrameRequest(shrink=thumbnails)})
-    except (VideoError, OSError) as error:
-        log.warning("%s: no frames for the TensorBoard explanation of %s: %s", paths[0], video_id, error)
-        return grey
-    if int(sampled.mask.sum()) != valid:
-        log.warning("%s: %d frames decoded, the features have %d: grey frames in the TensorBoard explanation",
-                    paths[0], int(sampled.mask.sum()), valid)
-        return grey
-    return sampled.frames[sampled.mask], sampled.times[sampled.mask].astype(np.float64)
+    path = None
+    if (data_dir / "videos.csv").is_file():
+        videos = read_videos(data_dir)
+        path = next(iter(videos.loc[videos["video_id"] == video_id, "path"].tolist()), None)
+    thumbs = video_thumbnails(path, num_frames, expected=valid,
+                              purpose=f"for the TensorBoard explanation of {video_id} (grey frames instead)")
+    if thumbs.frames is None:
+        return np.full((valid, 32, 32, 3), GREY, dtype=np.uint8), np.arange(valid, dtype=np.float64)
+    return thumbs.frames, thumbs.times
 
 
 __all__ = ["IMAGE_TAG", "ExplanationImage"]

@@ -1,6 +1,8 @@
 """The training entry point: LightningCLI over CaptionModule + CaptionDataModule, configured by YAML.
 
-`vidcap fit | validate | test` (vidcap/cli/train.py) and the experiments (vidcap.experiments) run it.
+`vidcap fit | validate | test` (vidcap/cli/train.py) hands its options to `run_lightning` as written; the
+experiments (vidcap.experiments) compose configs/ files and Python values with `resolve_config` and hand the
+resolved config to the same `run_lightning`. Both build the one LightningCLI subclass, `VidcapCLI`.
 
 Compose the files in configs/ (later files override earlier ones, command-line flags override all):
     vidcap fit --config configs/data/msvd.yaml --config configs/model/local_global.yaml \\
@@ -31,16 +33,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import glob
 import logging
 import os
 import sys
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from jsonargparse import ArgumentError, DefaultHelpFormatter
+from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
 
 from vidcap.errors import UsageError
 from vidcap.text.metrics import CAPTION_METRICS, LOGGED_NAMES
+from vidcap.training.callbacks import ExplanationImage
+from vidcap.training.data import CaptionDataModule
+from vidcap.training.module import DATA_SIZES, CaptionModule
 
 log = logging.getLogger(__name__)
 
@@ -61,96 +70,121 @@ EXAMPLE = """\
 _CAPTION_MONITORS = {f"val/{LOGGED_NAMES[key]}" for key in CAPTION_METRICS}
 SUBCOMMANDS = ("fit", "validate", "test")
 TRAINER_DEFAULTS = {"gradient_clip_val": 10.0, "gradient_clip_algorithm": "norm"}
+# Deprecation notes that come from Lightning's own calls into jsonargparse, and the note that `args` is meant for
+# Python use when sys.argv holds `vidcap fit ...`: neither is actionable by a vidcap user.
+_IGNORED_WARNINGS = ((".*args parameter is intended to run from within Python", Warning, ""),
+                     ("", DeprecationWarning, r"pytorch_lightning\.cli"))
 
 
 def _vocab_to_dict(vocab) -> dict:
     return vocab.to_dict()
 
 
-def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
-    """The LightningCLI for `args` (`[subcommand, *options]` when run=True, options only when run=False).
-    `callbacks` are added to the Trainer's (not part of the config: e.g. a progress display)."""
-    from jsonargparse import DefaultHelpFormatter
-    from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
-    from pytorch_lightning.cli import LightningCLI
+class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help, with the examples printed as written."""
 
-    from vidcap.training.callbacks import ExplanationImage
-    from vidcap.training.data import CaptionDataModule
-    from vidcap.training.module import DATA_SIZES, CaptionModule
 
-    class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        """jsonargparse's help, with the examples printed as written."""
+class _Parsed(Exception):
+    """Raised by a `parse_only` VidcapCLI once its arguments are parsed: LightningCLI's constructor would go on to
+    seed, instantiate and run."""
 
-    class VidcapCLI(LightningCLI):
-        def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
-            super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
-            if add_subcommands:
-                # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
-                self.parser.set_defaults({f"{name}.weights_only": True for name in SUBCOMMANDS})
+    def __init__(self, config):
+        super().__init__("parsed")
+        self.config = config
 
-        def add_arguments_to_parser(self, parser) -> None:
-            parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
-            parser.set_defaults({
-                "checkpoint.monitor": "val/CIDEr",
-                "checkpoint.mode": "max",
-                "checkpoint.save_last": True,
-                "checkpoint.filename": "best-{epoch}-{step}",
-            })
-            parser.add_lightning_class_args(EarlyStopping, "early_stopping")
-            parser.set_defaults({
-                "early_stopping.monitor": "val/CIDEr",
-                "early_stopping.mode": "max",
-                "early_stopping.patience": 20,
-            })
-            parser.add_lightning_class_args(ExplanationImage, "explanation")
-            for field, attribute in DATA_SIZES.items():
-                parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
-            parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
-            parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
 
-        def parse_arguments(self, parser, args) -> None:
-            super().parse_arguments(parser, args)
-            # LightningCLI then overwrites the architecture with a --ckpt_path file's hyper-parameters: keep what
-            # was asked for, to report the differences.
-            self.requested = self.config.clone()
+class VidcapCLI(LightningCLI):
+    """LightningCLI over CaptionModule + CaptionDataModule with vidcap's option groups, links and defaults (the module
+    docstring lists them). `vidcap fit | validate | test`, `run_lightning` and `resolve_config` all build this class.
 
-        def before_instantiate_classes(self) -> None:
-            config = self.config[self.subcommand] if self.subcommand else self.config
-            if self.subcommand:
-                _report_checkpoint_architecture(self.requested[self.subcommand], config)
-            _architecture_from_init(config)
-            _resolve_monitors(config)
-            if config.checkpoint.dirpath is None:
-                root = config.trainer.default_root_dir or os.getcwd()
-                config.checkpoint.dirpath = os.path.join(str(root), "checkpoints")
-            logger = config.trainer.logger
-            if hasattr(logger, "init_args") and logger.init_args.get("save_dir", ".") == "":
-                # save_dir "" (configs/trainer/csv_logger.yaml): where Lightning's default logger writes, beside the
-                # checkpoints (a logger's save_dir cannot be left out: jsonargparse requires it).
-                logger.init_args.save_dir = str(config.trainer.default_root_dir or os.getcwd())
+    args: `[subcommand, *options]` as on the command line, or `{subcommand: config}` with the config as Python values
+    (a `resolve_config` result). callbacks: added to the Trainer's (not part of the config: progress displays).
+    parse_only: stop once the arguments are parsed (`resolve_config`): nothing is seeded, instantiated or run, and a
+    bad option raises jsonargparse's ArgumentError instead of printing the usage and exiting. default_configs: YAML
+    files that `subcommand` applies before `args`, in order, as if given first with `--config` (jsonargparse's
+    default_config_files: glob patterns).
+    """
 
-        def instantiate_trainer(self, **kwargs: Any):
-            trainer = super().instantiate_trainer(**kwargs)
-            if trainer.loggers:  # LearningRateMonitor refuses a trainer without a logger (--trainer.logger false)
-                trainer.callbacks.append(LearningRateMonitor())
-            return trainer
+    def __init__(self, args: Sequence[str] | Mapping[str, Any], *, callbacks: Sequence[Any] = (),
+                 parse_only: bool = False, default_configs: Mapping[str, Sequence[str]] | None = None):
+        self.parse_only = parse_only
+        subcommand_kwargs = {name: {"epilog": "examples:\n" + EXAMPLE, "formatter_class": HelpFormatter,
+                                    "default_config_files": list((default_configs or {}).get(name, ()))}
+                             for name in SUBCOMMANDS}
+        if parse_only:
+            for kwargs in subcommand_kwargs.values():
+                kwargs["exit_on_error"] = False
+        super().__init__(
+            CaptionModule,
+            CaptionDataModule,
+            trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)},
+            seed_everything_default=0,
+            # Resuming or re-testing in the same folder rewrites its config.yaml instead of refusing to start.
+            save_config_kwargs={"overwrite": True},
+            parser_kwargs={
+                "prog": "vidcap",
+                "description": HELP,
+                "formatter_class": HelpFormatter,  # jsonargparse gives subcommands the main parser's formatter
+                **({"exit_on_error": False} if parse_only else {}),
+                **subcommand_kwargs,
+            },
+            args=args,
+        )
 
-    return VidcapCLI(
-        CaptionModule,
-        CaptionDataModule,
-        trainer_defaults={**TRAINER_DEFAULTS, "callbacks": list(callbacks)},
-        seed_everything_default=0,
-        # Resuming or re-testing in the same folder rewrites its config.yaml instead of refusing to start.
-        save_config_kwargs={"overwrite": True},
-        parser_kwargs={
-            "prog": "vidcap",
-            "description": HELP,
-            "formatter_class": HelpFormatter,  # jsonargparse gives subcommands the main parser's formatter
-            **{name: {"epilog": "examples:\n" + EXAMPLE, "formatter_class": HelpFormatter} for name in SUBCOMMANDS},
-        },
-        args=args,
-        run=run,
-    )
+    def setup_parser(self, add_subcommands: bool, main_kwargs: dict, subparser_kwargs: dict) -> None:
+        super().setup_parser(add_subcommands, main_kwargs, subparser_kwargs)
+        if add_subcommands:
+            # Lightning leaves weights_only to torch's default; say it: resuming never runs pickled code.
+            self.parser.set_defaults({f"{name}.weights_only": True for name in SUBCOMMANDS})
+
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({
+            "checkpoint.monitor": "val/CIDEr",
+            "checkpoint.mode": "max",
+            "checkpoint.save_last": True,
+            "checkpoint.filename": "best-{epoch}-{step}",
+        })
+        parser.add_lightning_class_args(EarlyStopping, "early_stopping")
+        parser.set_defaults({
+            "early_stopping.monitor": "val/CIDEr",
+            "early_stopping.mode": "max",
+            "early_stopping.patience": 20,
+        })
+        parser.add_lightning_class_args(ExplanationImage, "explanation")
+        for field, attribute in DATA_SIZES.items():
+            parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
+        parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
+        parser.link_arguments("data.vocab", "model.vocab", compute_fn=_vocab_to_dict, apply_on="instantiate")
+
+    def parse_arguments(self, parser, args) -> None:
+        super().parse_arguments(parser, args)
+        if self.parse_only:
+            raise _Parsed(self.config)
+        # LightningCLI then overwrites the architecture with a --ckpt_path file's hyper-parameters: keep what
+        # was asked for, to report the differences.
+        self.requested = self.config.clone()
+
+    def before_instantiate_classes(self) -> None:
+        config = self.config[self.subcommand] if self.subcommand else self.config
+        if self.subcommand:
+            _report_checkpoint_architecture(self.requested[self.subcommand], config)
+        _architecture_from_init(config)
+        _resolve_monitors(config)
+        if config.checkpoint.dirpath is None:
+            root = config.trainer.default_root_dir or os.getcwd()
+            config.checkpoint.dirpath = os.path.join(str(root), "checkpoints")
+        logger = config.trainer.logger
+        if hasattr(logger, "init_args") and logger.init_args.get("save_dir", ".") == "":
+            # save_dir "" (configs/trainer/csv_logger.yaml): where Lightning's default logger writes, beside the
+            # checkpoints (a logger's save_dir cannot be left out: jsonargparse requires it).
+            logger.init_args.save_dir = str(config.trainer.default_root_dir or os.getcwd())
+
+    def instantiate_trainer(self, **kwargs: Any):
+        trainer = super().instantiate_trainer(**kwargs)
+        if trainer.loggers:  # LearningRateMonitor refuses a trainer without a logger (--trainer.logger false)
+            trainer.callbacks.append(LearningRateMonitor())
+        return trainer
 
 
 def _architecture_from_init(config: Any) -> None:
@@ -197,35 +231,71 @@ def _resolve_monitors(config: Any) -> None:
             section.monitor, section.mode = "val/loss", "min"
 
 
-def run_lightning(name: str, argv: Sequence[str], callbacks: Sequence[Any] = ()) -> int:
-    """Run `vidcap NAME ARGV...` (NAME in fit/validate/test) through LightningCLI; returns the exit code.
-    `callbacks`: extra Trainer callbacks that are not part of the config (progress displays). `fit` prints the
-    `tensorboard --logdir` line on stderr as training starts."""
+def run_lightning(name: str, args: Sequence[str] | Mapping[str, Any], callbacks: Sequence[Any] = ()) -> int:
+    """Run `vidcap NAME` (NAME in fit/validate/test) through VidcapCLI; returns the exit code.
+    args: the command-line options (`vidcap fit` hands them over untouched), or the config as Python values (a
+    `resolve_config` result, e.g. with "ckpt_path" set to resume). callbacks: extra Trainer callbacks that are not
+    part of the config (progress displays). `fit` prints the `tensorboard --logdir` line on stderr as training
+    starts."""
     if name not in SUBCOMMANDS:
         raise UsageError(f"unknown Lightning subcommand {name!r}")
+    cli_args = {"subcommand": name, name: dict(args)} if isinstance(args, Mapping) else [name, *args]
     try:
-        with warnings.catch_warnings():
-            # We pass args on purpose (sys.argv holds `vidcap fit ...`); jsonargparse deprecations come from
-            # Lightning's own calls and are not actionable here.
-            warnings.filterwarnings("ignore", message=".*args parameter is intended to run from within Python")
-            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"pytorch_lightning\.cli")
-            build_cli([name, *argv], callbacks=[*callbacks, *([_tensorboard_hint()] if name == "fit" else [])])
+        with _quiet_warnings():
+            VidcapCLI(cli_args, callbacks=[*callbacks, *([_tensorboard_hint()] if name == "fit" else [])])
     except SystemExit as exit_:  # --help, --print_config and argument errors (jsonargparse prints them)
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
     return 0
 
 
-def resolved_config(name: str, argv: Sequence[str]) -> str:
-    """The YAML config `vidcap NAME ARGV...` would run with (its `--print_config`), without running anything.
-    UsageError with jsonargparse's message when the arguments do not parse."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = run_lightning(name, [*argv, "--print_config"])
-    if code != 0:
-        lines = [line for line in err.getvalue().splitlines() if line.strip()]
-        raise UsageError(f"invalid training options: {lines[-1] if lines else f'exit code {code}'}")
-    return out.getvalue()
+def resolve_config(configs: Sequence[str | os.PathLike] = (), values: Mapping[str, Any] | None = None,
+                   name: str = "fit") -> dict[str, Any]:
+    """The config `vidcap NAME --config C1 --config C2 ...` runs with, with `values` set on top, as plain Python
+    values (nested dicts, what `--print_config` prints), without running, seeding or instantiating anything.
+
+    values: dotted option names -> typed values, e.g. {"trainer.max_epochs": 3, "model.init_from": path}; they are
+    checked against the option's type as a command-line flag is. The result goes back to `run_lightning(NAME, ...)`,
+    and `config_yaml` writes it as a file that `--config` reads. UsageError when a config file is missing or an
+    option does not parse (jsonargparse's message on one line).
+    """
+    if name not in SUBCOMMANDS:
+        raise UsageError(f"unknown Lightning subcommand {name!r}")
+    for config in configs:
+        if not os.path.isfile(config):  # default config files that match nothing would be skipped silently
+            raise UsageError(f"{config}: config file not found")
+    nested: dict[str, Any] = {}
+    for key, value in (values or {}).items():
+        *parents, leaf = key.split(".")
+        section = nested
+        for part in parents:
+            section = section.setdefault(part, {})
+        section[leaf] = value
+    try:
+        with _quiet_warnings():
+            VidcapCLI({"subcommand": name, name: nested}, parse_only=True,
+                      default_configs={name: [glob.escape(os.fspath(config)) for config in configs]})
+    except _Parsed as parsed:
+        config = parsed.config[name].as_dict()
+    except ArgumentError as error:
+        raise UsageError(f"invalid training options: {' '.join(str(error).split())}") from None
+    # jsonargparse's record of the files it read (`configs`): already applied
+    return {key: value for key, value in config.items() if key not in ("config", "__default_config__")}
+
+
+def config_yaml(config: Mapping[str, Any]) -> str:
+    """A resolved config (`resolve_config`) as the YAML file that `vidcap NAME --config FILE` runs again."""
+    import yaml
+
+    return yaml.safe_dump(dict(config), sort_keys=False)
+
+
+@contextlib.contextmanager
+def _quiet_warnings():
+    with warnings.catch_warnings():
+        for message, category, module in _IGNORED_WARNINGS:
+            warnings.filterwarnings("ignore", message=message, category=category, module=module)
+        yield
 
 
 def _tensorboard_hint():
