@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vidcap.datasets import read_captions
 from vidcap.errors import UsageError
@@ -150,6 +151,52 @@ def collate(samples: list[dict[str, Any]], bos_id: int = Vocabulary.BOS, pad_id:
         "caption_video": torch.tensor([i for i, _ in captions], dtype=torch.long),
         "references": [list(s["references"]) for s in samples],
     }
+
+
+class ResumableShuffle(Sampler[int]):
+    """torch's RandomSampler order, resumable mid-epoch: each epoch's iteration draws a seed from torch's global
+    generator at its first item, exactly as `RandomSampler` does (the same seed gives the same batches as a plain
+    shuffled DataLoader), and its iterator's state (that seed and the items yielded) goes into the checkpoint through
+    torchdata's StatefulDataLoader, so a resumed run continues the epoch's permutation where it stopped.
+    (torchdata's own RandomSampler draws one seed at construction instead, which orders batches differently.)"""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> _ShuffleIterator:
+        return _ShuffleIterator(self.size)
+
+
+class _ShuffleIterator:
+    def __init__(self, size: int):
+        self.size = size
+        self.seed: int | None = None
+        self.yielded = 0
+        self._order: list[int] | None = None
+
+    def __iter__(self) -> _ShuffleIterator:
+        return self
+
+    def __next__(self) -> int:
+        if self._order is None:
+            if self.seed is None:  # RandomSampler's draw, at the same moment (the epoch's first item)
+                self.seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            generator = torch.Generator()
+            generator.manual_seed(self.seed)
+            self._order = torch.randperm(self.size, generator=generator).tolist()
+        if self.yielded >= self.size:
+            raise StopIteration
+        self.yielded += 1
+        return self._order[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.yielded, self._order = state["seed"], int(state["yielded"]), None
 
 
 def read_split(
@@ -296,7 +343,12 @@ class CaptionDataModule(LightningDataModule):
             log.info("%s: %d videos, %d captions", split, len(videos), videos.num_captions)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        """A StatefulDataLoader: Lightning saves its position in every checkpoint and resumes mid-epoch from it."""
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed:  # Lightning swaps in a DistributedSampler (deterministic per epoch and seed)
+            return self._loader("train", self.hparams.batch_size, shuffle=True, stateful=True)
+        return self._loader("train", self.hparams.batch_size, sampler=ResumableShuffle(len(self.datasets["train"])),
+                            stateful=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.val_split, self.hparams.eval_batch_size or self.hparams.batch_size)
@@ -305,14 +357,16 @@ class CaptionDataModule(LightningDataModule):
         return self._loader(self.hparams.test_split, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     # -- internals ----------------------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False, sampler: Sampler | None = None,
+                stateful: bool = False) -> DataLoader:
         # Under DDP Lightning swaps in a DistributedSampler; for val/test it pads the split by repeating videos,
         # which the LightningModule removes again by video id before computing any number.
         workers = self.hparams.num_workers
-        return DataLoader(
+        return (StatefulDataLoader if stateful else DataLoader)(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),

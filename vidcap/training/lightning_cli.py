@@ -13,6 +13,8 @@ What this adds to LightningCLI (through its public hooks only):
 - `checkpoint` (ModelCheckpoint: best by `val/CIDEr`, plus last.ckpt) and `early_stopping` (EarlyStopping on the
   same monitor, patience 20 validations as the original) option groups; with `--model.caption_metrics false`
   a caption-metric monitor falls back to `val/loss` (mode min), since nothing else would be logged;
+- a `step_checkpoint` option group (vidcap.training.step_checkpoint): last.ckpt every N steps with the train
+  loader's position, so that `--ckpt_path last` resumes a killed run mid-epoch;
 - checkpoints go to `<default_root_dir>/checkpoints` unless `--checkpoint.dirpath` says otherwise, so that
   `--ckpt_path last` finds the last.ckpt of an interrupted run (Lightning would look in a new version folder);
 - checkpoints are loaded with `weights_only=True` (no pickled code runs);
@@ -77,6 +79,7 @@ def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
     from vidcap.training.callbacks import ExplanationImage
     from vidcap.training.data import CaptionDataModule
     from vidcap.training.module import DATA_SIZES, CaptionModule
+    from vidcap.training.step_checkpoint import StepCheckpoint
 
     class HelpFormatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
         """jsonargparse's help, with the examples printed as written."""
@@ -103,6 +106,7 @@ def build_cli(args: list[str], run: bool = True, callbacks: Sequence[Any] = ()):
                 "early_stopping.patience": 20,
             })
             parser.add_lightning_class_args(ExplanationImage, "explanation")
+            parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
             for field, attribute in DATA_SIZES.items():
                 parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
             parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
