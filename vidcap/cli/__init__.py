@@ -12,12 +12,13 @@ import importlib
 import logging
 import sys
 
-from vidcap.errors import VidcapError
+from vidcap.errors import VidcapError, disk_error
 
 # name -> (module, one-line help). The order is the order of the pipeline.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("vidcap.cli.prepare", "annotations + videos -> captions.csv, videos.csv, vocab.json"),
     "extract": ("vidcap.cli.extract", "videos -> feature store (global 2-D and local 3-D CNN features)"),
+    "verify": ("vidcap.cli.verify", "check a feature store's files against their checksums; list bad and missing"),
     "fit": ("vidcap.cli.train", "train a captioner (LightningCLI; --config YAML files from configs/)"),
     "validate": ("vidcap.cli.train", "run validation of a checkpoint (LightningCLI)"),
     "test": ("vidcap.cli.train", "run the test loop of a checkpoint (LightningCLI)"),
@@ -85,6 +86,12 @@ def main(argv: list[str] | None = None) -> int:
     except VidcapError as error:
         print(f"vidcap {name}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path (vidcap.errors.disk_error)
+        disk = disk_error(error)
+        if disk is None:
+            raise
+        print(f"vidcap {name}: error: {disk}", file=sys.stderr)
+        return disk.exit_code
     except KeyboardInterrupt:
         print(f"vidcap {name}: interrupted", file=sys.stderr)
         return 130

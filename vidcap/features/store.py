@@ -3,7 +3,8 @@
 Layout: `FEATS/meta.json` (how the features were made), `FEATS/features/<video_id>.npz` with `global` (T, Dg),
 `local` (T, Dl), `mask` (T,) bool and `times` (T,) float32 seconds, `FEATS/writers/<video_id>.txt` (which process
 wrote it, "host:rank"), `FEATS/failed/<video_id>.txt` (one small file per video that could not be decoded) and
-`FEATS/manifest.csv` (rebuilt from these folders). Every file is written through
+`FEATS/manifest.csv` (rebuilt from these folders), `FEATS/checksums/<video_id>.sha256` (each feature file's SHA-256,
+recorded as it is written: vidcap.features.integrity). Every file is written through
 vidcap.atomic, so a reader, or a writer killed at any moment, never leaves half a file under a final name; several
 processes or machines can share one store because nothing is ever appended to.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from vidcap import atomic
 from vidcap.errors import UsageError
+from vidcap.features import integrity
 from vidcap.video.reader import SAMPLING_RULE
 
 logger = logging.getLogger(__name__)
@@ -67,11 +69,16 @@ def save_features(store: str | os.PathLike, video_id: str, arrays: Mapping[str, 
         key: (np.asarray(value, dtype=dtype) if key in KINDS else np.asarray(value))
         for key, value in arrays.items()
     }
+    # The records before the features: a kill in between leaves no features, so the video is extracted again and
+    # its records rewritten; a feature file never outlives the record of another writer, or another file's checksum.
     if writer is not None:
-        # Before the features: a kill in between leaves no features, so the video is extracted again and the
-        # record rewritten; a feature file never outlives the record of another writer.
         atomic.write_text(writer_path(store, video_id), f"{writer}\n")
-    return atomic.write_with(feature_path(store, video_id), lambda handle: np.savez(handle, **cast))
+    path = feature_path(store, video_id)
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **cast)
+        integrity.record_checksum(store, video_id, integrity.sha256_file(tmp))  # read back from the page cache
+    return path
 
 
 def load_features(store: str | os.PathLike, video_id: str) -> dict[str, np.ndarray]:
@@ -154,7 +161,7 @@ def _meta_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
 def prepare_store(store: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """Create the folders; write meta.json, or check that an existing one describes the same features."""
     store = Path(store)
-    for folder in (store, features_dir(store), store / "failed", store / "writers"):
+    for folder in (store, features_dir(store), store / "failed", store / "writers", store / "checksums"):
         folder.mkdir(parents=True, exist_ok=True)
     if not (store / "meta.json").exists():
         write_meta(store, meta)
@@ -232,10 +239,20 @@ def write_manifest(store: str | os.PathLike) -> tuple[int, int]:
     return len(ok), len(failed)
 
 
+def manifest_ok_ids(store: str | os.PathLike) -> list[str]:
+    """The video ids manifest.csv lists as extracted ("ok"); [] without a readable manifest."""
+    path = Path(store) / "manifest.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [row["video_id"] for row in csv.DictReader(handle) if row.get("status") == "ok" and row.get("video_id")]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return []
+
+
 def clean_temp_files(store: str | os.PathLike) -> int:
     """Delete the temp files killed writers left in the store (vidcap.atomic.remove_stale); returns how many."""
     store = Path(store)
-    folders = (store, features_dir(store), store / "failed", store / "writers")
+    folders = (store, features_dir(store), store / "failed", store / "writers", store / "checksums")
     removed = sum(atomic.remove_stale(folder) for folder in folders)
     if removed:
         logger.info("%s: removed %d temp file(s) left by interrupted runs", store, removed)

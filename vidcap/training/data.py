@@ -248,6 +248,22 @@ def read_split(
     ), int((~has_features).sum())
 
 
+def repair_command(data_dir: str | os.PathLike, store: str | os.PathLike, meta: dict[str, Any]) -> str:
+    """The `vidcap extract` that re-extracts a store's corrupt files (its settings, from meta.json)."""
+    parts = ["vidcap extract", f"--data {data_dir}", f"--out {store}"]
+    for kind in ("global", "local"):
+        desc = meta.get(kind)
+        if isinstance(desc, dict) and desc.get("name"):
+            parts.append(f"--{kind} {desc['name']}")
+            if desc.get("weights") not in (None, "pretrained"):
+                parts.append(f"--{kind}-weights {desc['weights']}")
+    if meta.get("num_frames"):
+        parts.append(f"--frames {meta['num_frames']}")
+    if meta.get("dtype") and meta["dtype"] != "float16":
+        parts.append(f"--dtype {meta['dtype']}")
+    return " ".join(parts)
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     """(n,) counts -> (n + 1,) int64 offsets, starting at 0."""
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
@@ -267,6 +283,9 @@ class CaptionDataModule(LightningDataModule):
             training and out of every split's NLL and perplexity (the original's data_engine.prepare_data); the
             metrics still score against every reference.
         val_split, test_split: split names of captions.csv used by validate and test.
+        skip_corrupt: feature files that fail the check before the first step (headers, array names, widths and
+            dtypes against meta.json: vidcap.features.integrity.quick_check) are left out and counted, instead of
+            refusing to start (UsageError naming them and the repair command).
     """
 
     def __init__(
@@ -280,6 +299,7 @@ class CaptionDataModule(LightningDataModule):
         drop_long_captions: bool = False,
         val_split: str = "val",
         test_split: str = "test",
+        skip_corrupt: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -328,6 +348,8 @@ class CaptionDataModule(LightningDataModule):
             return
         captions = read_captions(self.data_dir)
         available = self._available_videos()
+        splits = [split for split in splits if split not in self.datasets]
+        available -= self._corrupt_files(captions, splits, available)
         for split in splits:
             if split in self.datasets:
                 continue
@@ -372,6 +394,27 @@ class CaptionDataModule(LightningDataModule):
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+
+    def _corrupt_files(self, captions: pd.DataFrame, splits: list[str], available: set[str]) -> set[str]:
+        """The check before the first step: the quick check of every feature file these splits will read. Refuses
+        (UsageError, one line naming the files and the repair) or, with skip_corrupt, returns the bad ones."""
+        from vidcap.features.integrity import quick_check
+
+        wanted = captions.loc[captions["split"].isin(splits), "video_id"].astype(str)
+        ids = sorted(set(wanted) & available)
+        bad = quick_check(self.features_dir, ids, self.feature_meta)
+        if not bad:
+            return set()
+        named = "; ".join(f"{vid}.npz: {reason}" for vid, reason in sorted(bad.items())[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        if self.hparams.skip_corrupt:
+            log.warning("%s: skipping %d corrupt feature file(s) of %d (%s%s)", self.features_dir, len(bad),
+                        len(ids), named, more)
+            return set(bad)
+        raise UsageError(
+            f"{features_dir(self.features_dir)}: {len(bad)} of {len(ids)} feature files are corrupt ({named}{more}); "
+            f"repair: {repair_command(self.data_dir, self.features_dir, self.feature_meta)} (or skip them: "
+            "--data.skip_corrupt true)")
 
     def _available_videos(self) -> set[str]:
         folder = features_dir(self.features_dir)

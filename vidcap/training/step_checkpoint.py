@@ -3,8 +3,8 @@ step instead of at the start of its epoch.
 
 `StepCheckpoint` is the `step_checkpoint` option group of `vidcap fit` (vidcap/training/lightning_cli.py;
 `every_n_steps` in configs/trainer/*.yaml). Every N steps it writes the checkpoint callback's `last.ckpt` (the file
-`--ckpt_path last` resumes from), through a temporary name renamed over it, so a kill or a full disk while writing
-leaves the previous one intact. What a mid-epoch resume needs is in that file:
+`--ckpt_path last` resumes from). Every checkpoint goes through `AtomicCheckpointIO`, a temporary name renamed over
+the final one, so a kill or a full disk while writing leaves the previous one intact. What a mid-epoch resume needs is in that file:
 - the training loader's position: the train loader is torchdata's StatefulDataLoader (vidcap.training.data), whose
   state Lightning stores in every checkpoint and loads back on resume, so the epoch continues with its next batch;
 - torch's random state at the step (dropout draws from it): restored before the first step after the resume, so a
@@ -17,11 +17,11 @@ The same seed on the same machine then gives a resumed run the weights of an uni
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 from typing import Any
 
 import torch
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning import Callback, LightningModule, Trainer
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -70,19 +70,12 @@ class StepCheckpoint(Callback):
         self.save(trainer, path)
 
     def save(self, trainer: Trainer, path: Path) -> None:
-        """trainer.save_checkpoint to `path` through a temporary name (rank 0 writes, every rank calls)."""
-        tmp = atomic.temp_path(path)
+        """trainer.save_checkpoint (atomic: AtomicCheckpointIO), with the random state in this callback's state."""
         self._saving = True
         try:
-            trainer.save_checkpoint(tmp, weights_only=False)
-            if trainer.is_global_zero:
-                with atomic.atomic_path(path) as final_tmp:
-                    os.replace(tmp, final_tmp)
+            trainer.save_checkpoint(path, weights_only=False)
         finally:
             self._saving = False
-            if trainer.is_global_zero:
-                tmp.unlink(missing_ok=True)
-        trainer.strategy.barrier("step_checkpoint")
         log.debug("step %d: saved %s", trainer.global_step, path)
 
     def state_dict(self) -> dict[str, Any]:
@@ -104,4 +97,19 @@ def last_checkpoint_path(trainer: Trainer) -> Path | None:
     return Path(callback.dirpath) / f"{callback.CHECKPOINT_NAME_LAST}{callback.FILE_EXTENSION}"
 
 
-__all__ = ["StepCheckpoint", "last_checkpoint_path"]
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, through vidcap.atomic for local paths: the checkpoint is written to a temporary
+    name, fsynced and renamed, so a full disk or a kill never leaves half a last.ckpt (Lightning writes the final
+    name directly)."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            super().save_checkpoint(checkpoint, path, storage_options)
+            return
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic.atomic_path(path) as tmp:
+            torch.save(checkpoint, tmp)
+
+
+__all__ = ["AtomicCheckpointIO", "StepCheckpoint", "last_checkpoint_path"]
