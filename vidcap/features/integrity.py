@@ -82,12 +82,12 @@ def recorded_ids(store: str | os.PathLike) -> list[str]:
 def expected_arrays(meta: Mapping[str, Any]) -> dict[str, tuple[int | None, str | None]]:
     """{array name: (width, dtype)} a feature file of this store holds (width None: a (T,) array)."""
     dtype = meta.get("dtype")
-    arrays: dict[str, tuple[int | None, str | None]] = {"mask": (None, "bool"), "times": (None, None)}
+    arrays: dict[str, tuple[int | None, str | None]] = {}
     for kind in ("global", "local"):
         desc = meta.get(kind)
         if isinstance(desc, dict):
             arrays[kind] = (int(desc["dim"]) if desc.get("dim") is not None else None, dtype)
-    return arrays
+    return {**arrays, "mask": (None, "bool"), "times": (None, None)}
 
 
 def _npy_header(archive: zipfile.ZipFile, name: str) -> tuple[tuple[int, ...], np.dtype]:
