@@ -58,6 +58,15 @@ def _subcommand_parser(name: str, module) -> argparse.ArgumentParser:
     return parser
 
 
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        if error.filename is None:
+            error.filename = "<standard output>"
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _build_parser()
@@ -80,9 +89,11 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         if name in LIGHTNING_SUBCOMMANDS:
-            return module.run_lightning(name, rest)
-        args = _subcommand_parser(name, module).parse_args(rest)
-        return module.run(args)
+            code = module.run_lightning(name, rest)
+        else:
+            code = module.run(_subcommand_parser(name, module).parse_args(rest))
+        _flush_stdout()  # now, so that a full disk under `> out.json` is reported here, not at exit
+        return code
     except VidcapError as error:
         print(f"vidcap {name}: error: {error}", file=sys.stderr)
         return error.exit_code

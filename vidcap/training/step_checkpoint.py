@@ -72,6 +72,11 @@ class StepCheckpoint(Callback):
     def save(self, trainer: Trainer, path: Path) -> None:
         """trainer.save_checkpoint (atomic: AtomicCheckpointIO), with the random state in this callback's state."""
         self._saving = True
+        callback = trainer.checkpoint_callback
+        if isinstance(callback, ModelCheckpoint):
+            # The checkpoint callback's own record of its last.ckpt (saved in the checkpoint): without it, a run
+            # resumed from a last.ckpt this callback wrote first would save the next as last-v1.ckpt.
+            callback.last_model_path = str(path)
         try:
             trainer.save_checkpoint(path, weights_only=False)
         finally:
