@@ -34,7 +34,7 @@ sys.exit(run_lightning("fit", sys.argv[2:], callbacks=[Kill()]))
 
 def fit_args(data: Path, feats: Path, root: Path) -> list[str]:
     """The demo's model and training settings (dropout 0.5, Adam), tiny: 12 train videos x 2 captions in batches
-    of 4 = 5 steps an epoch, 2 epochs, a step checkpoint every 2 steps."""
+    of 4 = 6 steps an epoch, 2 epochs, a step checkpoint every 2 steps."""
     return ["--config", str(REPO / "configs/data/synthetic.yaml"),
             "--config", str(REPO / "configs/experiment/demo.yaml"),
             "--model.architecture.embed_dim", "16", "--model.architecture.hidden_dim", "32",
@@ -54,9 +54,9 @@ def test_killed_after_a_step_checkpoint_resumes_to_the_same_weights(tmp_path):
     whole, killed = tmp_path / "whole", tmp_path / "killed"
     assert main(["fit", *fit_args(data, feats, whole)]) == 0
     expected = torch.load(whole / "checkpoints" / "last.ckpt", weights_only=True)
-    assert expected["global_step"] == 10
+    assert expected["global_step"] == 12
 
-    # Killed before step 10 (the last of the second epoch): the last step checkpoint is step 8, mid-epoch.
+    # Killed before step 10 (the 4th of the second epoch): the last step checkpoint is step 8, mid-epoch.
     run = subprocess.run([sys.executable, "-c", KILLER, "9", *fit_args(data, feats, killed)],
                          capture_output=True, text=True, timeout=300)
     assert run.returncode == -signal.SIGKILL, run.stderr[-2000:]
@@ -68,7 +68,7 @@ def test_killed_after_a_step_checkpoint_resumes_to_the_same_weights(tmp_path):
 
     assert main(["fit", *fit_args(data, feats, killed), "--ckpt_path", "last"]) == 0
     resumed = torch.load(last, weights_only=True)
-    assert resumed["global_step"] == 10
+    assert resumed["global_step"] == 12
     assert expected["state_dict"].keys() == resumed["state_dict"].keys()
     different = [k for k, v in expected["state_dict"].items() if not torch.equal(v, resumed["state_dict"][k])]
     assert not different

@@ -111,13 +111,37 @@ def read_meta(store: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path}: not a feature store (no meta.json; run `vidcap extract`)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable meta.json ({exc})") from exc
+        meta = json.loads(path.read_bytes())  # UTF-8 with or without a BOM, UTF-16/32
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise UsageError(f"{path}: unreadable meta.json ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else "?"
-        raise UsageError(f"{path}: feature store format {found} is not {FORMAT}")
+        raise UsageError(f"{path}: feature store format {found!r} is not {FORMAT}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise UsageError(f"{path}: malformed meta.json: {problem}")
     return meta
+
+
+def _meta_problem(meta: Mapping[str, Any]) -> str | None:
+    """What makes a format-1 meta.json unusable by the readers (None: nothing)."""
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    if not positive_int(meta.get("num_frames")):
+        return f"num_frames {meta.get('num_frames')!r} is not a positive integer"
+    if meta.get("dtype") is not None and meta["dtype"] not in ("float16", "float32"):
+        return f"dtype {meta['dtype']!r} is not float16 or float32"
+    for kind in KINDS:
+        desc = meta.get(kind)
+        if desc is None:
+            continue
+        if not isinstance(desc, dict) or not positive_int(desc.get("dim")):
+            return f"{kind} must be null or an object with a positive integer dim, got {desc!r:.80}"
+    for key in ("sampling", "compute", "versions"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key} must be an object, got {meta[key]!r:.80}"
+    return None
 
 
 def write_meta(store: str | os.PathLike, meta: Mapping[str, Any]) -> None:
