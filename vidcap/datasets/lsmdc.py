@@ -118,7 +118,7 @@ def read_tables(
                 skipped["wrong_column_count"] += 1
                 continue
             clip = fields[0].strip()
-            if not CLIP_ID.fullmatch(clip) or clip.startswith("."):
+            if not CLIP_ID.fullmatch(clip) or clip.startswith(".") or "\0" in clip:  # NUL: never a file name
                 skipped["bad_clip_id"] += 1
                 continue
             if not all(TIME.fullmatch(f.strip()) for f in fields[1:5]):
