@@ -171,7 +171,7 @@ def _parallel(check: Callable[[str], str | None], ids: Sequence[str], workers: i
     bad: dict[str, str] = {}
     workers = workers or min(32, (os.cpu_count() or 1) + 4)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        for video_id, problem in zip(ids, pool.map(check, ids, chunksize=16), strict=True):
+        for video_id, problem in zip(ids, pool.map(check, ids), strict=True):
             if problem is not None:
                 bad[video_id] = problem
             if progress is not None:
