@@ -9,8 +9,16 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from tests.helpers import TINY_DEMO, numbered_frames, write_video
+
+# Property tests (tests/test_fuzz_parsers.py) in CI: the same examples every run (derandomize), no example database
+# written into the checkout, no per-example deadline on a loaded machine; each test sets its own max_examples.
+# HYPOTHESIS_PROFILE=dev searches afresh each run.
+settings.register_profile("ci", derandomize=True, database=None, deadline=None)
+settings.register_profile("dev", deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

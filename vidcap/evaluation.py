@@ -195,6 +195,7 @@ def evaluate(
     progress: bool = True,
     precision: str = "32-true",
     check_outputs: Callable[[], object] | None = None,
+    skip_corrupt: bool = False,
 ) -> EvaluationResult:
     """Decode `split` with a checkpoint and score it (see the module docstring).
 
@@ -211,6 +212,8 @@ def evaluate(
     the training run's `trainer.precision` to reproduce its val/ numbers.
     check_outputs: called with the checks, before anything is decoded, by the process that writes the results (rank
     0), e.g. to create the output folders.
+    skip_corrupt: leave out (and count) the videos whose feature file fails the check before decoding
+    (vidcap.training.data.CaptionDataModule), instead of refusing with a UsageError naming them.
     Raises UsageError / CheckpointError naming the file and the reason (vidcap.model.checkpoint.store_mismatches: a store
     or vocabulary the model cannot read); under a launcher, on every rank together (launcher.agree) when any rank
     fails a check, so that none waits alone in the test loop's first collective call.
@@ -248,7 +251,7 @@ def evaluate(
         max_caption_len = int((ckpt.get("datamodule_hyper_parameters") or {}).get("max_caption_len") or 30)
         data = CaptionDataModule(str(data_dir), str(features_dir), batch_size=batch_size,
                                  eval_batch_size=batch_size, num_workers=num_workers,
-                                 max_caption_len=max_caption_len, test_split=split)
+                                 max_caption_len=max_caption_len, test_split=split, skip_corrupt=skip_corrupt)
         problems = store_mismatches(meta, data.feature_meta, data.vocab)
         if problems:
             raise UsageError(f"{checkpoint}: cannot evaluate it on {features_dir} and {data_dir}: "

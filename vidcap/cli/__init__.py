@@ -12,12 +12,13 @@ import importlib
 import logging
 import sys
 
-from vidcap.errors import VidcapError
+from vidcap.errors import VidcapError, disk_error
 
 # name -> (module, one-line help). The order is the order of the pipeline.
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "prepare": ("vidcap.cli.prepare", "annotations + videos -> captions.csv, videos.csv, vocab.json"),
     "extract": ("vidcap.cli.extract", "videos -> feature store (global 2-D and local 3-D CNN features)"),
+    "verify": ("vidcap.cli.verify", "check a feature store's files against their checksums; list bad and missing"),
     "fit": ("vidcap.cli.train", "train a captioner (LightningCLI; --config YAML files from configs/)"),
     "validate": ("vidcap.cli.train", "run validation of a checkpoint (LightningCLI)"),
     "test": ("vidcap.cli.train", "run the test loop of a checkpoint (LightningCLI)"),
@@ -58,6 +59,15 @@ def _subcommand_parser(name: str, module) -> argparse.ArgumentParser:
     return parser
 
 
+def _flush_stdout() -> None:
+    try:
+        sys.stdout.flush()
+    except OSError as error:
+        if error.filename is None:
+            error.filename = "<standard output>"
+        raise
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     top = _build_parser()
@@ -80,12 +90,20 @@ def main(argv: list[str] | None = None) -> int:
     module = importlib.import_module(SUBCOMMANDS[name][0])
     try:
         if name in LIGHTNING_SUBCOMMANDS:
-            return module.run_lightning(name, rest)
-        args = _subcommand_parser(name, module).parse_args(rest)
-        return module.run(args)
+            code = module.run_lightning(name, rest)
+        else:
+            code = module.run(_subcommand_parser(name, module).parse_args(rest))
+        _flush_stdout()  # now, so that a full disk under `> out.json` is reported here, not at exit
+        return code
     except VidcapError as error:
         print(f"vidcap {name}: error: {error}", file=sys.stderr)
         return error.exit_code
+    except OSError as error:  # a full disk, a read-only folder: one line naming the path (vidcap.errors.disk_error)
+        disk = disk_error(error)
+        if disk is None:
+            raise
+        print(f"vidcap {name}: error: {disk}", file=sys.stderr)
+        return disk.exit_code
     except KeyboardInterrupt:
         print(f"vidcap {name}: interrupted", file=sys.stderr)
         return 130

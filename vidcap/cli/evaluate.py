@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu", "auto"], help="(default: cpu)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="videos per batch (default: 32)")
     parser.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    parser.add_argument("--skip-corrupt", action="store_true",
+                        help="leave out (and count) videos whose feature file is corrupt, instead of refusing to "
+                             "start (`vidcap verify FEATS` lists them; a rerun of `vidcap extract` repairs them)")
     parser.add_argument("--precision", default="32-true", choices=PRECISIONS,
                         help="numeric precision of the model (default: 32-true); bf16-mixed reproduces the val/ "
                              "numbers of a run trained with trainer.precision bf16-mixed")
@@ -100,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.data, args.features, decoding, split=args.split, reverse=args.reverse,
         devices=args.devices, accelerator=args.accelerator, batch_size=args.batch_size,
         num_workers=args.num_workers, precision=args.precision, check_outputs=check_outputs,
+        skip_corrupt=args.skip_corrupt,
     )
     if result.rank != 0:  # DDP: the other ranks' results are the same; rank 0 reports them
         return 0

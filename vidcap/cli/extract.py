@@ -19,7 +19,8 @@ EXAMPLE = """
   vidcap extract --data data/webvid --out /shared/feats/webvid --global googlenet --store shards \\
       --engine ray --ray-address auto --device cuda --devices 8
 
-A rerun skips finished videos (resume after a crash or kill); videos that fail are listed in FEATS/manifest.csv and
+A rerun skips finished videos (resume after a crash or kill) and extracts again those whose feature file fails
+its recorded checksum (`vidcap verify FEATS` lists them); videos that fail are listed in FEATS/manifest.csv and
 tried again next time. A decoding worker that hangs (--worker-timeout) or dies ends the run with one line naming
 its video (exit 1); what finished is kept. Under torchrun or srun every process extracts its own share of the videos
 into the shared --out folder (one GPU each; leave --devices out); manifest.csv's writer column names the process of
@@ -137,8 +138,9 @@ def run(args: argparse.Namespace) -> int:
     if summary.rank != 0:  # under a launcher: rank 0 reports the whole run, every process exits with its code
         return 1 if summary.failed else 0
     rate = summary.extracted / summary.seconds if summary.seconds > 0 else 0.0
+    repaired = f" ({summary.corrupt} of them to replace files that failed their checksum)" if summary.corrupt else ""
     print(
-        f"{summary.store}: {summary.extracted} extracted, {summary.skipped} already done, "
+        f"{summary.store}: {summary.extracted} extracted{repaired}, {summary.skipped} already done, "
         f"{len(summary.failed)} failed, of {summary.total} videos ({summary.seconds:.1f} s, {rate:.2f} videos/s)"
     )
     if summary.failed:

@@ -25,12 +25,14 @@ def add_arguments(parser) -> None:
 
 def _load(path: Path):
     try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
+        # From bytes: json reads UTF-8 with or without a BOM, and UTF-16/32 (it tells them by their NULs).
+        return json.loads(path.read_bytes())
     except OSError as error:
         raise UsageError(f"{path}: cannot read: {error.strerror or error}") from None
     except UnicodeDecodeError as error:
-        raise UsageError(f"{path}: not UTF-8 text: {error.reason} at byte {error.start}") from None
+        raise UsageError(f"{path}: not {error.encoding.upper()} text: {error.reason} at byte {error.start}") from None
+    except RecursionError:
+        raise UsageError(f"{path}: not valid JSON: nested too deeply") from None
     except json.JSONDecodeError as error:
         raise UsageError(f"{path}: not valid JSON: {error.msg} (line {error.lineno}, column {error.colno})") from None
 

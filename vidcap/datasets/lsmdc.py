@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from vidcap.datasets import VIDEO_SPLITS, clean_caption, list_videos, order_captions
+from vidcap.datasets.encoding import decode_text
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -54,11 +55,11 @@ def movie_of(clip_id: str) -> str | None:
 
 def _read_lines(path: Path) -> list[str]:
     try:
-        # errors="replace": a stray non-UTF-8 byte spoils one sentence, not the whole file.
-        with path.open(encoding="utf-8-sig", errors="replace", newline="") as handle:
-            return handle.read().splitlines()
+        data = path.read_bytes()
     except OSError as error:
         raise UsageError(f"{path}: cannot read it: {error.strerror}") from None
+    # errors="replace": a stray non-UTF-8 byte spoils one sentence, not the whole file.
+    return decode_text(path, data, errors="replace")[0].splitlines()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -118,7 +119,7 @@ def read_tables(
                 skipped["wrong_column_count"] += 1
                 continue
             clip = fields[0].strip()
-            if not CLIP_ID.fullmatch(clip) or clip.startswith("."):
+            if not CLIP_ID.fullmatch(clip) or clip.startswith(".") or "\0" in clip:  # NUL: never a file name
                 skipped["bad_clip_id"] += 1
                 continue
             if not all(TIME.fullmatch(f.strip()) for f in fields[1:5]):

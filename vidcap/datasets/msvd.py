@@ -29,6 +29,7 @@ from vidcap.datasets import (
     order_captions,
     standard_split,
 )
+from vidcap.datasets.encoding import decode_text
 from vidcap.errors import UsageError
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _detect_format(path: Path, text: str) -> str:
         if "VideoID" in first and "Description" in first:
             return "csv"
         head = line.split(None, 1)
-        if len(head) == 2 and CLIP_ID.fullmatch(head[0]):
+        if CLIP_ID.fullmatch(head[0]):  # a first line without its sentence is still this format
             return "txt"
         break
     raise UsageError(
@@ -151,10 +152,10 @@ def read_annotations(path: str | Path) -> tuple[pd.DataFrame, dict[str, Any]]:
         raise UsageError(f"{path}: cannot read it: {error.strerror}") from None
     # Decoding the bytes ourselves keeps line breaks inside quoted CSV fields intact; utf-8-sig drops a BOM.
     try:
-        text = data.decode("utf-8-sig")
+        text, _ = decode_text(path, data)  # UTF-8 (a BOM dropped), UTF-16 with a BOM; refuses UTF-16 without one
         bad_bytes = 0
     except UnicodeDecodeError as error:
-        text = data.decode("utf-8-sig", errors="replace")
+        text, _ = decode_text(path, data, errors="replace")
         bad_bytes = text.count("\ufffd")
         log.warning("%s: not valid UTF-8 (%s at byte %d); %d undecodable characters replaced",
                     path, error.reason, error.start, bad_bytes)

@@ -7,6 +7,7 @@ them back (docs/formats.md); `tokenize_captions` adds the PTB tokens every capti
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Mapping
 from pathlib import Path
@@ -15,6 +16,7 @@ from typing import Any
 import pandas as pd
 
 from vidcap.atomic import atomic_path, write_json
+from vidcap.datasets.encoding import decode_text
 from vidcap.errors import UsageError
 from vidcap.text.vocab import Vocabulary
 from vidcap.video.windows import window_ref
@@ -116,8 +118,9 @@ def write_vocab(
 
 def _read_table(path: Path, columns: tuple[str, ...], splits: tuple[str, ...]) -> pd.DataFrame:
     try:
+        text, _ = decode_text(path, path.read_bytes())  # UTF-8 with or without a BOM, UTF-16 with one
         # All text, and "NA"/"null" captions stay words rather than becoming missing values.
-        table = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        table = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
     except FileNotFoundError:
         raise UsageError(f"{path}: not found (run `vidcap prepare` first)") from None
     except (OSError, UnicodeDecodeError, ValueError, pd.errors.ParserError) as error:

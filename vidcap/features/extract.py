@@ -9,7 +9,9 @@ How a run goes:
   only complete files (and a stale temp file that the next run deletes). A failure is one small file
   `failed/<video_id>.txt`; `manifest.csv` is rebuilt from `features/` and `failed/` at the end of each run. No file
   is ever appended to by two processes.
-- Resume: a video whose .npz exists is skipped. Failed videos are tried again on the next run.
+- Resume: a video whose .npz exists and matches its recorded SHA-256 (vidcap.features.integrity) is skipped; one
+  whose file no longer matches (bit rot, a truncated copy) is extracted again. Failed videos are tried again on
+  the next run.
 - Scale-out: the videos still to extract form one list, in videos.csv order; of N processes, rank r takes those at
   positions p with p % N == r, so no video is extracted twice. `devices > 1` starts N processes on this machine
   (one per GPU, or CPU processes) with torch.multiprocessing.spawn; the parent lists the videos, waits for all of
@@ -38,7 +40,8 @@ import torch
 
 from vidcap import launcher
 from vidcap.datasets import read_videos
-from vidcap.errors import UsageError, VidcapError, WorkerError
+from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
+from vidcap.features import integrity
 from vidcap.features import store as fs
 from vidcap.features.extractors import Extractor
 from vidcap.features.options import (
@@ -70,7 +73,8 @@ class Failure:
 class ExtractSummary:
     """What a run did. total: videos selected; skipped: already in the store; extracted: written by this run (by
     every process); failed: videos that have no features after this run (with the reason). rank: this process's
-    under a launcher (every process gets the same summary; only rank 0 should report it)."""
+    under a launcher (every process gets the same summary; only rank 0 should report it). corrupt: videos whose
+    feature file failed its checksum and were extracted again (counted in extracted too)."""
 
     store: Path
     total: int
@@ -79,6 +83,7 @@ class ExtractSummary:
     failed: list[Failure]
     seconds: float
     rank: int = 0
+    corrupt: int = 0
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -180,8 +185,8 @@ def run_extract(
     options, rows, extractors, meta = launcher.agree(process, setup)
     if lead:
         fs.clean_temp_files(store)
-    pending = launcher.from_rank_zero(
-        process, [vid for vid, _ in rows if not fs.feature_path(store, vid).exists()] if lead else None)
+    pending, corrupt = _pending(store, rows) if lead else (None, 0)
+    pending = launcher.from_rank_zero(process, pending)
     paths = dict(rows)
     if process is not None:
         launcher.agree(process, lambda: lead or _check_same_run(store, meta, data_dir, paths, pending))
@@ -195,8 +200,9 @@ def run_extract(
     shard = Shard(store, [(vid, paths[vid]) for vid in pending], replace(options, **weights), progress, on_failure)
     if process is not None:
         if pending:
-            run_shard(replace(shard, extractors=extractors, rank=process.rank, world_size=process.world_size,
-                              local_rank=process.local_rank))
+            _disk_checked(store, pending, lambda: run_shard(replace(
+                shard, extractors=extractors, rank=process.rank, world_size=process.world_size,
+                local_rank=process.local_rank)))
         try:
             torch.distributed.monitored_barrier(timeout=BARRIER_TIMEOUT)
         except RuntimeError as error:  # torch.distributed.DistError: a process that died (its node, a kill)
@@ -206,7 +212,7 @@ def run_extract(
     elif pending:
         try:
             if options.devices == 1:
-                run_shard(replace(shard, extractors=extractors))
+                _disk_checked(store, pending, lambda: run_shard(replace(shard, extractors=extractors)))
             else:
                 del extractors  # each process builds its own, on its own device
                 torch.multiprocessing.spawn(spawned_shard, args=(replace(shard, world_size=options.devices),),
@@ -218,9 +224,37 @@ def run_extract(
             raise WorkerError(f"{store}: extraction process {error.error_index} stopped with exit code "
                               f"{error.exit_code} (its line is above); the videos finished are kept: rerun to "
                               "resume") from None
-    summary = _summarise(store, rows, pending, started) if lead else None
+    summary = replace(_disk_checked(store, pending, lambda: _summarise(store, rows, pending, started)),
+                      corrupt=corrupt) if lead else None
     summary = launcher.from_rank_zero(process, summary)
     return summary if process is None else replace(summary, rank=process.rank)
+
+
+def _disk_checked(store: Path, pending: list[str], work: Callable[[], Any]) -> Any:
+    """work(), with a full disk or a read-only store as one DiskError (exit code 1 when some videos were written:
+    they are complete; a rerun once there is room extracts the rest)."""
+    try:
+        return work()
+    except OSError as error:
+        written = sum(1 for vid in pending if fs.feature_path(store, vid).exists())
+        disk = disk_error(error, done=written > 0,
+                          hint=f"{written} of {len(pending)} videos were written by this run and are complete")
+        if disk is None:
+            raise
+        raise disk from None
+
+
+def _pending(store: Path, rows: list[tuple[str, str]]) -> tuple[list[str], int]:
+    """(the videos to extract, in table order; how many of them had a corrupt file): those without a feature file,
+    and those whose file fails its recorded checksum, which is deleted (a video whose extraction then fails is
+    listed as failed, not left with a corrupt file)."""
+    existing = [vid for vid, _ in rows if fs.feature_path(store, vid).exists()]
+    corrupt = integrity.failing_files(store, existing, fs.read_meta(store))
+    for vid, reason in corrupt.items():
+        logger.warning("%s: %s; extracting it again", fs.feature_path(store, vid), reason)
+        fs.feature_path(store, vid).unlink(missing_ok=True)
+    have = set(existing) - set(corrupt)
+    return [vid for vid, _ in rows if vid not in have], len(corrupt)
 
 
 def _check_same_run(store: Path, meta: dict[str, Any], data_dir: str | os.PathLike, paths: dict[str, str],

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vidcap.errors import UsageError, VidcapError, WorkerError
+from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
 from vidcap.features import store as fs
 from vidcap.features.extractors import Extractor, assemble_features
 from vidcap.features.options import ExtractOptions
@@ -458,6 +458,9 @@ def spawned_shard(rank: int, shard: Shard) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_shard(replace(shard, rank=rank, local_rank=rank))
-    except VidcapError as error:
-        logger.error("process %d: %s", rank, error)
-        raise SystemExit(error.exit_code) from None
+    except (VidcapError, OSError) as error:
+        disk = disk_error(error) if isinstance(error, OSError) else error
+        if disk is None:
+            raise
+        logger.error("process %d: %s", rank, disk)
+        raise SystemExit(disk.exit_code) from None

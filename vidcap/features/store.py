@@ -3,7 +3,8 @@
 Layout: `FEATS/meta.json` (how the features were made), `FEATS/features/<video_id>.npz` with `global` (T, Dg),
 `local` (T, Dl), `mask` (T,) bool and `times` (T,) float32 seconds, `FEATS/writers/<video_id>.txt` (which process
 wrote it, "host:rank"), `FEATS/failed/<video_id>.txt` (one small file per video that could not be decoded) and
-`FEATS/manifest.csv` (rebuilt from these folders). Every file is written through
+`FEATS/manifest.csv` (rebuilt from these folders), `FEATS/checksums/<video_id>.sha256` (each feature file's SHA-256,
+recorded as it is written: vidcap.features.integrity). Every file is written through
 vidcap.atomic, so a reader, or a writer killed at any moment, never leaves half a file under a final name; several
 processes or machines can share one store because nothing is ever appended to.
 """
@@ -25,6 +26,7 @@ import numpy as np
 
 from vidcap import atomic
 from vidcap.errors import UsageError
+from vidcap.features import integrity
 from vidcap.video.reader import SAMPLING_RULE
 
 logger = logging.getLogger(__name__)
@@ -67,11 +69,16 @@ def save_features(store: str | os.PathLike, video_id: str, arrays: Mapping[str, 
         key: (np.asarray(value, dtype=dtype) if key in KINDS else np.asarray(value))
         for key, value in arrays.items()
     }
+    # The records before the features: a kill in between leaves no features, so the video is extracted again and
+    # its records rewritten; a feature file never outlives the record of another writer, or another file's checksum.
     if writer is not None:
-        # Before the features: a kill in between leaves no features, so the video is extracted again and the
-        # record rewritten; a feature file never outlives the record of another writer.
         atomic.write_text(writer_path(store, video_id), f"{writer}\n")
-    return atomic.write_with(feature_path(store, video_id), lambda handle: np.savez(handle, **cast))
+    path = feature_path(store, video_id)
+    with atomic.atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, **cast)
+        integrity.record_checksum(store, video_id, integrity.sha256_file(tmp))  # read back from the page cache
+    return path
 
 
 def load_features(store: str | os.PathLike, video_id: str) -> dict[str, np.ndarray]:
@@ -104,13 +111,37 @@ def read_meta(store: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise UsageError(f"{path}: not a feature store (no meta.json; run `vidcap extract`)")
     try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: unreadable meta.json ({exc})") from exc
+        meta = json.loads(path.read_bytes())  # UTF-8 with or without a BOM, UTF-16/32
+    except (OSError, ValueError, RecursionError) as exc:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        raise UsageError(f"{path}: unreadable meta.json ({' '.join(str(exc).split())[:200]})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         found = meta.get("format") if isinstance(meta, dict) else "?"
-        raise UsageError(f"{path}: feature store format {found} is not {FORMAT}")
+        raise UsageError(f"{path}: feature store format {found!r} is not {FORMAT}")
+    problem = _meta_problem(meta)
+    if problem:
+        raise UsageError(f"{path}: malformed meta.json: {problem}")
     return meta
+
+
+def _meta_problem(meta: Mapping[str, Any]) -> str | None:
+    """What makes a format-1 meta.json unusable by the readers (None: nothing)."""
+    def positive_int(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+    if not positive_int(meta.get("num_frames")):
+        return f"num_frames {meta.get('num_frames')!r} is not a positive integer"
+    if meta.get("dtype") is not None and meta["dtype"] not in ("float16", "float32"):
+        return f"dtype {meta['dtype']!r} is not float16 or float32"
+    for kind in KINDS:
+        desc = meta.get(kind)
+        if desc is None:
+            continue
+        if not isinstance(desc, dict) or not positive_int(desc.get("dim")):
+            return f"{kind} must be null or an object with a positive integer dim, got {desc!r:.80}"
+    for key in ("sampling", "compute", "versions"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            return f"{key} must be an object, got {meta[key]!r:.80}"
+    return None
 
 
 def write_meta(store: str | os.PathLike, meta: Mapping[str, Any]) -> None:
@@ -154,7 +185,7 @@ def _meta_differences(old: Mapping, new: Mapping, prefix: str = "") -> list[str]
 def prepare_store(store: str | os.PathLike, meta: Mapping[str, Any]) -> None:
     """Create the folders; write meta.json, or check that an existing one describes the same features."""
     store = Path(store)
-    for folder in (store, features_dir(store), store / "failed", store / "writers"):
+    for folder in (store, features_dir(store), store / "failed", store / "writers", store / "checksums"):
         folder.mkdir(parents=True, exist_ok=True)
     if not (store / "meta.json").exists():
         write_meta(store, meta)
@@ -232,10 +263,20 @@ def write_manifest(store: str | os.PathLike) -> tuple[int, int]:
     return len(ok), len(failed)
 
 
+def manifest_ok_ids(store: str | os.PathLike) -> list[str]:
+    """The video ids manifest.csv lists as extracted ("ok"); [] without a readable manifest."""
+    path = Path(store) / "manifest.csv"
+    try:
+        with open(path, newline="", encoding="utf-8") as handle:
+            return [row["video_id"] for row in csv.DictReader(handle) if row.get("status") == "ok" and row.get("video_id")]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError):
+        return []
+
+
 def clean_temp_files(store: str | os.PathLike) -> int:
     """Delete the temp files killed writers left in the store (vidcap.atomic.remove_stale); returns how many."""
     store = Path(store)
-    folders = (store, features_dir(store), store / "failed", store / "writers")
+    folders = (store, features_dir(store), store / "failed", store / "writers", store / "checksums")
     removed = sum(atomic.remove_stale(folder) for folder in folders)
     if removed:
         logger.info("%s: removed %d temp file(s) left by interrupted runs", store, removed)

@@ -22,7 +22,8 @@ import numpy as np
 import pandas as pd
 import torch
 from pytorch_lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
+from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vidcap.datasets import read_captions
 from vidcap.errors import UsageError
@@ -157,6 +158,52 @@ def collate(samples: list[dict[str, Any]], bos_id: int = Vocabulary.BOS, pad_id:
     }
 
 
+class ResumableShuffle(Sampler[int]):
+    """torch's RandomSampler order, resumable mid-epoch: each epoch's iteration draws a seed from torch's global
+    generator at its first item, exactly as `RandomSampler` does (the same seed gives the same batches as a plain
+    shuffled DataLoader), and its iterator's state (that seed and the items yielded) goes into the checkpoint through
+    torchdata's StatefulDataLoader, so a resumed run continues the epoch's permutation where it stopped.
+    (torchdata's own RandomSampler draws one seed at construction instead, which orders batches differently.)"""
+
+    def __init__(self, size: int):
+        self.size = size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self) -> _ShuffleIterator:
+        return _ShuffleIterator(self.size)
+
+
+class _ShuffleIterator:
+    def __init__(self, size: int):
+        self.size = size
+        self.seed: int | None = None
+        self.yielded = 0
+        self._order: list[int] | None = None
+
+    def __iter__(self) -> _ShuffleIterator:
+        return self
+
+    def __next__(self) -> int:
+        if self._order is None:
+            if self.seed is None:  # RandomSampler's draw, at the same moment (the epoch's first item)
+                self.seed = int(torch.empty((), dtype=torch.int64).random_().item())
+            generator = torch.Generator()
+            generator.manual_seed(self.seed)
+            self._order = torch.randperm(self.size, generator=generator).tolist()
+        if self.yielded >= self.size:
+            raise StopIteration
+        self.yielded += 1
+        return self._order[self.yielded - 1]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seed": self.seed, "yielded": self.yielded}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.seed, self.yielded, self._order = state["seed"], int(state["yielded"]), None
+
+
 def read_split(
     captions: pd.DataFrame, split: str, vocab: Vocabulary, max_caption_len: int, available: set[str],
     drop_long_captions: bool = False,
@@ -213,6 +260,22 @@ class _Everything:
         return True
 
 
+def repair_command(data_dir: str | os.PathLike, store: str | os.PathLike, meta: dict[str, Any]) -> str:
+    """The `vidcap extract` that re-extracts a store's corrupt files (its settings, from meta.json)."""
+    parts = ["vidcap extract", f"--data {data_dir}", f"--out {store}"]
+    for kind in ("global", "local"):
+        desc = meta.get(kind)
+        if isinstance(desc, dict) and desc.get("name"):
+            parts.append(f"--{kind} {desc['name']}")
+            if desc.get("weights") not in (None, "pretrained"):
+                parts.append(f"--{kind}-weights {desc['weights']}")
+    if meta.get("num_frames"):
+        parts.append(f"--frames {meta['num_frames']}")
+    if meta.get("dtype") and meta["dtype"] != "float16":
+        parts.append(f"--dtype {meta['dtype']}")
+    return " ".join(parts)
+
+
 def _offsets(counts: np.ndarray) -> np.ndarray:
     """(n,) counts -> (n + 1,) int64 offsets, starting at 0."""
     return np.concatenate([[0], np.cumsum(counts, dtype=np.int64)])
@@ -234,6 +297,9 @@ class CaptionDataModule(LightningDataModule):
         val_split, test_split: split names of captions.csv used by validate and test.
         shuffle_buffer: on a sharded store, the training stream's shuffle buffer in videos
             (vidcap/training/streaming.py; there `batch_size` counts videos, each with all its captions).
+        skip_corrupt: feature files that fail the check before the first step (headers, array names, widths and
+            dtypes against meta.json: vidcap.features.integrity.quick_check) are left out and counted, instead of
+            refusing to start (UsageError naming them and the repair command).
     """
 
     def __init__(
@@ -248,6 +314,7 @@ class CaptionDataModule(LightningDataModule):
         val_split: str = "val",
         test_split: str = "test",
         shuffle_buffer: int = 1000,
+        skip_corrupt: bool = False,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -297,6 +364,9 @@ class CaptionDataModule(LightningDataModule):
         captions = read_captions(self.data_dir)
         store = open_store(self.features_dir)
         available = None if isinstance(store, ShardedStore) else self._available_videos()
+        splits = [split for split in splits if split not in self.datasets]
+        if available is not None:
+            available -= self._corrupt_files(captions, splits, available)
         for split in splits:
             if split in self.datasets:
                 continue
@@ -315,12 +385,15 @@ class CaptionDataModule(LightningDataModule):
                 from vidcap.training.streaming import ShardStream
 
                 self.datasets[split] = ShardStream(self.features_dir, store.shards(split), videos,
-                                                   self.hparams.batch_size, self.hparams.shuffle_buffer)
+                                                   self.hparams.batch_size, self.hparams.shuffle_buffer,
+                                                   skip_corrupt=self.hparams.skip_corrupt)
             else:
                 self.datasets[split] = CaptionDataset(self.features_dir, videos, per_reference=split == "train")
             log.info("%s: %d videos, %d captions", split, len(videos), videos.num_captions)
 
     def train_dataloader(self) -> DataLoader:
+        """A loader Lightning saves the position of in every checkpoint, to resume mid-epoch: a StatefulDataLoader, or
+        on a sharded store the stream's own state."""
         from vidcap.training.streaming import ShardStream, stream_loader
 
         if isinstance(self.datasets["train"], ShardStream):
@@ -330,7 +403,11 @@ class CaptionDataModule(LightningDataModule):
             # The run's seed (seed_everything sets it, and DDP's processes inherit it): the same order on every rank.
             dataset.seed = int(os.environ.get("PL_GLOBAL_SEED", 0))
             return stream_loader(dataset, self.hparams.num_workers)
-        return self._loader("train", self.hparams.batch_size, shuffle=True)
+        distributed = self.trainer is not None and self.trainer.world_size > 1
+        if distributed:  # Lightning swaps in a DistributedSampler (deterministic per epoch and seed)
+            return self._loader("train", self.hparams.batch_size, shuffle=True, stateful=True)
+        return self._loader("train", self.hparams.batch_size, sampler=ResumableShuffle(len(self.datasets["train"])),
+                            stateful=True)
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.hparams.val_split, self.hparams.eval_batch_size or self.hparams.batch_size)
@@ -339,19 +416,42 @@ class CaptionDataModule(LightningDataModule):
         return self._loader(self.hparams.test_split, self.hparams.eval_batch_size or self.hparams.batch_size)
 
     # -- internals ----------------------------------------------------------------------------------------------
-    def _loader(self, split: str, batch_size: int, shuffle: bool = False) -> DataLoader:
+    def _loader(self, split: str, batch_size: int, shuffle: bool = False, sampler: Sampler | None = None,
+                stateful: bool = False) -> DataLoader:
         # Under DDP Lightning swaps in a DistributedSampler; for val/test it pads the split by repeating videos,
         # which the LightningModule removes again by video id before computing any number.
         workers = self.hparams.num_workers
-        return DataLoader(
+        return (StatefulDataLoader if stateful else DataLoader)(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=workers,
             collate_fn=collate,
             pin_memory=torch.cuda.is_available(),
             persistent_workers=workers > 0,
         )
+
+    def _corrupt_files(self, captions: pd.DataFrame, splits: list[str], available: set[str]) -> set[str]:
+        """The check before the first step: the quick check of every feature file these splits will read. Refuses
+        (UsageError, one line naming the files and the repair) or, with skip_corrupt, returns the bad ones."""
+        from vidcap.features.integrity import quick_check
+
+        wanted = captions.loc[captions["split"].isin(splits), "video_id"].astype(str)
+        ids = sorted(set(wanted) & available)
+        bad = quick_check(self.features_dir, ids, self.feature_meta)
+        if not bad:
+            return set()
+        named = "; ".join(f"{vid}.npz: {reason}" for vid, reason in sorted(bad.items())[:5])
+        more = f" and {len(bad) - 5} more" if len(bad) > 5 else ""
+        if self.hparams.skip_corrupt:
+            log.warning("%s: skipping %d corrupt feature file(s) of %d (%s%s)", self.features_dir, len(bad),
+                        len(ids), named, more)
+            return set(bad)
+        raise UsageError(
+            f"{features_dir(self.features_dir)}: {len(bad)} of {len(ids)} feature files are corrupt ({named}{more}); "
+            f"repair: {repair_command(self.data_dir, self.features_dir, self.feature_meta)} (or skip them: "
+            "--data.skip_corrupt true)")
 
     def _available_videos(self) -> set[str]:
         folder = features_dir(self.features_dir)

@@ -15,9 +15,14 @@ What this adds to LightningCLI (through its public hooks only):
 - `checkpoint` (ModelCheckpoint: best by `val/CIDEr`, plus last.ckpt) and `early_stopping` (EarlyStopping on the
   same monitor, patience 20 validations as the original) option groups; with `--model.caption_metrics false`
   a caption-metric monitor falls back to `val/loss` (mode min), since nothing else would be logged;
+- a `step_checkpoint` option group (vidcap.training.step_checkpoint): last.ckpt every N steps with the train
+  loader's position, so that `--ckpt_path last` resumes a killed run mid-epoch;
 - checkpoints go to `<default_root_dir>/checkpoints` unless `--checkpoint.dirpath` says otherwise, so that
   `--ckpt_path last` finds the last.ckpt of an interrupted run (Lightning would look in a new version folder);
-- checkpoints are loaded with `weights_only=True` (no pickled code runs);
+- checkpoints are loaded with `weights_only=True` (no pickled code runs) and written atomically (a temporary name
+  renamed: vidcap.training.step_checkpoint.AtomicCheckpointIO);
+- a full disk or a read-only folder while training is one line naming the folder (vidcap.errors.DiskError; exit 1
+  when a checkpoint to resume from exists, 2 when not);
 - with `--ckpt_path FILE`, the architecture comes from the checkpoint (its hyper-parameters hold nothing else, see
   vidcap.training.module) and a differing config value is reported; decoding and training options come from the config;
 - with `--model.init_from FILE`, the architecture comes from that checkpoint too (self-critical training starts from
@@ -39,17 +44,20 @@ import os
 import sys
 import warnings
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from jsonargparse import ArgumentError, DefaultHelpFormatter
+from lightning_fabric.plugins import TorchCheckpointIO
 from pytorch_lightning.callbacks import EarlyStopping, LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 
-from vidcap.errors import UsageError
+from vidcap.errors import UsageError, disk_error
 from vidcap.text.metrics import CAPTION_METRICS, LOGGED_NAMES
 from vidcap.training.callbacks import ExplanationImage
 from vidcap.training.data import CaptionDataModule
 from vidcap.training.module import DATA_SIZES, CaptionModule
+from vidcap.training.step_checkpoint import AtomicCheckpointIO, StepCheckpoint, last_checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +160,7 @@ class VidcapCLI(LightningCLI):
             "early_stopping.patience": 20,
         })
         parser.add_lightning_class_args(ExplanationImage, "explanation")
+        parser.add_lightning_class_args(StepCheckpoint, "step_checkpoint")
         for field, attribute in DATA_SIZES.items():
             parser.link_arguments(f"data.{attribute}", f"model.architecture.{field}", apply_on="instantiate")
         parser.link_arguments("data.feature_meta", "model.feature_meta", apply_on="instantiate")
@@ -182,6 +191,8 @@ class VidcapCLI(LightningCLI):
 
     def instantiate_trainer(self, **kwargs: Any):
         trainer = super().instantiate_trainer(**kwargs)
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:  # the default: make its writes atomic
+            trainer.strategy.checkpoint_io = AtomicCheckpointIO()
         if trainer.loggers:  # LearningRateMonitor refuses a trainer without a logger (--trainer.logger false)
             trainer.callbacks.append(LearningRateMonitor())
         return trainer
@@ -240,13 +251,40 @@ def run_lightning(name: str, args: Sequence[str] | Mapping[str, Any], callbacks:
     if name not in SUBCOMMANDS:
         raise UsageError(f"unknown Lightning subcommand {name!r}")
     cli_args = {"subcommand": name, name: dict(args)} if isinstance(args, Mapping) else [name, *args]
+    folder = _checkpoint_folder()
     try:
         with _quiet_warnings():
-            VidcapCLI(cli_args, callbacks=[*callbacks, *([_tensorboard_hint()] if name == "fit" else [])])
+            VidcapCLI(cli_args, callbacks=[*callbacks, folder, *([_tensorboard_hint()] if name == "fit" else [])])
+    except OSError as error:
+        raise _disk_error(error, folder.last) from None
     except SystemExit as exit_:  # --help, --print_config and argument errors (jsonargparse prints them)
         code = exit_.code
         return code if isinstance(code, int) else (0 if code is None else 2)
     return 0
+
+
+def _checkpoint_folder():
+    """A callback remembering the run's last.ckpt path (for the message of a full disk)."""
+    from pytorch_lightning import Callback
+
+    class CheckpointFolder(Callback):
+        last: Path | None = None
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            self.last = last_checkpoint_path(trainer)
+
+    return CheckpointFolder()
+
+
+def _disk_error(error: OSError, last: Path | None) -> BaseException:
+    """A full disk or read-only folder met while training: a DiskError naming the path (the checkpoint folder when
+    the error names none); exit code 1 when last.ckpt exists to resume from."""
+    if error.filename is None and last is not None:
+        error.filename = str(last.parent)
+    resumable = last is not None and last.is_file()
+    hint = (f"{last} is complete: resume with --ckpt_path last" if resumable
+            else "no checkpoint was saved")
+    return disk_error(error, done=resumable, hint=hint) or error
 
 
 def resolve_config(configs: Sequence[str | os.PathLike] = (), values: Mapping[str, Any] | None = None,
