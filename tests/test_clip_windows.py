@@ -202,16 +202,16 @@ def test_window_columns_go_together_and_tables_without_them_are_unchanged(videos
 
 
 def test_report_pictures_and_training_thumbnails_read_the_window(videos, tmp_path):
-    from vidcap.report.cards import video_sprite
+    from vidcap.report.explain import video_thumbnails
     from vidcap.training.callbacks import _sampled_frames
 
     (tmp_path / "videos.csv").write_text(f"video_id,split,path,start,end\nlong_2_5,test,{videos / 'long.mp4'},2,5\n"
                                          f"a,test,{videos / 'a.mp4'},,\n", encoding="utf-8")
     paths = dict(zip(*read_videos(tmp_path)[["video_id", "path"]].to_numpy().T, strict=True))
     assert paths == {"long_2_5": f"{videos / 'long.mp4'}#t=2,5", "a": str(videos / "a.mp4")}
-    _, times = video_sprite(paths["long_2_5"], 4)
+    times = video_thumbnails(paths["long_2_5"], 4).times
     np.testing.assert_allclose(times, (16 + sample_frame_indices(24, 4)[0]) / FPS)
     frames, times = _sampled_frames(tmp_path, "long_2_5", np.ones(4, dtype=bool), 4)
     np.testing.assert_allclose(times, (16 + sample_frame_indices(24, 4)[0]) / FPS)
-    _, whole = video_sprite(paths["a"], 4)
+    whole = video_thumbnails(paths["a"], 4).times
     np.testing.assert_allclose(whole, sample_frame_indices(12, 4)[0] / FPS)
