@@ -15,7 +15,7 @@ import torch
 from tests.helpers import DG, WORDS, T, write_feature_dataset
 from vidcap.cli import main
 from vidcap.evaluation import reverse_frames
-from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG, train
+from vidcap.experiments.demo import DATA_CONFIG, DEMO_CONFIG, Training, train
 from vidcap.text.vocab import Vocabulary
 
 
@@ -23,14 +23,14 @@ from vidcap.text.vocab import Vocabulary
 def trained(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("evaluate")
     data, store = write_feature_dataset(root)
-    tiny = ["--config", str(DATA_CONFIG), "--config", str(DEMO_CONFIG), "--model.architecture.embed_dim", "8", "--model.architecture.hidden_dim", "16",
-            "--model.architecture.attention_dim", "8", "--data.batch_size", "8", "--trainer.max_epochs", "2",
-            "--trainer.check_val_every_n_epoch", "2", "--model.decoding.beam_size", "3"]
+    tiny = {"model.architecture.embed_dim": 8, "model.architecture.hidden_dim": 16,
+            "model.architecture.attention_dim": 8, "data.batch_size": 8, "trainer.max_epochs": 2,
+            "trainer.check_val_every_n_epoch": 2, "model.decoding.beam_size": 3}
     out = {"data": data, "store": store, "root": root}
     for variant, encoder in (("basic", "none"), ("global", "position")):
-        ckpt, _ = train(data, store, root / f"{variant}-{encoder}", [*tiny, "--model.architecture.variant", variant,
-                                                                      "--model.architecture.encoder", encoder],
-                        progress=False)
+        training = Training((str(DATA_CONFIG), str(DEMO_CONFIG)), {
+            **tiny, "model.architecture.variant": variant, "model.architecture.encoder": encoder})
+        ckpt, _ = train(data, store, root / f"{variant}-{encoder}", training, progress=False)
         out[variant] = ckpt
     return out
 

@@ -12,7 +12,6 @@ import csv
 import io
 import json
 import pickle
-from argparse import Namespace
 from collections import Counter
 from pathlib import Path
 from types import ModuleType
@@ -199,13 +198,8 @@ def test_lsmdc_hostile_bytes(work, data, edits):
 
 
 def load_dataset(module: ModuleType, annotations: list[Path], videos: list[Path]):
-    """module.load with the annotation files and video folders (its keyword arguments, or a Namespace of them)."""
-    import inspect
-
-    parameters = list(inspect.signature(module.load).parameters)
-    if parameters == ["args"]:
-        return module.load(Namespace(annotations=[str(p) for p in annotations], videos=[str(v) for v in videos]))
-    return module.load(annotations=[str(p) for p in annotations], videos=[str(v) for v in videos])
+    """module.load with the annotation files and video folders as its keyword arguments."""
+    return module.load(Path("unused-out"), annotations=[str(p) for p in annotations], videos=[str(v) for v in videos])
 
 
 def msrvtt_json(clips: list[tuple[str, str, list[str]]]) -> str:

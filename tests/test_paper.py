@@ -325,7 +325,11 @@ def test_drop_long_captions_drops_instead_of_cutting(monkeypatch):
     val, _ = read_split(captions, "val", vocab, 3, {"a", "b", "c"}, drop_long_captions=True)
     assert val.video_references(0) == ["long", "short"]  # metrics keep every reference
     assert [val.tokens(n) for n in val.video_captions(0)] == [[5, EOS]] and val.caption_reference.tolist() == [1]
-    monkeypatch.setattr("vidcap.training.data.load_features", lambda store, video_id: {"mask": np.ones(1, bool)})
+    class OneFrameStore:
+        def load(self, video_id):
+            return {"mask": np.ones(1, bool)}
+
+    monkeypatch.setattr("vidcap.training.data.open_store", lambda features_dir: OneFrameStore())
     item = CaptionDataset("unused", val, per_reference=False)[0]
     assert item["references"] == ["long", "short"] and item["tokens"] == [[5, EOS]]
     item = CaptionDataset("unused", val, per_reference=True)[0]
