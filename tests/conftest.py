@@ -8,10 +8,16 @@ import shutil
 from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 
+import av  # noqa: F401  before any test imports decord: see below
 import pytest
 from hypothesis import settings
 
 from tests.helpers import TINY_DEMO, numbered_frames, write_video
+
+# decord ships FFmpeg libraries of its own. Loaded before PyAV's, they take over symbols PyAV's encoders resolve, and
+# PyAV can no longer open the libvpx (VP8/VP9) or MJPEG encoders (avcodec_open2 returns EINVAL); PyAV's decoding is
+# unaffected. vidcap imports PyAV before decord (vidcap/video/decord_backend.py); the tests that import decord
+# themselves get the same order from this import.
 
 # Property tests (tests/test_fuzz_parsers.py) in CI: the same examples every run (derandomize), no example database
 # written into the checkout, no per-example deadline on a loaded machine; each test sets its own max_examples.

@@ -249,6 +249,8 @@ def missing_requirements() -> list[Check]:
 
 
 def _decord_import_error() -> str | None:
+    import av  # noqa: F401  before decord, as vidcap.video.decord_backend does
+
     try:
         import decord  # noqa: F401
     except ImportError as error:

@@ -59,6 +59,10 @@ class DecordBackend:
         """`expected_size` (height, width) from the container header; decord's frames must have it. threads: decoding
         threads (0: decord's default, every core). data: the file's bytes when it has no path of its own (a member
         of a tar shard); `path` then only names it."""
+        # PyAV first: decord bundles FFmpeg libraries that, loaded before PyAV's, break PyAV's VP8/VP9 and MJPEG
+        # encoders (avcodec_open2 returns EINVAL). PyAV's and decord's decoding are unaffected.
+        import av  # noqa: F401
+
         try:
             import decord
         except ImportError as exc:  # decord has no wheel for this platform (macOS, ARM)
