@@ -284,3 +284,28 @@ def test_devices_2_gives_the_single_process_shards_sample_by_sample(tmp_path):
     assert writers == {"0", "1"}  # both processes wrote shards, none twice
     assert _manifest(one.path) == _manifest(two.path)
     assert fs.comparable_meta(one.meta) == fs.comparable_meta(two.meta)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.timeout(400)
+def test_two_torchrun_nodes_write_the_single_process_shards(tmp_path):
+    from tests.helpers import torchrun_nodes
+
+    data = tmp_path / "data"
+    make_video_dataset(data, 5)
+    common = ["--store", "shards", "--shard-size", "2", "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 1
+    args = ["vidcap", *_extract(data, tmp_path / "two", *common)]
+    (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
+    assert (code0, code1) == (1, 1), err0[-3000:] + err1[-3000:]  # the broken videos fail on both
+    assert "5 extracted, 0 already done, 5 failed, of 10 videos" in out0 and "extracted" not in out1  # rank 0 reports
+    one, two = open_store(tmp_path / "one"), open_store(tmp_path / "two")
+    assert sharded.read_summary(one.path) == sharded.read_summary(two.path)
+    writers = {}
+    for name in sharded.read_summary(one.path):
+        a, b = sharded.read_index(one.path, name), sharded.read_index(two.path, name)
+        assert [(e.video_id, e.sha256) for e in a] == [(e.video_id, e.sha256) for e in b]
+        writers[name] = json.loads(sharded.index_path(two.path, name).read_text())["writer"].rsplit(":", 1)[1]
+    assert sorted(set(writers.values())) == ["0", "1"]
+    assert _manifest(one.path) == _manifest(two.path)

@@ -210,12 +210,12 @@ def read_sample(store: str | os.PathLike, name: str, entry: Entry, handle: io.Bu
         else:
             data = os.pread(handle.fileno(), entry.size, entry.offset)
     except OSError as exc:
-        raise UsageError(f"{path} sample {entry.video_id}: unreadable ({exc}); run `vidcap verify`") from exc
+        raise UsageError(f"{path} sample {entry.video_id}: unreadable ({exc}); run `vidcap verify {store}`") from exc
     if len(data) != entry.size:
         raise UsageError(f"{path} sample {entry.video_id}: truncated shard ({len(data)} of {entry.size} bytes); "
-                         "run `vidcap verify`")
+                         f"run `vidcap verify {store}`")
     if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise UsageError(f"{path} sample {entry.video_id}: checksum mismatch (corrupt shard); run `vidcap verify`")
+        raise UsageError(f"{path} sample {entry.video_id}: checksum mismatch (corrupt shard); run `vidcap verify {store}`")
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
 

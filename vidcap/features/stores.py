@@ -136,6 +136,15 @@ class ShardedStore:
     def size(self) -> int:
         return sum(len(sharded.read_index(self.path, name)) for name in sharded.index_names(self.path))
 
+    def preflight(self, split: str) -> tuple[set[str], list[sharded.Problem]]:
+        """The check before a first step on `split`'s shards, reading no sample (sharded.quick_check): (the videos
+        of the shards that pass it, less any sample it names; the problems, naming shard and sample)."""
+        names = [name for name in sharded.index_names(self.path) if name.rsplit("-", 1)[0] == split]
+        problems = sharded.quick_check(self.path, names)
+        bad_shards = {p.shard for p in problems if p.video_id is None}
+        bad_samples = {p.video_id for p in problems if p.video_id is not None}
+        return set(sharded.locate(self.path, [n for n in names if n not in bad_shards])) - bad_samples, problems
+
     def check(self, full: bool = True, workers: int | None = None, progress: Progress | None = None) -> StoreCheck:
         """Every sample of every shard against the sha256 its index recorded (full), or the quick check (each index
         readable, each tar there with its recorded size); missing: shards that shards.json or an index lists but
