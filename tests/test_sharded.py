@@ -309,3 +309,25 @@ def test_two_torchrun_nodes_write_the_single_process_shards(tmp_path):
         writers[name] = json.loads(sharded.index_path(two.path, name).read_text())["writer"].rsplit(":", 1)[1]
     assert sorted(set(writers.values())) == ["0", "1"]
     assert _manifest(one.path) == _manifest(two.path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_retries_a_decode_task_whose_worker_died(tmp_path, monkeypatch):
+    from vidcap.features.ray_engine import DIE_ONCE
+
+    data = tmp_path / "data"
+    make_video_dataset(data, 3, broken=False)
+    common = ["--store", "shards", "--shard-size", "2", "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 0
+    marker = tmp_path / "died"
+    monkeypatch.setenv(DIE_ONCE, f"good2={marker}")
+    assert main(_extract(data, tmp_path / "ray", *common, "--engine", "ray")) == 0
+    assert marker.exists()  # the worker decoding good2 did die, and the retried task completed the run
+    one, ray = open_store(tmp_path / "one"), open_store(tmp_path / "ray")
+    assert sharded.read_summary(one.path) == sharded.read_summary(ray.path)
+    assert "good2" in ray.ids()
+    for name in sharded.read_summary(one.path):
+        a, b = sharded.read_index(one.path, name), sharded.read_index(ray.path, name)
+        assert [(e.video_id, e.sha256) for e in a] == [(e.video_id, e.sha256) for e in b]
+    assert _manifest(one.path) == _manifest(ray.path)

@@ -65,10 +65,27 @@ def connect(address: str | None) -> bool:
     return True
 
 
+# For the tests of Ray's retries: "VIDEO_ID=MARKER_FILE" makes the first task that decodes that video end its worker
+# process (as a node that dies would), once: the marker file records that it happened.
+DIE_ONCE = "VIDCAP_TEST_RAY_DIE_ONCE"
+
+
+def _die_once(video_id: str) -> None:
+    target, _, marker = os.environ.get(DIE_ONCE, "").partition("=")
+    if target != video_id or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)
+
+
 def _decode(item: tuple[str, str], requests, options: ExtractOptions) -> _Item:
     """A Ray task: one video decoded and shrunk exactly as a decoding worker of the local engine does it."""
     import torch
 
+    _die_once(item[0])
     torch.set_num_threads(1)
     return VideoDataset([item], requests, options)[0]
 
