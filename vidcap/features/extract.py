@@ -1,6 +1,11 @@
 """The extraction engine behind `vidcap extract`: DIR/videos.csv -> a feature store (vidcap/features/store.py, docs/formats.md).
 
-How a run goes:
+`run_extract` picks the engine: the per-file store below, or a sharded store (`--store shards`) through
+vidcap/features/sharded_extract.py (one process, `--devices N`, torchrun/srun) or vidcap/features/ray_engine.py
+(`--engine ray`), which run one shard core. The records every engine shares (ExtractSummary, Failure, make_meta,
+read_video_table) live in vidcap/features/records.py and are re-exported here.
+
+How a per-file run goes:
 - The options of a run are one ExtractOptions (vidcap/features/options.py, which both this module and the shard
   import).
 - Each process (vidcap/features/shard.py) has DataLoader workers decode and resize the videos while it runs the
