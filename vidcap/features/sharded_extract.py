@@ -316,16 +316,16 @@ def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
     job = ShardJob(store, planned, options, progress, on_failure)
     try:
         if process is not None:
+            # A process that stops (a WorkerError below, a kill, its node) never reaches the barrier: the others
+            # notice at once (its connection closes) and stop too.
+            run_shards(replace(job, extractors=extractors, rank=process.rank, world_size=process.world_size,
+                               local_rank=process.local_rank))
             try:
-                run_shards(replace(job, extractors=extractors, rank=process.rank, world_size=process.world_size,
-                                   local_rank=process.local_rank))
-            finally:
-                try:
-                    torch.distributed.monitored_barrier(timeout=BARRIER_TIMEOUT)
-                except RuntimeError as error:  # a process that died (its node, a kill)
-                    raise VidcapError(f"{store}: another process stopped before finishing its shards "
-                                      f"({' '.join(str(error).split())[:200]}); the shards written are complete: "
-                                      "rerun to extract the rest") from None
+                torch.distributed.monitored_barrier(timeout=BARRIER_TIMEOUT)
+            except RuntimeError as error:  # torch.distributed.DistError: a process that died
+                raise VidcapError(f"{store}: another process stopped before finishing its shards "
+                                  f"({' '.join(str(error).split())[:200]}); the shards written are complete: rerun "
+                                  "to extract the rest") from None
         elif options.devices == 1 or len(planned) <= 1:
             run_shards(replace(job, extractors=extractors))
         else:
