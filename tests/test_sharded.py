@@ -192,6 +192,8 @@ def test_verify_on_a_sharded_store_names_shard_and_sample_and_the_missing_shards
                          lines[2], f"missing: {shards}/train-000002.tar"]
     assert lines[2].startswith(f"bad: {shards}/train-000001.tar sample v5: truncated shard")
     assert "3 bad, 1 missing" in captured.out and "repair: rerun the `vidcap extract" in lines[-1]
+    assert open_store(store).verify() == [line.removeprefix("bad: ") for line in lines[:3]] + [
+        f"{shards}/train-000002.tar: missing"]
     # The quick check reads no sample: the truncated shard and the missing one, not the flipped byte.
     assert main(["verify", str(store), "--no-progress", "--quick"]) == 1
     captured = capsys.readouterr()

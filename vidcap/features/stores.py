@@ -3,9 +3,9 @@
 
 Both give: `meta` (meta.json), `ids(split=None)` (sorted video ids with features; a sharded store reads the indexes
 of that split's shards only), `load(video_id)` ({"global": (T, Dg), "local": (T, Dl), "mask": (T,) bool, "times":
-(T,) float32}, exactly what the per-file store holds), `verify()` (a line per bad video, naming the file or the
-shard and sample) and `check(full, ...)` (what `vidcap verify` prints: the full check of every checksum, or the quick
-one that fit and evaluate run before their first step).
+(T,) float32}, exactly what the per-file store holds), `check(full, ...)` (what `vidcap verify` prints: the full
+check of every checksum, or the quick one that fit and evaluate run before their first step) and `verify()` (the
+full check's problems, a line each, naming the file or the shard and sample).
 """
 
 from __future__ import annotations
@@ -45,6 +45,10 @@ class StoreCheck:
     def ok(self) -> bool:
         return not self.bad and not self.missing
 
+    def lines(self) -> list[str]:
+        """A line per problem: "PLACE: reason", then "PLACE: missing"."""
+        return [*self.bad, *(f"{place}: missing" for place in self.missing)]
+
 
 Progress = Callable[[int], None]
 
@@ -80,13 +84,7 @@ class FileStore:
         return fs.load_features(self.path, video_id)
 
     def verify(self) -> list[str]:
-        bad = []
-        for video_id in self.ids():
-            try:
-                self.load(video_id)
-            except UsageError as exc:
-                bad.append(str(exc))
-        return bad
+        return self.check().lines()
 
     def size(self) -> int:
         return len(fs.list_features(self.path))
@@ -131,7 +129,7 @@ class ShardedStore:
         return sharded.read_sample(self.path, name, entry)
 
     def verify(self) -> list[str]:
-        return [str(problem) for problem in sharded.verify(self.path)]
+        return self.check().lines()
 
     def size(self) -> int:
         return sum(len(sharded.read_index(self.path, name)) for name in sharded.index_names(self.path))
