@@ -269,6 +269,7 @@ def test_ray_engine_gives_the_single_process_features_exactly(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ddp
 @pytest.mark.timeout(300)
 def test_devices_2_gives_the_single_process_shards_sample_by_sample(tmp_path):
     data = tmp_path / "data"
