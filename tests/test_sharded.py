@@ -141,24 +141,64 @@ def test_extract_into_shards_resumes_and_reextracts_what_verify_found(tmp_path, 
         a, b = opened.load(vid), fs.load_features(files, vid)
         for key in ("global", "mask", "times"):
             np.testing.assert_array_equal(a[key], b[key])
-    # A killed run left a shard without its index; a byte flipped in another: both are extracted again, only them.
+    # A killed run left a shard without its index, a byte flipped in another, a third truncated: their videos are
+    # extracted again, and only them.
     (sharded.index_path(shards, "train-000002")).unlink()
     index = sharded.read_index(shards, "train-000001")
     tar = sharded.shard_path(shards, "train-000001")
     data_bytes = bytearray(tar.read_bytes())
     data_bytes[index[0].offset + 200] ^= 0x01
     tar.write_bytes(bytes(data_bytes))
-    problems = sharded.verify(shards)
-    assert [(p.shard, p.video_id) for p in problems] == [("train-000001", "good0")]
-    sharded.forget(shards, problems)
+    cut = sharded.shard_path(shards, "test-000000")
+    cut.write_bytes(cut.read_bytes()[: sharded.read_index(shards, "test-000000")[1].offset + 10])
     capsys.readouterr()
+    assert main(["verify", str(shards), "--no-progress"]) == 1
+    err = capsys.readouterr().err
+    assert "train-000001.tar sample good0: checksum mismatch" in err and "test-000000.tar sample good3: truncated" in err
+    assert "good2" not in err and "good1" not in err
     assert main(_extract(data, shards, "--num-workers", "0", "--store", "shards", "--shard-size", "2")) == 1
-    assert "2 extracted, 3 already done, 5 failed" in capsys.readouterr().out  # good0, good4; the 5 broken ones
-    assert sharded.verify(open_store(shards).path) == []
-    assert sorted(sharded.read_summary(shards)) == ["test-000000", "train-000001", "train-000002"]
-    assert sharded.read_summary(shards)["train-000002"] == 2  # good0, good4 again, in a new shard numbered after
+    out = capsys.readouterr().out  # good0, good3 (corrupt), good4 (unfinished shard); the 5 broken ones fail again
+    assert "3 extracted (2 of them to replace files that failed their checksum), 2 already done, 5 failed" in out
+    assert main(["verify", str(shards), "--no-progress"]) == 0
+    assert main(["verify", str(shards), "--no-progress", "--quick"]) == 0
+    # New shards numbered after the last: test good3, then train good0 and good4.
+    assert sharded.read_summary(shards) == {"test-000000": 1, "test-000002": 1, "train-000001": 1, "train-000003": 2}
     assert open_store(shards).ids() == [f"good{i}" for i in range(5)]
     np.testing.assert_array_equal(open_store(shards).load("good0")["global"], fs.load_features(files, "good0")["global"])
+
+
+def test_verify_on_a_sharded_store_names_shard_and_sample_and_the_missing_shards(tmp_path, capsys):
+    rng = np.random.default_rng(3)
+    videos = {f"v{i}": _arrays(rng) for i in range(9)}
+    store = _sharded_store(tmp_path, videos)
+    assert main(["verify", str(store), "--no-progress"]) == 0
+    assert capsys.readouterr().out.strip() == f"{store}: 9 samples in 3 shards checked (SHA-256), 0 bad, 0 missing"
+    first = sharded.read_index(store, "train-000000")
+    path = sharded.shard_path(store, "train-000000")
+    data = bytearray(path.read_bytes())
+    data[first[2].offset + 3] ^= 0x40  # a byte of v2's features
+    path.write_bytes(bytes(data))
+    second = sharded.shard_path(store, "train-000001")
+    second.write_bytes(second.read_bytes()[: sharded.read_index(store, "train-000001")[1].offset + 1])  # v4, v5 cut
+    sharded.shard_path(store, "train-000002").unlink()
+    assert main(["verify", str(store), "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    shards = sharded.shards_dir(store)
+    lines = captured.err.strip().splitlines()
+    assert lines[:4] == [f"bad: {shards}/train-000000.tar sample v2: checksum mismatch (corrupt shard)",
+                         f"bad: {shards}/train-000001.tar sample v4: truncated shard "
+                         f"({sharded.read_index(store, 'train-000001')[1].offset + 1} bytes, the sample ends at "
+                         f"{sharded.read_index(store, 'train-000001')[1].offset + sharded.read_index(store, 'train-000001')[1].size})",
+                         lines[2], f"missing: {shards}/train-000002.tar"]
+    assert lines[2].startswith(f"bad: {shards}/train-000001.tar sample v5: truncated shard")
+    assert "3 bad, 1 missing" in captured.out and "repair: rerun the `vidcap extract" in lines[-1]
+    assert open_store(store).verify() == [line.removeprefix("bad: ") for line in lines[:3]] + [
+        f"{shards}/train-000002.tar: missing"]
+    # The quick check reads no sample: the truncated shard and the missing one, not the flipped byte.
+    assert main(["verify", str(store), "--no-progress", "--quick"]) == 1
+    captured = capsys.readouterr()
+    assert "v2" not in captured.err and "sample v4: truncated" in captured.err and "train-000002.tar" in captured.err
+    assert "(sizes), 2 bad, 1 missing" in captured.out
 
 
 @pytest.mark.slow
@@ -226,3 +266,71 @@ def test_ray_engine_gives_the_single_process_features_exactly(tmp_path):
     assert fs.comparable_meta(meta_one) == fs.comparable_meta(meta_ray)
     with tarfile.open(sharded.shard_path(ray.path, "test-000000")) as tar:
         assert [m.name for m in tar.getmembers()][:2] == ["00000000000.json", "00000000000.npz"]
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.timeout(300)
+def test_devices_2_gives_the_single_process_shards_sample_by_sample(tmp_path):
+    data = tmp_path / "data"
+    make_video_dataset(data, 5)
+    common = ["--store", "shards", "--shard-size", "2", "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 1  # the broken videos fail, in both
+    assert main(_extract(data, tmp_path / "two", *common, "--devices", "2")) == 1
+    one, two = open_store(tmp_path / "one"), open_store(tmp_path / "two")
+    assert sharded.read_summary(one.path) == sharded.read_summary(two.path)
+    writers = set()
+    for name in sharded.read_summary(one.path):
+        a, b = sharded.read_index(one.path, name), sharded.read_index(two.path, name)
+        assert [(e.video_id, e.sha256) for e in a] == [(e.video_id, e.sha256) for e in b]
+        writers.add(json.loads(sharded.index_path(two.path, name).read_text())["writer"].rsplit(":", 1)[1])
+    assert writers == {"0", "1"}  # both processes wrote shards, none twice
+    assert _manifest(one.path) == _manifest(two.path)
+    assert fs.comparable_meta(one.meta) == fs.comparable_meta(two.meta)
+
+
+@pytest.mark.slow
+@pytest.mark.ddp
+@pytest.mark.timeout(400)
+def test_two_torchrun_nodes_write_the_single_process_shards(tmp_path):
+    from tests.helpers import torchrun_nodes
+
+    data = tmp_path / "data"
+    make_video_dataset(data, 5)
+    common = ["--store", "shards", "--shard-size", "2", "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 1
+    args = ["vidcap", *_extract(data, tmp_path / "two", *common)]
+    (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
+    assert (code0, code1) == (1, 1), err0[-3000:] + err1[-3000:]  # the broken videos fail on both
+    assert "5 extracted, 0 already done, 5 failed, of 10 videos" in out0 and "extracted" not in out1  # rank 0 reports
+    one, two = open_store(tmp_path / "one"), open_store(tmp_path / "two")
+    assert sharded.read_summary(one.path) == sharded.read_summary(two.path)
+    writers = {}
+    for name in sharded.read_summary(one.path):
+        a, b = sharded.read_index(one.path, name), sharded.read_index(two.path, name)
+        assert [(e.video_id, e.sha256) for e in a] == [(e.video_id, e.sha256) for e in b]
+        writers[name] = json.loads(sharded.index_path(two.path, name).read_text())["writer"].rsplit(":", 1)[1]
+    assert sorted(set(writers.values())) == ["0", "1"]
+    assert _manifest(one.path) == _manifest(two.path)
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_ray_retries_a_decode_task_whose_worker_died(tmp_path, monkeypatch):
+    from vidcap.features.ray_engine import DIE_ONCE
+
+    data = tmp_path / "data"
+    make_video_dataset(data, 3, broken=False)
+    common = ["--store", "shards", "--shard-size", "2", "--num-workers", "0"]
+    assert main(_extract(data, tmp_path / "one", *common)) == 0
+    marker = tmp_path / "died"
+    monkeypatch.setenv(DIE_ONCE, f"good2={marker}")
+    assert main(_extract(data, tmp_path / "ray", *common, "--engine", "ray")) == 0
+    assert marker.exists()  # the worker decoding good2 did die, and the retried task completed the run
+    one, ray = open_store(tmp_path / "one"), open_store(tmp_path / "ray")
+    assert sharded.read_summary(one.path) == sharded.read_summary(ray.path)
+    assert "good2" in ray.ids()
+    for name in sharded.read_summary(one.path):
+        a, b = sharded.read_index(one.path, name), sharded.read_index(ray.path, name)
+        assert [(e.video_id, e.sha256) for e in a] == [(e.video_id, e.sha256) for e in b]
+    assert _manifest(one.path) == _manifest(ray.path)

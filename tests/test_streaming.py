@@ -224,3 +224,70 @@ def test_fit_with_two_ddp_processes_sees_every_training_video_once_per_epoch(tmp
     for epoch in (0, 1):
         ids = [vid for rank in (0, 1) for e, batch in records[rank] if e == epoch for vid in batch]
         assert sorted(ids) == [f"v{i:02d}" for i in range(12)]  # 12 videos over 2 ranks: each exactly once
+
+
+def _flip(store: Path, name: str, sample: int) -> str:
+    entry = sharded.read_index(store, name)[sample]
+    path = sharded.shard_path(store, name)
+    data = bytearray(path.read_bytes())
+    data[entry.offset + entry.size // 2] ^= 0x08
+    path.write_bytes(bytes(data))
+    return entry.video_id
+
+
+def _cut(store: Path, name: str, sample: int) -> str:
+    entry = sharded.read_index(store, name)[sample]
+    path = sharded.shard_path(store, name)
+    path.write_bytes(path.read_bytes()[: entry.offset + 5])
+    return entry.video_id
+
+
+@pytest.mark.slow
+def test_fit_stops_at_a_corrupt_training_sample_with_one_line_or_skips_and_counts_it(tmp_path, capsys, caplog):
+    from vidcap.cli import main
+
+    data, store = write_feature_dataset(tmp_path)
+    shards = _shard_the_store(store, tmp_path / "shards")
+    bad = _flip(shards, "train-000001", 1)
+    assert main(_fit_args(data, shards, tmp_path / "run")) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if not line.startswith("watch the training")]
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert f"train-000001.tar sample {bad}: checksum mismatch" in err[0] and f"vidcap verify {shards}" in err[0]
+    assert main(_fit_args(data, shards, tmp_path / "skip", "--data.skip_corrupt", "true")) == 0
+    assert f"skipping {sharded.shard_path(shards, 'train-000001')} sample {bad}" in caplog.text
+    assert "(1 skipped so far" in caplog.text
+
+
+@pytest.mark.slow
+def test_fit_and_evaluate_check_the_shards_of_their_evaluation_splits_before_the_first_step(tmp_path, capsys, caplog):
+    from vidcap.cli import main
+
+    data, store = write_feature_dataset(tmp_path)
+    shards = _shard_the_store(store, tmp_path / "shards")
+    assert main(_fit_args(data, shards, tmp_path / "good")) == 0
+    checkpoint = tmp_path / "good" / "checkpoints" / "last.ckpt"
+    assert checkpoint.is_file()
+    capsys.readouterr()
+    cut = _cut(shards, "val-000004", 1)  # v13 and v14 lie past the new end
+    root = tmp_path / "run"
+    assert main(_fit_args(data, shards, root)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert f"val-000004.tar sample {cut}: truncated shard" in err[0] and "val-000004.tar sample v14" in err[0]
+    assert f"run `vidcap verify {shards}`" in err[0] and "--data.skip_corrupt true" in err[0]
+    assert not (root / "checkpoints").exists()  # refused before the first step
+    assert main([*_fit_args(data, shards, root), "--data.skip_corrupt", "true"]) == 0
+    assert "skipping 2 bad shard(s) or sample(s) of split 'val'" in caplog.text
+    # evaluate: a test shard gone (its index left) is refused before decoding, or skipped.
+    sharded.shard_path(shards, "test-000006").unlink()
+    capsys.readouterr()
+    out = tmp_path / "eval"
+    evaluate = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(data), "--features", str(shards),
+                "--split", "test", "--out", str(out)]
+    assert main(evaluate) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "test-000006.tar: missing" in err[0] and "evaluate --skip-corrupt" in err[0], err
+    assert not out.exists()
+    assert main([*evaluate, "--skip-corrupt"]) == 0
+    assert "skipping 1 bad shard(s) or sample(s) of split 'test'" in caplog.text
+    assert "test: 2 of 5 videos have no features" in caplog.text  # test-000006's two, and nothing else

@@ -24,7 +24,7 @@ its recorded checksum (`vidcap verify FEATS` lists them); videos that fail are l
 tried again next time. A decoding worker that hangs (--worker-timeout) or dies ends the run with one line naming
 its video (exit 1); what finished is kept. Under torchrun or srun every process extracts its own share of the videos
 into the shared --out folder (one GPU each; leave --devices out); manifest.csv's writer column names the process of
-each video.
+each video. With --store shards, --devices N, torchrun, srun and --engine ray each give processes whole shards.
 """
 
 

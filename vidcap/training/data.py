@@ -27,6 +27,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vidcap.datasets import read_captions
 from vidcap.errors import UsageError
+from vidcap.features.sharded import shards_dir
 from vidcap.features.store import features_dir, list_features, read_meta
 from vidcap.features.stores import ShardedStore, open_store
 from vidcap.text.vocab import Vocabulary
@@ -372,7 +373,12 @@ class CaptionDataModule(LightningDataModule):
                 continue
             streaming = isinstance(store, ShardedStore) and split == "train"
             # A sharded store's training split streams: nothing lists its samples (vidcap/training/streaming.py).
-            has = _Everything() if streaming else available if available is not None else set(store.ids(split))
+            if streaming:
+                has = _Everything()
+            elif available is not None:
+                has = available
+            else:
+                has = self._checked_shards(store, split)
             videos, skipped = read_split(captions, split, self.vocab, self.hparams.max_caption_len, has,
                                          self.hparams.drop_long_captions)
             if skipped:
@@ -452,6 +458,25 @@ class CaptionDataModule(LightningDataModule):
             f"{features_dir(self.features_dir)}: {len(bad)} of {len(ids)} feature files are corrupt ({named}{more}); "
             f"repair: {repair_command(self.data_dir, self.features_dir, self.feature_meta)} (or skip them: "
             "--data.skip_corrupt true)")
+
+    def _checked_shards(self, store: ShardedStore, split: str) -> set[str]:
+        """The check before the first step on a sharded store's evaluation split (each shard there, its index
+        readable, its size as recorded: ShardedStore.preflight): the videos to read. Refuses (UsageError, one line
+        naming the bad shards and samples and `vidcap verify`) or, with skip_corrupt, leaves them out and counts them."""
+        good, problems = store.preflight(split)
+        if not problems:
+            return good
+        named = "; ".join(f"{problem}" for problem in problems[:5])
+        more = f" and {len(problems) - 5} more" if len(problems) > 5 else ""
+        if self.hparams.skip_corrupt:
+            log.warning("%s: skipping %d bad shard(s) or sample(s) of split '%s' (%s%s); `vidcap verify %s` checks "
+                        "them all", store.path, len(problems), split, named, more, store.path)
+            return good
+        raise UsageError(
+            f"{shards_dir(store.path)}: {len(problems)} bad shard(s) or sample(s) in split '{split}' ({named}{more}); "
+            f"run `vidcap verify {store.path}`; repair: "
+            f"{repair_command(self.data_dir, self.features_dir, self.feature_meta)} --store shards (or skip them: "
+            "--data.skip_corrupt true, or evaluate --skip-corrupt)")
 
     def _available_videos(self) -> set[str]:
         folder = features_dir(self.features_dir)
