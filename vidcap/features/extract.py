@@ -140,7 +140,7 @@ def run_extract(
                 _disk_checked(store, pending, lambda: run_shard(replace(shard, extractors=extractors)))
             else:
                 del extractors  # each process builds its own, on its own device
-                torch.multiprocessing.spawn(spawned_shard, args=(replace(shard, world_size=options.devices),),
+                torch.multiprocessing.spawn(spawned_shard, args=(run_shard, replace(shard, world_size=options.devices)),
                                             nprocs=options.devices, join=True)
         except (WorkerError, torch.multiprocessing.ProcessExitedException) as error:
             fs.write_manifest(store)  # the stopped video is listed as failed, with its reason

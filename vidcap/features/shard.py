@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -452,12 +453,13 @@ def _extract_shard(shard: Shard) -> int:
     return written
 
 
-def spawned_shard(rank: int, shard: Shard) -> None:
-    """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r). A VidcapError
-    is logged as one line and becomes the process's exit code, which the parent reports (vidcap.features.extract)."""
+def spawned_shard(rank: int, run: Callable[[Any], int], job: Any) -> None:
+    """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r): `run(job)` with
+    the job's rank set (run_shard with a Shard, or the sharded store's run_shards with a ShardJob). A VidcapError is
+    logged as one line and becomes the process's exit code, which the parent reports."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        run_shard(replace(shard, rank=rank, local_rank=rank))
+        run(replace(job, rank=rank, local_rank=rank))
     except (VidcapError, OSError) as error:
         disk = disk_error(error) if isinstance(error, OSError) else error
         if disk is None:

@@ -27,7 +27,7 @@ import torch
 
 from vidcap import launcher
 from vidcap.datasets import read_videos
-from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
+from vidcap.errors import UsageError, VidcapError, WorkerError
 from vidcap.features import sharded
 from vidcap.features import store as fs
 from vidcap.features.extractors import Extractor, assemble_features
@@ -40,6 +40,7 @@ from vidcap.features.shard import (
     _stopped_worker,
     decoding_loader,
     prefetch_factor,
+    spawned_shard,
     video_bytes,
 )
 from vidcap.precision import compute_record
@@ -280,20 +281,6 @@ def run_shards(job: ShardJob) -> int:
     return written
 
 
-def spawned_shards(rank: int, job: ShardJob) -> None:
-    """Process `rank` of torch.multiprocessing.spawn (`--devices N`): a VidcapError is logged as one line and becomes
-    the process's exit code, which the parent reports."""
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run_shards(replace(job, rank=rank, local_rank=rank))
-    except (VidcapError, OSError) as error:
-        disk = disk_error(error) if isinstance(error, OSError) else error
-        if disk is None:
-            raise
-        logger.error("process %d: %s", rank, disk)
-        raise SystemExit(disk.exit_code) from None
-
-
 def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike, options: ExtractOptions, *,
                         progress: bool = True,
                         on_failure: Callable[[str, str, str], None] | None = None) -> ExtractSummary:
@@ -331,7 +318,7 @@ def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         else:
             del extractors  # each process builds its own, on its own device
             world = min(options.devices, len(planned))
-            torch.multiprocessing.spawn(spawned_shards, args=(replace(job, world_size=world),), nprocs=world,
+            torch.multiprocessing.spawn(spawned_shard, args=(run_shards, replace(job, world_size=world)), nprocs=world,
                                         join=True)
     except (WorkerError, torch.multiprocessing.ProcessExitedException) as error:
         sharded.write_summary(store)
