@@ -147,6 +147,18 @@ class ResizeCrop:
 # Weights
 
 
+class Clip(nn.Module):
+    """A 3-D CNN over clips as the extractors hand them over: (N, L, 3, S, S) -> the network's (N, 3, L, S, S)
+    -> (N, D)."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x.permute(0, 2, 1, 3, 4).contiguous())
+
+
 def sha256_of(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:

@@ -10,7 +10,7 @@ import warnings
 import torch
 from torch import nn
 
-from vidcap.features.extractors.base import ExtractorSpec, Weights, from_torch_hub
+from vidcap.features.extractors.base import Clip, ExtractorSpec, Weights, from_torch_hub
 
 # pytorchvideo's Kinetics models (torch hub tutorial values).
 KINETICS_MEAN = (0.45, 0.45, 0.45)
@@ -57,17 +57,6 @@ def _loaded(spec: ExtractorSpec, weights: Weights) -> nn.Module:
     head = (f"blocks.{len(net.blocks) - 1}.proj.",)
     weights.load(net, head=head, pretrained=lambda: from_torch_hub(spec.name, _checkpoint_url(spec.name)))
     return _pooled(net.eval())
-
-
-class Clip(nn.Module):
-    """(N, L, 3, S, S) -> the network's (N, 3, L, S, S) -> (N, D)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.permute(0, 2, 1, 3, 4).contiguous())
 
 
 class SlowFast(Clip):

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 from functools import partial
 
-import torch
 from torch import nn
 
 from vidcap.features.extractors.base import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    Clip,
     ExtractorSpec,
     Weights,
     from_torch_hub,
@@ -28,17 +28,6 @@ KINETICS_STD_TV = (0.22803, 0.22145, 0.216989)
 KINETICS_MEAN = (0.45, 0.45, 0.45)  # MViT (from SlowFast)
 KINETICS_STD = (0.225, 0.225, 0.225)
 SOURCE_FPS = 30  # Kinetics clips: the frame rate the models' frame_rate is taken from
-
-
-class Clip(nn.Module):
-    """(N, L, 3, S, S) -> the network's (N, 3, L, S, S) -> (N, D)."""
-
-    def __init__(self, net: nn.Module):
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x.permute(0, 2, 1, 3, 4).contiguous())
 
 
 def build(*, spec: ExtractorSpec, weights: Weights, arch: str) -> nn.Module:
