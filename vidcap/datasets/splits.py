@@ -89,6 +89,18 @@ def parse_fractions(text: str) -> tuple[float, float, float]:
     return values[0] / total, values[1] / total, values[2] / total
 
 
+def _val_test_sizes(n: int, fractions: tuple[float, float, float], too_few: str) -> tuple[int, int]:
+    """How many of n items go to val and to test: round(n * fraction), at least one for a positive fraction when
+    n >= 3; UsageError(too_few) when nothing would be left for train."""
+    sizes = [round(n * f) for f in fractions[1:]]
+    if n >= 3:
+        sizes = [max(1, size) if fraction > 0 else 0 for size, fraction in zip(sizes, fractions[1:], strict=True)]
+    n_val, n_test = sizes
+    if n_val + n_test >= n:
+        raise UsageError(too_few)
+    return n_val, n_test
+
+
 def seeded_split(video_ids: Iterable[str], fractions: tuple[float, float, float], seed: int) -> dict[str, str]:
     """video id -> split, every video in exactly one split: the distinct ids in byte order, shuffled by a seeded
     generator, then cut into round(n * val) val and round(n * test) test videos (at least one each when its fraction
@@ -97,12 +109,7 @@ def seeded_split(video_ids: Iterable[str], fractions: tuple[float, float, float]
 
     ordered = byte_order(video_ids)
     n = len(ordered)
-    sizes = [round(n * f) for f in fractions[1:]]
-    if n >= 3:
-        sizes = [max(1, size) if fraction > 0 else 0 for size, fraction in zip(sizes, fractions[1:], strict=True)]
-    n_val, n_test = sizes
-    if n_val + n_test >= n:
-        raise UsageError(f"only {n} video(s): too few for a train/val/test split of {fractions}")
+    n_val, n_test = _val_test_sizes(n, fractions, f"only {n} video(s): too few for a train/val/test split of {fractions}")
     shuffled = [ordered[i] for i in np.random.default_rng(seed).permutation(n)]
     return {video: "val" if i < n_val else "test" if i < n_val + n_test else "train"
             for i, video in enumerate(shuffled)}
@@ -122,12 +129,8 @@ def shard_split(shards: list[str], fractions: tuple[float, float, float]) -> dic
     """shard -> split: the shards in the order given, the first ones train, then val, then test, in the fractions'
     proportions (at least one shard each for a positive fraction when there are at least three shards)."""
     n = len(shards)
-    sizes = [round(n * f) for f in fractions[1:]]
-    if n >= 3:
-        sizes = [max(1, size) if fraction > 0 else 0 for size, fraction in zip(sizes, fractions[1:], strict=True)]
-    n_val, n_test = sizes
-    if n_val + n_test >= n:
-        raise UsageError(f"only {n} shard(s): too few to split whole shards {fractions} (drop --split-shards)")
+    n_val, n_test = _val_test_sizes(
+        n, fractions, f"only {n} shard(s): too few to split whole shards {fractions} (drop --split-shards)")
     n_train = n - n_val - n_test
     return {shard: "train" if i < n_train else "val" if i < n_train + n_val else "test"
             for i, shard in enumerate(shards)}
