@@ -297,6 +297,27 @@ def test_extraction_after_this_process_converted_frames_with_pyav(tmp_path):
     assert list_features(store) == [f"good{i}" for i in range(4)]
 
 
+def test_a_long_tmpdir_does_not_stop_the_decoding_workers(tmp_path, monkeypatch):
+    """A worker sends each decoded tensor through a Unix socket that multiprocessing makes under $TMPDIR; past a
+    socket path's length limit (107 bytes on Linux) the worker could not send and the run waited for the watchdog
+    (it happened under pytest-xdist's longer temp folders)."""
+    import tempfile
+    from multiprocessing import process
+
+    long_tmp = tmp_path / ("t" * 50) / ("m" * 50)
+    long_tmp.mkdir(parents=True)
+    monkeypatch.setenv("TMPDIR", str(long_tmp))
+    monkeypatch.setattr(tempfile, "tempdir", str(long_tmp))
+    monkeypatch.delitem(process.current_process()._config, "tempdir", raising=False)  # as in a fresh process
+    data, store = tmp_path / "data", tmp_path / "feats"
+    make_video_dataset(data, 2, broken=False)
+    options = ExtractOptions(global_name="efficientnet_lite0", num_frames=4, image_sizes={"global": 64}, threads=1,
+                             num_workers=1, worker_timeout=30)
+    summary = run_extract(data, store, options, progress=False)
+    assert (summary.extracted, summary.failed) == (2, [])
+    assert list_features(store) == ["good0", "good1"]
+
+
 def _stalling_dataset(data: Path) -> Path:
     """Five good videos; the fourth has frames of helpers.STALL_SIZE. Returns its path."""
     from tests.helpers import STALL_SIZE

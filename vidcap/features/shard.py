@@ -33,7 +33,13 @@ from vidcap.errors import UsageError, VidcapError, WorkerError, disk_error
 from vidcap.features import store as fs
 from vidcap.features.extractors import Extractor, assemble_features
 from vidcap.features.options import ExtractOptions
-from vidcap.video.reader import FrameRequest, SampledFrames, read_sampled_frames, worker_context
+from vidcap.video.reader import (
+    FrameRequest,
+    SampledFrames,
+    read_sampled_frames,
+    short_socket_dir,
+    worker_context,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -174,6 +180,7 @@ def _out_of_shared_memory(text: str) -> bool:
 def _worker_init(_worker_id: int) -> None:
     # Workers only decode and resize: one thread each leaves the cores to the model.
     torch.set_num_threads(1)
+    short_socket_dir()
 
 
 def decoding_loader(dataset: VideoDataset, options: ExtractOptions, *, pin_memory: bool = False,
@@ -182,6 +189,8 @@ def decoding_loader(dataset: VideoDataset, options: ExtractOptions, *, pin_memor
     processes (none: in this process) with options.worker_timeout as its watchdog (options: ExtractOptions.checked()).
     A worker that hangs or dies makes it raise a RuntimeError that `worker_failure` explains."""
     workers = options.num_workers
+    if workers:
+        short_socket_dir()
     return torch.utils.data.DataLoader(
         dataset,
         batch_size=None,  # one video per item; batching across videos happens in _Batcher

@@ -31,6 +31,7 @@ from vidcap.features.sharded import shards_dir
 from vidcap.features.store import features_dir, list_features, read_meta
 from vidcap.features.stores import ShardedStore, open_store
 from vidcap.text.vocab import Vocabulary
+from vidcap.video.reader import short_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +428,8 @@ class CaptionDataModule(LightningDataModule):
         # Under DDP Lightning swaps in a DistributedSampler; for val/test it pads the split by repeating videos,
         # which the LightningModule removes again by video id before computing any number.
         workers = self.hparams.num_workers
+        if workers:
+            short_socket_dir()
         return (StatefulDataLoader if stateful else DataLoader)(
             self.datasets[split],
             batch_size=batch_size,

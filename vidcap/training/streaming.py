@@ -39,6 +39,7 @@ from torchdata.stateful_dataloader import StatefulDataLoader
 
 from vidcap.errors import UsageError
 from vidcap.features import sharded
+from vidcap.video.reader import short_socket_dir
 
 log = logging.getLogger(__name__)
 
@@ -217,5 +218,7 @@ class StreamLoader(StatefulDataLoader):
 
 def stream_loader(dataset: ShardStream, num_workers: int) -> StreamLoader:
     """Workers persist, so that each counts its epochs."""
+    if num_workers:
+        short_socket_dir()
     return StreamLoader(dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is,
                         pin_memory=torch.cuda.is_available(), persistent_workers=num_workers > 0)

@@ -53,6 +53,35 @@ def worker_context() -> multiprocessing.context.BaseContext:
     return multiprocessing.get_context(WORKER_START_METHOD)
 
 
+# A worker hands each tensor to its parent through a Unix socket that multiprocessing creates in a folder under the
+# temp folder (`$TMPDIR/pymp-XXXXXXXX/listener-XXXXXXXX`). A socket path has a length limit (107 bytes on Linux,
+# 103 on macOS): past it the worker's sending thread fails, the parent is never answered and waits until the worker
+# watchdog fires. Python 3.11 has no fallback for a long $TMPDIR, so vidcap gives its processes one.
+_SOCKET_PATH_MAX = 103
+_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+
+
+def short_socket_dir() -> None:
+    """Make sure multiprocessing's temp folder in this process is short enough for its Unix sockets: when $TMPDIR
+    is too long, use a private folder under /tmp (or /var/tmp, /dev/shm) instead, removed at exit. Call it in a
+    loader's parent before it starts workers (forked and spawned workers copy the choice) and in a worker's init."""
+    import shutil
+    import tempfile
+    from multiprocessing import process, util
+
+    config = process.current_process()._config
+    if config.get("tempdir") is not None:
+        return
+    if len(os.fsencode(tempfile.gettempdir())) + _SOCKET_SUFFIX <= _SOCKET_PATH_MAX:
+        return
+    for base in ("/tmp", "/var/tmp", "/dev/shm"):
+        if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
+            folder = tempfile.mkdtemp(prefix="pymp-", dir=base)
+            util.Finalize(None, shutil.rmtree, args=(folder,), kwargs={"ignore_errors": True}, exitpriority=-100)
+            config["tempdir"] = folder
+            return
+
+
 # --------------------------------------------------------------------------------------------------------------------
 # Sampling (pure index arithmetic, no decoding)
 
@@ -380,6 +409,7 @@ __all__ = [
     "DECODE_CHUNK",
     "SAMPLING_RULE",
     "WORKER_START_METHOD",
+    "short_socket_dir",
     "FrameRequest",
     "SampledFrames",
     "VideoReader",
