@@ -8,6 +8,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 LOCK   := requirements.lock
 DEMO_OUT ?= demo_out
+# Test processes (pytest-xdist; one file's tests stay in one process, so a module's fixtures are made once).
+# TEST_WORKERS=0 runs the suite in this one process (a hung test's stack is then printed in full).
+TEST_WORKERS ?= 2
 PIP    := $(PY) -m pip --disable-pip-version-check
 
 .PHONY: demo test test-fast lint bench java venv lock doctor clean
@@ -40,11 +43,11 @@ demo: $(STAMP) java
 test: $(STAMP) java
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || echo "note: the report's browser test will skip:" \
 	  "install Debian's chromium and chromium-driver (sudo apt-get install -y chromium chromium-driver) to run it" >&2
-	$(PY) -m pytest
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 # The quick loop while editing: no Java, no multi-process runs, no browser, nothing marked slow.
 test-fast: $(STAMP)
-	$(PY) -m pytest -m "not java and not ddp and not browser and not slow" -q
+	$(PY) -m pytest -n $(TEST_WORKERS) --dist loadfile -m "not java and not ddp and not browser and not slow" -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check vidcap tests benchmarks cli.py

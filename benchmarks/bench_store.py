@@ -198,6 +198,7 @@ def main(argv: list[str] | None = None) -> int:
                 layouts = [bench_shards] + ([bench_files] if n <= args.files_max else [])
                 for bench in layouts:
                     row = bench(root, n, args.width, args.loader_samples)
+                    row["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine's load when the row ended
                     print(json.dumps(row), flush=True)
                     rows.append(row)
                     if not args.keep:

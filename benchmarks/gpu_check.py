@@ -63,6 +63,7 @@ class Sizes:
     hidden: int
     embed: int
     vocab: int
+    batch: int = 64  # training-step batch (the paper's); the CPU test of this script uses a small one
 
 
 FULL = Sizes(videos=160, frames=64, frame_size=112, image_size=112, steps=20, hidden=3518, embed=468, vocab=12_001)
@@ -265,12 +266,13 @@ def check_fit(data: Path, store: Path, root: Path, device: str) -> tuple[list[Ro
 
 
 def check_step(device: str, sizes: Sizes) -> list[Row]:
-    """Training steps on random batches at the paper's sizes (T 26, L 20, batch 64, 1280 + 2048-d features)."""
+    """Training steps on random batches at the paper's sizes (T 26, L 20, 1280 + 2048-d features; batch 64 unless
+    `sizes.batch` says otherwise)."""
     import vidcap.model.captioner
     from vidcap.model.captioner import ModelConfig
     from vidcap.training.module import CaptionModule
 
-    B, T, L = 64, 26, 20
+    B, T, L = sizes.batch, 26, 20
     config = ModelConfig(vocab_size=sizes.vocab, global_dim=1280, local_dim=2048, embed_dim=sizes.embed,
                          hidden_dim=sizes.hidden, attention_dim=512, max_frames=T)
     batch = {"global": torch.randn(B, T, 1280), "local": torch.randn(B, T, 2048),

@@ -12,6 +12,7 @@ import av  # noqa: F401  before any test imports decord: see below
 import pytest
 from hypothesis import settings
 
+from tests.fixtures_arctic import write_youtube2text_iccv15
 from tests.helpers import TINY_DEMO, numbered_frames, write_video
 
 # decord ships FFmpeg libraries of its own. Loaded before PyAV's, they take over symbols PyAV's encoders resolve, and
@@ -36,6 +37,12 @@ def tiny_video(tmp_path: Path) -> Path:
 # Debian's paths; elsewhere point these variables at a Chromium (or Chrome) and its matching driver.
 CHROMIUM = Path(os.environ.get("VIDCAP_CHROMIUM", "/usr/bin/chromium"))
 CHROMEDRIVER = Path(os.environ.get("VIDCAP_CHROMEDRIVER", "/usr/bin/chromedriver"))
+
+
+@pytest.fixture
+def pkl_dir(tmp_path: Path) -> Path:
+    """A reduced youtube2text_iccv15/ of the authors' pickles (tests/fixtures_arctic.py)."""
+    return write_youtube2text_iccv15(tmp_path)
 
 
 @pytest.fixture(scope="module")

@@ -49,6 +49,14 @@ def _evaluate(trained, name, out, *extra) -> int:
                  "--features", str(trained["store"]), "--out", str(out), *extra])
 
 
+@pytest.fixture(scope="module")
+def one_process(trained, tmp_path_factory) -> Path:
+    """The one-process evaluation (batches of 2, with --reverse) that the multi-process ones must give exactly."""
+    out = tmp_path_factory.mktemp("eval1")
+    assert _evaluate(trained, "global", out, "--reverse", "--batch-size", "2") == 0
+    return out
+
+
 @pytest.mark.java
 @pytest.mark.slow
 def test_evaluate_writes_predictions_metrics_and_table_row(trained, tmp_path, capsys):
@@ -129,10 +137,9 @@ def test_n_best_larger_than_beam_is_exit_2(trained, tmp_path, capsys):
 @pytest.mark.java
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_two_processes_give_the_same_result_as_one(trained, tmp_path, capsys):
+def test_two_processes_give_the_same_result_as_one(trained, one_process, tmp_path, capsys):
     names = ("predictions", "reversed_predictions", "metrics")
-    one = tmp_path / "eval1"
-    assert _evaluate(trained, "global", one, "--reverse", "--batch-size", "2") == 0
+    one = one_process
     # 5 test videos in batches of 2 on 2 ranks: DistributedSampler repeats one video, which must not count twice.
     two = tmp_path / "eval2"
     proc = subprocess.run(
@@ -152,16 +159,15 @@ def test_two_processes_give_the_same_result_as_one(trained, tmp_path, capsys):
 @pytest.mark.java
 @pytest.mark.slow
 @pytest.mark.ddp
-def test_two_torchrun_nodes_give_the_same_result_as_one(trained, tmp_path):
+def test_two_torchrun_nodes_give_the_same_result_as_one(trained, one_process, tmp_path):
     """torchrun --nnodes 2 --nproc-per-node 1 (tests/test_launcher.py): Lightning's Trainer on the launcher's
     processes; rank 0 writes the outputs."""
     from tests.helpers import torchrun_nodes
 
-    names = ("predictions", "metrics")
-    one, two = tmp_path / "eval1", tmp_path / "eval2"
-    assert _evaluate(trained, "global", one, "--batch-size", "2") == 0
+    names = ("predictions", "reversed_predictions", "metrics")
+    one, two = one_process, tmp_path / "eval2"
     args = ["vidcap", "evaluate", "--checkpoint", str(trained["global"]), "--data", str(trained["data"]),
-            "--features", str(trained["store"]), "--out", str(two), "--batch-size", "2"]
+            "--features", str(trained["store"]), "--out", str(two), "--reverse", "--batch-size", "2"]
     (code0, out0, err0), (code1, out1, err1) = torchrun_nodes([args, args], tmp_path / "logs")
     assert (code0, code1) == (0, 0), err0[-3000:] + err1[-3000:]
     assert out0.count("| ours: ") == 1 and "| ours: " not in out1  # printed by rank 0 only

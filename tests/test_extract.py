@@ -297,6 +297,7 @@ def test_extraction_after_this_process_converted_frames_with_pyav(tmp_path):
     assert list_features(store) == [f"good{i}" for i in range(4)]
 
 
+@pytest.mark.slow
 def test_a_long_tmpdir_does_not_stop_the_decoding_workers(tmp_path, monkeypatch):
     """A worker sends each decoded tensor through a Unix socket that multiprocessing makes under $TMPDIR; past a
     socket path's length limit (107 bytes on Linux) the worker could not send and the run waited for the watchdog

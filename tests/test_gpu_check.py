@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -61,7 +62,7 @@ def test_its_checks_run_on_the_cpu(gpu_check, tmp_path, capsys, one_thread):
     """The script's own code, quick sizes: extraction (both extractors), fit in both precisions, the training step,
     captioning, and the table. (evaluate needs Java and runs in `gpu_check.py --device cpu --quick`.)"""
     data = _dataset(tmp_path)
-    sizes = gpu_check.QUICK
+    sizes = dataclasses.replace(gpu_check.QUICK, batch=4)  # the paper's widths, a small batch: the code, not speed
     rows, store = gpu_check.check_extract(data, tmp_path, "cpu", sizes)
     fit_rows, checkpoint = gpu_check.check_fit(data, store, tmp_path, "cpu")
     rows += fit_rows + gpu_check.check_step("cpu", sizes) + gpu_check.check_caption(checkpoint, data, "cpu")

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from test_arctic import pkl_dir  # noqa: F401 (the fixture: generated youtube2text_iccv15 pickles)
 
 from vidcap.model.captioner import CaptionModel, ModelConfig
 from vidcap.model.decoding import DecodingOptions, decode
