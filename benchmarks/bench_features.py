@@ -2,11 +2,12 @@
 
     python benchmarks/bench_features.py [--videos 4] [--seconds 10] [--frames 26] [--local-frames 8]
                                         [--extractors clip_vit_b32,timm:convnext_tiny,r2plus1d_18] [--rounds 1]
+                                        [--threads N]
 
 On the same synthetic 320x240 H.264 videos (those of benchmarks/bench_extract.py), random weights (the compute is the
 pretrained model's), for each extractor it measures:
   extract  `vidcap extract` end to end (run_extract with its CPU defaults: decoding worker, torch threads, batches
-           across videos, store writes): steps/s (a step is one frame for a global extractor, one clip for a local one);
+           across videos, store writes; --threads N sets the torch threads of extract and ceiling): steps/s (a step is one frame for a global extractor, one clip for a local one);
   ceiling  the extractor alone on the same steps, pre-decoded and pre-resized, same batches and torch threads:
            what extract can at best reach;
   naive    the loop each library's README shows: PyAV decodes the whole video, then one frame (or clip) at a time
@@ -132,6 +133,8 @@ def main() -> None:
     parser.add_argument("--extractors", default="clip_vit_b32,timm:convnext_tiny,r2plus1d_18")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--rounds", type=int, default=1, help="repeat each measurement; the median is reported")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="torch threads of extract and ceiling (default: vidcap extract's own default)")
     parser.add_argument("--ceiling-only", type=int, default=0, metavar="STEPS",
                         help="only the model alone, on STEPS steps of one video, for every name in --extractors "
                         "(the docs' frames/s column for the large models)")
@@ -141,10 +144,11 @@ def main() -> None:
         return
     default_torch_threads = torch.get_num_threads()
     workers = default_num_workers("cpu", 1)
-    threads = default_threads("cpu", 1, workers)
+    threads = args.threads or default_threads("cpu", 1, workers)
     print(f"before: {uptime()}")
-    print(f"cpus={os.cpu_count()}; extract and ceiling: {threads} torch thread(s), {workers} decoding worker(s) "
-          f"(vidcap extract's defaults); naive: torch's default {default_torch_threads} thread(s)")
+    chosen = "--threads" if args.threads else "vidcap extract's default"
+    print(f"cpus={os.cpu_count()}; extract and ceiling: {threads} torch thread(s) ({chosen}), {workers} decoding "
+          f"worker(s) (vidcap extract's default); naive: torch's default {default_torch_threads} thread(s)")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

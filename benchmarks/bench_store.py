@@ -1,7 +1,8 @@
 """Per-file feature store vs sharded store at web scale, and Ray vs single-process extraction (docs/sharded.md).
 
     python benchmarks/bench_store.py [--sizes 100000,1000000] [--files-max 100000] [--width 16] [--root /tmp]
-                                     [--loader-samples 20000] [--ray-videos 24] [--stages stores,ray] [--keep]
+                                     [--loader-samples 20000] [--ray-videos 24] [--stages stores,ray]
+                                     [--layouts shards,files] [--keep]
 
 stores: for each size N (clips), random float16 features with small widths so that 1M clips fit on this disk
 (K = 26 steps, global D = --width, no local; about 1.3 KB a clip: a real store is 100x bigger per clip, which
@@ -187,6 +188,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loader-samples", type=int, default=20000)
     parser.add_argument("--ray-videos", type=int, default=24)
     parser.add_argument("--stages", default="stores,ray")
+    parser.add_argument("--layouts", default="shards,files", help="which stores the stores stage builds")
     parser.add_argument("--root", default=tempfile.gettempdir())
     parser.add_argument("--keep", action="store_true")
     args = parser.parse_args(argv)
@@ -195,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if "stores" in args.stages:
             for n in [int(s) for s in args.sizes.split(",")]:
-                layouts = [bench_shards] + ([bench_files] if n <= args.files_max else [])
+                layouts = [bench for name, bench in (("shards", bench_shards), ("files", bench_files))
+                           if name in args.layouts and (name == "shards" or n <= args.files_max)]
                 for bench in layouts:
                     row = bench(root, n, args.width, args.loader_samples)
                     row["load_avg_1m"] = round(os.getloadavg()[0], 2)  # the machine's load when the row ended
