@@ -9,12 +9,12 @@ stores: for each size N (clips), random float16 features with small widths so th
 changes bytes and read throughput, not file counts or setup), from a pool of 64 random clips, each clip encoded
 through the store's own writer:
 - per-file: vidcap.features.store.save_features (one .npz per clip, atomic: temp name, fsync, rename); only up to
-  --files-max clips (a million fsynced files take hours on this disk; larger sizes are estimated from the per-clip
-  cost measured, and the table says so);
+  --files-max clips (two files a clip: at a million clips that is 2 M files and about 40 min on an idle local disk,
+  hours on a busy or shared one);
 - sharded: vidcap.features.sharded.write_shard, 1000 clips a shard, then shards.json.
 Measured for each: build time, files, bytes (on disk: du's blocks), verify (every clip read and checked: per-file
-loads each .npz, as the per-file store has no checksum here; sharded reads each shard once and checks each sample's
-sha256), setup (the store's part of `setup('fit')`: listing features/ for the
+loads each .npz, where `vidcap verify` would also hash it against its checksum file; sharded reads each shard once
+and checks each sample's sha256), setup (the store's part of `setup('fit')`: listing features/ for the
 per-file store, reading shards.json and making the ShardStream for the sharded one; time and tracemalloc peak), and
 loader samples/s from a cold page cache (posix_fadvise DONTNEED on every file first) over --loader-samples clips,
 one process: per-file in random order as the shuffled DataLoader reads it (load_features + collate), sharded through
