@@ -319,6 +319,21 @@ def test_a_long_tmpdir_does_not_stop_the_decoding_workers(tmp_path, monkeypatch)
     assert list_features(store) == ["good0", "good1"]
 
 
+def test_short_socket_dir_replaces_a_folder_too_long_for_a_socket_and_keeps_a_short_one(tmp_path, monkeypatch):
+    from multiprocessing import process
+
+    from vidcap.video.reader import short_socket_dir
+
+    config = process.current_process()._config
+    long_folder = str(tmp_path / ("x" * 90) / "pymp-abcdefgh")
+    monkeypatch.setitem(config, "tempdir", long_folder)
+    short_socket_dir()
+    made = config["tempdir"]
+    assert made != long_folder and os.path.isdir(made) and len(made) + len("/listener-XXXXXXXX") <= 103
+    short_socket_dir()  # a short one is kept
+    assert config["tempdir"] == made
+
+
 def _stalling_dataset(data: Path) -> Path:
     """Five good videos; the fourth has frames of helpers.STALL_SIZE. Returns its path."""
     from tests.helpers import STALL_SIZE

@@ -58,7 +58,8 @@ def worker_context() -> multiprocessing.context.BaseContext:
 # 103 on macOS): past it the worker's sending thread fails, the parent is never answered and waits until the worker
 # watchdog fires. Python 3.11 has no fallback for a long $TMPDIR, so vidcap gives its processes one.
 _SOCKET_PATH_MAX = 103
-_SOCKET_SUFFIX = len("/pymp-XXXXXXXX/listener-XXXXXXXX")
+_SOCKET_NAME = len("/listener-XXXXXXXX")
+_SOCKET_FOLDER = len("/pymp-XXXXXXXX")
 
 
 def short_socket_dir() -> None:
@@ -70,9 +71,9 @@ def short_socket_dir() -> None:
     from multiprocessing import process, util
 
     config = process.current_process()._config
-    if config.get("tempdir") is not None:
-        return
-    if len(os.fsencode(tempfile.gettempdir())) + _SOCKET_SUFFIX <= _SOCKET_PATH_MAX:
+    folder = config.get("tempdir")  # made at the first need, then kept for the process's life
+    length = len(os.fsencode(folder)) if folder else len(os.fsencode(tempfile.gettempdir())) + _SOCKET_FOLDER
+    if length + _SOCKET_NAME <= _SOCKET_PATH_MAX:
         return
     for base in ("/tmp", "/var/tmp", "/dev/shm"):
         if os.path.isdir(base) and os.access(base, os.W_OK | os.X_OK):
