@@ -368,12 +368,14 @@ def start_copy_to_host(features: torch.Tensor) -> tuple[torch.Tensor, torch.cuda
 
 @dataclass
 class Shard:
-    """What a shard process needs (picklable: sent to spawned processes). items: (video_id, path) of every video
-    not yet extracted, the same list in every process; the process of rank r (of world_size) takes items[r::world_size]
-    and runs on GPU local_rank (its index on its node); extractors: prebuilt ones (in-process runs only)."""
+    """What a shard process needs (picklable: sent to spawned processes). items: the run's work, the same list in
+    every process: (video_id, path) of every video not yet extracted (per-file store, run_shard), or the planned
+    shards (sharded store, sharded_extract.run_shards). The process of rank r (of world_size) takes
+    items[r::world_size] (`mine()`) and runs on GPU local_rank (its index on its node); extractors: prebuilt ones
+    (in-process runs only)."""
 
     store: Path
-    items: list[tuple[str, str]]
+    items: list
     options: ExtractOptions
     progress: bool
     on_failure: Callable[[str, str, str], None] | None = None
@@ -381,6 +383,9 @@ class Shard:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    def mine(self) -> list:
+        return self.items[self.rank :: self.world_size]
 
 
 def run_shard(shard: Shard) -> int:
@@ -407,7 +412,7 @@ def _extract_shard(shard: Shard) -> int:
         extractors = {kind: options.build(kind, device) for kind in options.names}
     else:
         extractors = {kind: ext.to(device) for kind, ext in shard.extractors.items()}
-    items = shard.items[shard.rank :: shard.world_size]
+    items = shard.mine()
     size = video_bytes(extractors, options.num_frames)
     prefetch = prefetch_factor(size, options.num_workers)
     in_flight = size * options.num_workers * prefetch
@@ -464,7 +469,7 @@ def _extract_shard(shard: Shard) -> int:
 
 def spawned_shard(rank: int, run: Callable[[Any], int], job: Any) -> None:
     """Process `rank` of torch.multiprocessing.spawn (`--devices N` on one node: rank r uses GPU r): `run(job)` with
-    the job's rank set (run_shard with a Shard, or the sharded store's run_shards with a ShardJob). A VidcapError is
+    the job's rank set (run_shard, or the sharded store's run_shards, each with a Shard). A VidcapError is
     logged as one line and becomes the process's exit code, which the parent reports."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:

@@ -17,7 +17,7 @@ import os
 import socket
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from itertools import groupby
 from pathlib import Path
@@ -34,6 +34,7 @@ from vidcap.features.extractors import Extractor, assemble_features
 from vidcap.features.options import ENGINES, STORES, ExtractOptions
 from vidcap.features.records import ExtractSummary, Failure, make_meta, read_video_table
 from vidcap.features.shard import (
+    Shard,
     VideoDataset,
     _Batcher,
     _Item,
@@ -220,24 +221,7 @@ def finish_sharded(store: Path, rows: list[tuple[str, str, str]], planned: list[
 # The local engines: one process, `--devices N` processes, or the processes of torchrun / srun
 
 
-@dataclass
-class ShardJob:
-    """A share of a plan, for one process (picklable: sent to spawned processes). The process of rank r (of
-    world_size) takes shards[r::world_size], whole shards, and runs on GPU local_rank; extractors: prebuilt ones
-    (in-process runs only)."""
-
-    store: Path
-    shards: list[PlannedShard]
-    options: ExtractOptions
-    progress: bool
-    on_failure: Callable[[str, str, str], None] | None = None
-    extractors: dict[str, Extractor] | None = field(default=None, repr=False)
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-
-
-def run_shards(job: ShardJob) -> int:
+def run_shards(job: Shard) -> int:
     """This process's shards through the core, its decoding workers feeding it shard after shard; returns the videos
     written. A decoding worker that hangs or dies: WorkerError naming its video (the finished shards are kept)."""
     from tqdm import tqdm
@@ -250,7 +234,7 @@ def run_shards(job: ShardJob) -> int:
         extractors = {kind: options.build(kind, device) for kind in options.names}
     else:
         extractors = {kind: ext.to(device) for kind, ext in job.extractors.items()}
-    mine = job.shards[job.rank :: job.world_size]
+    mine = job.mine()
     items = [item for shard in mine for item in shard.items]
     if not items:
         return 0
@@ -300,7 +284,7 @@ def run_sharded_extract(data_dir: str | os.PathLike, out_dir: str | os.PathLike,
         launcher.agree(process, lambda: lead or _check_same_store(store, setup.meta))
     options, rows, extractors = setup.options, setup.rows, setup.extractors
     planned = launcher.from_rank_zero(process, setup.planned)
-    job = ShardJob(store, planned, options, progress, on_failure)
+    job = Shard(store, planned, options, progress, on_failure)
     try:
         if process is not None:
             # A process that stops (a WorkerError below, a kill, its node) never reaches the barrier: the others
